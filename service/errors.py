@@ -1,0 +1,100 @@
+"""The service's error vocabulary: one exception type, one JSON shape, one place that renders it.
+
+Every failure a client can cause or observe is raised as a :class:`ServiceError` subclass with a
+stable machine-readable ``code`` and the HTTP status that fits it. The API layer renders all of
+them (and FastAPI's own validation errors) as::
+
+    {"success": false, "error": {"code": "audio_too_short", "message": "...", "details": {...}}}
+
+Lower layers (audio, models, storage) raise these without knowing anything about HTTP beyond
+the status number they carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ServiceError(Exception):
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def to_body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            error["details"] = self.details
+        return {"success": False, "error": error}
+
+
+# --- audio -----------------------------------------------------------------------------------
+class EmptyAudio(ServiceError):
+    status_code = 400
+    code = "empty_audio"
+
+
+class UndecodableAudio(ServiceError):
+    status_code = 415
+    code = "undecodable_audio"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class AudioTooLong(ServiceError):
+    status_code = 413
+    code = "audio_too_long"
+
+
+class AudioTooShort(ServiceError):
+    status_code = 422
+    code = "audio_too_short"
+
+
+class NoSpeech(ServiceError):
+    status_code = 422
+    code = "no_speech"
+
+
+# --- request semantics -----------------------------------------------------------------------
+class InvalidInput(ServiceError):
+    status_code = 422
+    code = "validation_error"
+
+
+class UnknownLanguage(ServiceError):
+    status_code = 422
+    code = "unknown_language"
+
+
+class UnknownSpace(ServiceError):
+    status_code = 422
+    code = "unknown_space"
+
+
+# --- stored data -----------------------------------------------------------------------------
+class SpeakerNotFound(ServiceError):
+    status_code = 404
+    code = "speaker_not_found"
+
+
+class DuplicateSpeaker(ServiceError):
+    status_code = 409
+    code = "duplicate_external_id"
+
+
+# --- availability ----------------------------------------------------------------------------
+class ModelUnavailable(ServiceError):
+    status_code = 503
+    code = "model_unavailable"
+
+
+class StorageBusy(ServiceError):
+    status_code = 503
+    code = "storage_busy"

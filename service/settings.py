@@ -1,0 +1,169 @@
+"""All configuration in one object, read from ``VOICESEARCH_*`` environment variables and ``.env``.
+
+Every other module receives a :class:`Settings` instance (or the values it needs) as an argument;
+nothing reads the environment on its own, so tests build a ``Settings(...)`` and pass it in.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Languages whose speakers are better served by the CN-Celeb encoder (ISO 639 codes as the
+#: VoxLingua107 model emits them, plus the common aliases a caller may send).
+DEFAULT_CNCELEB_LANGUAGES = ("zh", "cmn", "yue", "ja", "ko", "th", "vi")
+
+# The encoder spaces the service knows. A space is "the vectors one model produces": vectors from
+# different spaces are never compared with each other.
+SPACE_VOXCELEB = "voxceleb"
+SPACE_CNCELEB = "cnceleb"
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``a,b,c`` from the environment as well as a JSON list / Python list."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            import json
+
+            return json.loads(stripped)
+        return [item.strip() for item in stripped.split(",") if item.strip()]
+    return value
+
+
+def _split_mapping(value: object) -> object:
+    """Accept ``key=value,key=value`` (or ``key:value``) as well as JSON objects / dicts."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("{"):
+            import json
+
+            return json.loads(stripped)
+        mapping: dict[str, str] = {}
+        for item in stripped.split(","):
+            if not item.strip():
+                continue
+            sep = "=" if "=" in item else ":"
+            key, _, val = item.partition(sep)
+            mapping[key.strip()] = val.strip()
+        return mapping
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VOICESEARCH_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    # --- models -------------------------------------------------------------------------------
+    model_langid: str = Field(
+        "speechbrain/lang-id-voxlingua107-ecapa",
+        description="Language-ID model: a Hugging Face repo id or a local directory in "
+        "SpeechBrain's pretrained layout (hyperparams.yaml + *.ckpt + label_encoder.txt).",
+    )
+    model_voxceleb: str = Field(
+        "speechbrain/spkrec-ecapa-voxceleb",
+        description="Speaker encoder for the 'voxceleb' space (repo id or local directory).",
+    )
+    model_cnceleb: str = Field(
+        "LanceaKing/spkrec-ecapa-cnceleb",
+        description="Speaker encoder for the 'cnceleb' space (repo id or local directory).",
+    )
+    model_cache_dir: Path | None = Field(
+        None,
+        description="Where hub downloads and SpeechBrain's per-model working copies go. "
+        "Defaults to <data_dir>/models.",
+    )
+    device: str = Field(
+        "auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'…"
+    )
+    inference_concurrency: int = Field(
+        1,
+        ge=1,
+        description="Model inferences that may run at once per process. On a small CPU box one "
+        "inference already uses every core, so more only adds latency.",
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads; 0 keeps torch's default."
+    )
+
+    # --- routing and decisions ----------------------------------------------------------------
+    cnceleb_languages: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CNCELEB_LANGUAGES),
+        description="Languages routed to the 'cnceleb' space; every other language goes to "
+        "'voxceleb'. Comma-separated in the environment.",
+    )
+    thresholds: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=lambda: {SPACE_VOXCELEB: 0.25, SPACE_CNCELEB: 0.25},
+        description="Cosine-similarity decision threshold per encoder space, used for is_match "
+        "until a calibration is stored (`space=value,space=value` in the environment).",
+    )
+
+    # --- HTTP ---------------------------------------------------------------------------------
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias="ALLOWED_ORIGINS",
+        description="CORS origins allowed to call the API (comma-separated). Empty: no CORS.",
+    )
+    max_upload_bytes: int = Field(
+        25 * 1024 * 1024, ge=1, description="Largest accepted audio upload, per file (bytes)."
+    )
+    max_duration_s: float = Field(
+        300.0, gt=0, description="Longest accepted decoded audio, per file (seconds)."
+    )
+    min_duration_s: float = Field(
+        0.5, ge=0, description="Shortest accepted decoded audio, per file (seconds)."
+    )
+    max_files_per_enrollment: int = Field(20, ge=1)
+    max_top_n: int = Field(100, ge=1)
+
+    # --- storage ------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("./data"), description="Database, index snapshots, model cache.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL. Default: sqlite:///<data_dir>/voicesearch.db"
+    )
+
+    @field_validator("cnceleb_languages", "allowed_origins", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _mapping(cls, value: object) -> object:
+        return _split_mapping(value)
+
+    @field_validator("cnceleb_languages")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [language.lower() for language in value]
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'voicesearch.db').resolve()}"
+
+    @cached_property
+    def resolved_model_cache_dir(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "models"
+
+    @property
+    def model_sources(self) -> dict[str, str]:
+        """Role → source for every model the service loads (role is a space name or 'langid')."""
+        return {
+            "langid": self.model_langid,
+            SPACE_VOXCELEB: self.model_voxceleb,
+            SPACE_CNCELEB: self.model_cnceleb,
+        }
+
+    def threshold_for(self, space: str) -> float:
+        return self.thresholds.get(space, 0.25)
