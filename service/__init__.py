@@ -1,0 +1,3 @@
+"""voicesearch: self-hosted speaker search."""
+
+__version__ = "0.1.0"

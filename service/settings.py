@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     min_duration_s: float = Field(
         0.5, ge=0, description="Shortest accepted decoded audio, per file (seconds)."
     )
+    min_speech_s: float = Field(
+        0.5,
+        ge=0,
+        description="Least net speech (non-silent audio) a file must contain to be embedded.",
+    )
     max_files_per_enrollment: int = Field(20, ge=1)
     max_top_n: int = Field(100, ge=1)
 

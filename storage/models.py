@@ -163,3 +163,23 @@ class IndexState(Base):
     space: Mapped[str] = mapped_column(String(32), primary_key=True)
     # Bumped by `voicesearch index rebuild`; a worker whose index has another generation reloads.
     generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AuditEntry(Base):
+    """Who changed which enrolled voice, when: enrollments, updates, deletions, admin actions.
+
+    Append-only. ``speaker_external_id`` is kept as text (no FK) so the record of a deletion
+    outlives the speaker it deleted.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index(None, "speaker_external_id"), Index(None, "created_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    action: Mapped[str] = mapped_column(String(64))
+    speaker_external_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The API key's name and role (never the key itself); "anonymous" when auth is off.
+    actor: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,139 @@
+"""Speaker enrollment and management. Speakers are addressed by their external id."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
+
+from service.api.deps import SettingsDep, VoiceSearchDep, parse_metadata, read_upload
+from service.api.docs import AUDIO_ERRORS, error_responses
+from service.schemas import (
+    DeletedResponse,
+    EnrollmentResponse,
+    SpeakerListResponse,
+    SpeakerPatch,
+    SpeakerResponse,
+)
+
+router = APIRouter(prefix="/speakers", tags=["speakers"])
+
+AudioFiles = Annotated[
+    list[UploadFile],
+    File(description="One or more speech recordings of the speaker (any supported format)."),
+]
+LanguageField = Annotated[
+    str | None,
+    Form(
+        description="Spoken language of every file; detected per file when omitted.", max_length=16
+    ),
+]
+SpeakerId = Annotated[str, Path(description="The speaker's external id.", max_length=256)]
+
+
+async def _read_all(files: list[UploadFile], max_bytes: int) -> list[bytes]:
+    return [await read_upload(f, max_bytes) for f in files]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=EnrollmentResponse,
+    responses={**AUDIO_ERRORS, **error_responses(409)},
+    summary="Enroll a new speaker from one or more recordings",
+)
+async def enroll_speaker(
+    voice: VoiceSearchDep,
+    settings: SettingsDep,
+    audio: AudioFiles,
+    external_id: Annotated[
+        str | None,
+        Form(
+            description="Your id for the speaker (unique); generated when omitted.",
+            min_length=1,
+            max_length=256,
+        ),
+    ] = None,
+    name: Annotated[str | None, Form(description="Display name.", max_length=256)] = None,
+    metadata: Annotated[
+        str | None, Form(description="Free-form JSON object stored with the speaker.")
+    ] = None,
+    language: LanguageField = None,
+) -> EnrollmentResponse:
+    meta = parse_metadata(metadata)
+    data = await _read_all(audio, settings.max_upload_bytes)
+    return await voice.enroll(
+        data, external_id=external_id, name=name, metadata=meta, language=language
+    )
+
+
+@router.post(
+    "/{speaker_id}/utterances",
+    status_code=status.HTTP_201_CREATED,
+    response_model=EnrollmentResponse,
+    responses={**AUDIO_ERRORS, **error_responses(404)},
+    summary="Add recordings to an enrolled speaker",
+)
+async def add_utterances(
+    voice: VoiceSearchDep,
+    settings: SettingsDep,
+    speaker_id: SpeakerId,
+    audio: AudioFiles,
+    language: LanguageField = None,
+) -> EnrollmentResponse:
+    data = await _read_all(audio, settings.max_upload_bytes)
+    return await voice.add_utterances(speaker_id, data, language)
+
+
+@router.get("", response_model=SpeakerListResponse, summary="List enrolled speakers")
+async def list_speakers(
+    voice: VoiceSearchDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    name: Annotated[
+        str | None, Query(description="Case-insensitive substring of the name.", max_length=256)
+    ] = None,
+    metadata: Annotated[
+        str | None,
+        Query(
+            description='JSON object; speakers whose metadata has these values, e.g. {"team":"a"}'
+        ),
+    ] = None,
+) -> SpeakerListResponse:
+    return await voice.list_speakers(
+        offset=offset, limit=limit, name=name, metadata=parse_metadata(metadata)
+    )
+
+
+@router.get(
+    "/{speaker_id}",
+    response_model=SpeakerResponse,
+    responses=error_responses(404),
+    summary="One speaker",
+)
+async def get_speaker(voice: VoiceSearchDep, speaker_id: SpeakerId) -> SpeakerResponse:
+    return SpeakerResponse(speaker=await voice.get_speaker(speaker_id))
+
+
+@router.patch(
+    "/{speaker_id}",
+    response_model=SpeakerResponse,
+    responses=error_responses(404, 422),
+    summary="Change a speaker's name or metadata",
+)
+async def update_speaker(
+    voice: VoiceSearchDep, speaker_id: SpeakerId, body: SpeakerPatch
+) -> SpeakerResponse:
+    changes = body.model_dump(exclude_unset=True)
+    return SpeakerResponse(speaker=await voice.update_speaker(speaker_id, changes))
+
+
+@router.delete(
+    "/{speaker_id}",
+    response_model=DeletedResponse,
+    responses=error_responses(404),
+    summary="Delete a speaker from the database and every index",
+)
+async def delete_speaker(voice: VoiceSearchDep, speaker_id: SpeakerId) -> DeletedResponse:
+    await voice.delete_speaker(speaker_id)
+    return DeletedResponse(id=speaker_id)
