@@ -13,8 +13,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.usecases import VoiceSearch
 
 # glibc hands freed memory back to the OS eagerly, so every inference re-faults its activation
 # buffers: about a third of PyTorch's CPU time on a 2-core box. Keeping freed memory (these two
@@ -71,7 +76,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _open_for_index_work(settings: Settings):
+def _open_for_index_work(settings: Settings) -> VoiceSearch:
     """Load the speaker encoders (not language ID: rebuilds need only model identities)."""
     from service.app import build_voicesearch, open_database
     from service.models import ModelRegistry
@@ -144,7 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = index_sub.add_parser("rebuild", help="rebuild indexes from the database")
     rebuild.add_argument("--space", help="only this encoder space")
     index_sub.add_parser("verify", help="compare every index with the database")
+
+    for module in _command_modules():
+        module.add_parser(sub)
     return parser
+
+
+def _command_modules() -> list[ModuleType]:
+    """The operator commands that live in service/commands (see its docstring)."""
+    import importlib
+
+    names: list[str] = []  # e.g. "eval", "calibrate": each is service/commands/<name>.py
+    return [importlib.import_module(f"service.commands.{name}") for name in names]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     if args.command == "db":
         return cmd_db(args, settings)
-    return cmd_index(args, settings)
+    if args.command == "index":
+        return cmd_index(args, settings)
+    return args.handler(args, settings)
 
 
 if __name__ == "__main__":

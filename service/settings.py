@@ -136,6 +136,15 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL. Default: sqlite:///<data_dir>/voicesearch.db"
     )
 
+    # --- index (search at scale) ---------------------------------------------------------------
+    # (fields for approximate search go here)
+
+    # --- access control and limits (hardening) -------------------------------------------------
+    # (fields for API keys, audit and request limits go here)
+
+    # --- speech quality, calibration, score normalisation --------------------------------------
+    # (fields for VAD, enrollment minimums, calibration and AS-norm go here)
+
     @field_validator("cnceleb_languages", "allowed_origins", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
