@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 class ServiceError(Exception):
     status_code: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
+    #: Extra response headers (e.g. ``WWW-Authenticate`` on a 401).
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -60,6 +62,18 @@ class AudioTooShort(ServiceError):
 class NoSpeech(ServiceError):
     status_code = 422
     code = "no_speech"
+
+
+# --- access control --------------------------------------------------------------------------
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
 
 
 # --- request semantics -----------------------------------------------------------------------

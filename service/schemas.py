@@ -11,11 +11,14 @@ import math
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # An embedding longer than this cannot come from any model we serve; refusing early keeps a
 # hostile body from costing memory and CPU.
 MAX_EMBEDDING_DIM = 4096
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MIN_FLOAT32_NORM = 1e-30
 
 
 def _finite_vector(values: list[float]) -> list[float]:
@@ -27,6 +30,13 @@ def _finite_vector(values: list[float]) -> list[float]:
         raise ValueError("embedding contains NaN or infinity")
     if not any(v != 0.0 for v in values):
         raise ValueError("embedding is all zeros; it has no direction to compare")
+    # Vectors are compared as float32: a value beyond its range becomes infinity, and a vector of
+    # only tiny values becomes all zeros; either would turn every similarity into NaN.
+    if any(abs(v) > _FLOAT32_MAX for v in values):
+        raise ValueError(f"embedding values must be within ±{_FLOAT32_MAX:.4g} (float32)")
+    norm = float(np.linalg.norm(np.asarray(values, dtype=np.float64).astype(np.float32)))
+    if not math.isfinite(norm) or norm < _MIN_FLOAT32_NORM:
+        raise ValueError("embedding has no usable float32 direction (zero or overflowing norm)")
     return values
 
 
@@ -71,6 +81,9 @@ class HealthResponse(BaseModel):
     models: dict[str, ModelHealth] = Field(description="Per role: `langid`, `voxceleb`, `cnceleb`.")
     spaces: dict[str, SpaceHealth] = Field(default_factory=dict)
     version: str
+    auth: str = Field(
+        "disabled", description="`enabled` when API keys are required, `disabled` (open API)."
+    )
 
 
 # --- language --------------------------------------------------------------------------------
@@ -121,6 +134,14 @@ class CompareVoicesResponse(BaseModel):
     is_match: bool = Field(description="similarity ≥ the space's threshold.")
     threshold: float
     space: str
+    match_probability: float | None = Field(
+        None,
+        description="Calibrated probability that both are the same speaker (logistic "
+        "calibration fitted by `voicesearch calibrate`, prior 0.5); null when uncalibrated.",
+    )
+    threshold_source: str | None = Field(
+        None, description="`calibrated` (see GET /calibration) or `default` (settings)."
+    )
 
 
 # --- find-match ------------------------------------------------------------------------------
@@ -152,10 +173,31 @@ class FindMatchRequest(StrictModel):
 
 class MatchOut(BaseModel):
     id: str = Field(description="Candidate id (the speaker's external id for index searches).")
-    similarity: float
-    is_match: bool
+    similarity: float = Field(description="Raw cosine similarity, -1..1.")
+    is_match: bool = Field(description="The decision score ≥ threshold (and enough speech).")
     name: str | None = None
     metadata: dict[str, Any] | None = None
+    score: float | None = Field(
+        None,
+        description="The score `is_match` compares with `threshold`: the cosine, or the AS-norm "
+        "normalised score when score normalisation is on for the space.",
+    )
+    match_probability: float | None = Field(
+        None, description="Calibrated same-speaker probability (prior 0.5); null if uncalibrated."
+    )
+
+
+class QualityOut(BaseModel):
+    codes: list[str] = Field(
+        description="`ok`, or any of `too_short`, `clipped`, `too_quiet`, `low_snr` (warnings); "
+        "`no_speech` rejects the file (422)."
+    )
+    speech_s: float = Field(description="Net speech found by voice activity detection (s).")
+    duration_s: float
+    snr_db: float | None = Field(None, description="Estimated signal-to-noise ratio (dB).")
+    level_dbfs: float | None = Field(None, description="Mean level of the speech (dBFS).")
+    clipped_fraction: float = Field(description="Fraction of samples at full scale.")
+    vad: str = Field(description="Voice activity detector used.")
 
 
 class FindMatchResponse(BaseModel):
@@ -168,6 +210,25 @@ class FindMatchResponse(BaseModel):
     confidence: float | None = None
     language_source: str | None = None
     searched: int | None = Field(None, description="How many candidates were searched.")
+    decision: str | None = Field(
+        None,
+        description="`match` (best_match passes the threshold), `no_match` (open set: nobody "
+        "enrolled passes it; the closest candidates are still listed) or `undecided` (the probe "
+        "has too little speech for a decision).",
+    )
+    match: MatchOut | None = Field(
+        None, description="The matching speaker when `decision` is `match`, else null."
+    )
+    reason: str | None = Field(
+        None,
+        description="Why there is no match: `below_threshold`, `insufficient_speech`, "
+        "`empty_gallery`.",
+    )
+    score_type: str | None = Field(None, description="`cosine` or `asnorm` (what `score` is).")
+    threshold_source: str | None = Field(
+        None, description="`calibrated` (see GET /calibration) or `default` (settings)."
+    )
+    quality: QualityOut | None = Field(None, description="Speech quality of the probe audio.")
 
 
 # --- speakers --------------------------------------------------------------------------------
@@ -179,6 +240,8 @@ class UtteranceOut(BaseModel):
     spaces: list[str] = Field(description="Encoder spaces the utterance was embedded in.")
     created: bool = Field(description="False when this exact clip was already enrolled.")
     created_at: datetime
+    speech_s: float | None = Field(None, description="Net speech in the clip (s).")
+    quality: QualityOut | None = Field(None, description="Quality feedback for this upload.")
 
 
 class SpeakerOut(BaseModel):
@@ -189,12 +252,31 @@ class SpeakerOut(BaseModel):
     spaces: list[str] = Field(description="Spaces in which the speaker is searchable.")
     created_at: datetime
     updated_at: datetime
+    speech_seconds: float | None = Field(
+        None, description="Net speech over all the speaker's utterances (s)."
+    )
+    required_speech_seconds: float | None = Field(
+        None, description="Net speech needed before the speaker is searchable (s)."
+    )
+    searchable: bool | None = Field(
+        None,
+        description="False while the enrollment is incomplete (not enough speech yet): the "
+        "speaker is stored but not found by find-match until more audio is added.",
+    )
 
 
 class EnrollmentResponse(BaseModel):
     success: bool = True
     speaker: SpeakerOut
     utterances: list[UtteranceOut]
+    speech_seconds: float | None = Field(None, description="Net speech enrolled so far (s).")
+    required_speech_seconds: float | None = Field(
+        None, description="Net speech needed before the speaker is searchable (s)."
+    )
+    missing_speech_seconds: float | None = Field(
+        None, description="How much more net speech to add before the speaker is searchable."
+    )
+    searchable: bool | None = Field(None, description="Whether find-match can return them.")
 
 
 class SpeakerResponse(BaseModel):
@@ -219,3 +301,31 @@ class DeletedResponse(BaseModel):
     success: bool = True
     id: str
     deleted: bool = True
+
+
+# --- calibration -----------------------------------------------------------------------------
+class CalibrationSpaceOut(BaseModel):
+    space: str
+    model_identity: str | None = Field(None, description="Identity of the loaded encoder.")
+    threshold: float = Field(description="Threshold in force for `is_match`.")
+    score_type: str = Field(description="`cosine` or `asnorm`: the score it applies to.")
+    source: str = Field(description="`calibrated` or `default`.")
+    setting: str | None = Field(None, description="For defaults: the setting it comes from.")
+    calibrated_at: datetime | None = None
+    target_far: float | None = None
+    far: float | None = Field(None, description="FAR measured at the threshold.")
+    frr: float | None = Field(None, description="FRR measured at the threshold.")
+    eer: float | None = None
+    n_genuine: int | None = None
+    n_impostor: int | None = None
+    n_speakers: int | None = None
+    data: str | None = Field(None, description="What it was measured on (manifest).")
+    match_probability: bool = Field(
+        False, description="Whether a logistic calibration gives `match_probability`."
+    )
+    asnorm: bool = Field(False, description="AS-norm score normalisation is on for the space.")
+
+
+class CalibrationResponse(BaseModel):
+    success: bool = True
+    spaces: dict[str, CalibrationSpaceOut]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Languages whose speakers are better served by the CN-Celeb encoder (ISO 639 codes as the
@@ -102,7 +102,10 @@ class Settings(BaseSettings):
         "'voxceleb'. Comma-separated in the environment.",
     )
     thresholds: Annotated[dict[str, float], NoDecode] = Field(
-        default_factory=lambda: {SPACE_VOXCELEB: 0.25, SPACE_CNCELEB: 0.25},
+        # voxceleb 0.34: `voicesearch calibrate bench/manifests/dev-speech.csv --target-far 0.01`
+        # with the real model gave 0.3367 (see README, "How to calibrate for your own audio").
+        # cnceleb 0.25: not measured here (no CN-Celeb model available); calibrate it.
+        default_factory=lambda: {SPACE_VOXCELEB: 0.34, SPACE_CNCELEB: 0.25},
         description="Cosine-similarity decision threshold per encoder space, used for is_match "
         "until a calibration is stored (`space=value,space=value` in the environment).",
     )
@@ -138,19 +141,93 @@ class Settings(BaseSettings):
 
     # --- index (search at scale) ---------------------------------------------------------------
     # (fields for approximate search go here)
+    index_type: Literal["flat", "hnsw"] = Field(
+        "flat",
+        description="FAISS index per space: 'flat' (exact; fine to ~100k speakers) or 'hnsw' "
+        "(approximate graph search, for ~1M; recall@10 measured in bench/RESULTS.md).",
+    )
+    index_hnsw_m: int = Field(32, ge=4, le=128, description="HNSW links per node.")
+    index_hnsw_ef_construction: int = Field(
+        80, ge=8, description="HNSW build breadth (higher: better graph, slower build)."
+    )
+    index_hnsw_ef_search: int = Field(
+        128, ge=8, description="HNSW search breadth (higher: better recall, slower search)."
+    )
 
     # --- access control and limits (hardening) -------------------------------------------------
-    # (fields for API keys, audit and request limits go here)
+    api_keys: SecretStr | None = Field(
+        None,
+        description="API keys, comma-separated, each `role:key` or `role:name:key` (role is "
+        "`admin` or `read`). Empty (and no api_keys_file): the API is open.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one `role:key` or `role:name:key` per line (# comments)."
+    )
+    public_docs: bool = Field(
+        True, description="Serve /docs, /redoc and /openapi.json without a key (False: off)."
+    )
+    max_request_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Largest request body, enforced while streaming (413 above). Default: "
+        "max_upload_bytes x max_files_per_enrollment + 1 MiB.",
+    )
+    max_json_bytes: int = Field(
+        32 * 1024 * 1024, ge=1, description="Largest application/json request body (bytes)."
+    )
+    max_metadata_bytes: int = Field(
+        16 * 1024, ge=2, description="Largest speaker metadata object, as compact JSON (bytes)."
+    )
+    max_metadata_depth: int = Field(8, ge=1, description="Deepest nesting of speaker metadata.")
 
     # --- speech quality, calibration, score normalisation --------------------------------------
     # (fields for VAD, enrollment minimums, calibration and AS-norm go here)
+    vad: str = Field(
+        "silero",
+        pattern="^(silero|energy)$",
+        description="Voice activity detector: 'silero' (Silero VAD, model inside its pip "
+        "package; speech is trimmed before embedding) or 'energy' (frame-energy check only, "
+        "no trimming; for synthetic test audio).",
+    )
+    min_enroll_speech_s: float = Field(
+        10.0,
+        ge=0,
+        description="Net speech a speaker's utterances must add up to before the speaker is "
+        "searchable; below it the profile is stored but incomplete.",
+    )
+    min_probe_speech_s: float = Field(
+        1.5,
+        ge=0,
+        description="Net speech a probe needs for a match decision; below it find-match ranks "
+        "candidates but answers is_match=false with reason 'insufficient_speech'.",
+    )
+    clipped_fraction_warn: float = Field(
+        0.001, ge=0, le=1, description="Fraction of full-scale samples above which 'clipped'."
+    )
+    low_snr_db: float = Field(15.0, description="Estimated SNR (dB) below which 'low_snr'.")
+    too_quiet_dbfs: float = Field(-40.0, description="Speech level (dBFS) below which 'too_quiet'.")
+    asnorm_spaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Spaces whose search scores are AS-norm normalised (comma-separated).",
+    )
+    asnorm_top_k: int = Field(100, ge=1, description="AS-norm: top-K cohort scores used.")
+    asnorm_thresholds: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="AS-norm score threshold per space until a calibration with AS-norm is "
+        "stored (`space=value,…`; default 3.0).",
+    )
+    asnorm_cohort: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Optional per-space cohort (.npy of embeddings, `space=path,…`); default "
+        "cohort is the enrolled gallery itself.",
+    )
 
-    @field_validator("cnceleb_languages", "allowed_origins", mode="before")
+    @field_validator("cnceleb_languages", "allowed_origins", "asnorm_spaces", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("thresholds", mode="before")
+    @field_validator("thresholds", "asnorm_cohort", "asnorm_thresholds", mode="before")
     @classmethod
     def _mapping(cls, value: object) -> object:
         return _split_mapping(value)
@@ -169,6 +246,13 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_model_cache_dir(self) -> Path:
         return self.model_cache_dir or self.data_dir / "models"
+
+    @property
+    def request_body_limit(self) -> int:
+        """Cap on a whole request body (every file of an enrollment plus form overhead)."""
+        if self.max_request_bytes:
+            return self.max_request_bytes
+        return self.max_upload_bytes * self.max_files_per_enrollment + 1024 * 1024
 
     @property
     def model_sources(self) -> dict[str, str]:

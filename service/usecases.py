@@ -19,8 +19,12 @@ import numpy as np
 
 from service import errors
 from service.audio import DecodedAudio, decode_audio, ensure_speech
+from service.calibration import SOURCE_DEFAULT, Decision, DecisionPolicy
 from service.gallery import Gallery
+from service.limits import check_external_id, check_metadata, check_name
 from service.models import LanguageDetection, ModelRegistry
+from service.normalization import AsNorm
+from service.quality import QualityAssessor, QualityReport
 from service.routing import LanguageRouter, normalise_language
 from service.schemas import (
     CompareVoicesResponse,
@@ -30,13 +34,17 @@ from service.schemas import (
     FindMatchResponse,
     LanguageCandidateOut,
     MatchOut,
+    QualityOut,
     SpeakerListResponse,
     SpeakerOut,
     StoredEmbedding,
     UtteranceOut,
 )
 from service.settings import SPACE_VOXCELEB, Settings
+from storage import audit
 from storage import errors as storage_errors
+from storage.audit import ANONYMOUS, Actor, AuditRecord
+from storage.calibration import SCORE_ASNORM, SCORE_COSINE
 from storage.repository import UNSET, SpeakerRecord, SpeakerStore, UtteranceInput, UtteranceRecord
 
 log = logging.getLogger(__name__)
@@ -72,12 +80,24 @@ class VoiceSearch:
         router: LanguageRouter,
         store: SpeakerStore,
         gallery: Gallery,
+        *,
+        quality: QualityAssessor | None = None,
+        policy: DecisionPolicy | None = None,
+        normalizer: AsNorm | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
         self.router = router
         self.store = store
         self.gallery = gallery
+        # Speech quality (VAD), decision thresholds/calibration, AS-norm: built once at start-up
+        # by service.app.build_voicesearch; the fallbacks keep hand-built instances working.
+        self.quality = quality or QualityAssessor.from_settings(settings)
+        identities = {space: enc.identity for space, enc in models.encoders.items()}
+        self.policy = policy or DecisionPolicy(settings, None, identities)
+        if normalizer is None and settings.asnorm_spaces:
+            normalizer = AsNorm.from_settings(settings, gallery)
+        self.normalizer = normalizer
         self._inference_limiter = anyio.CapacityLimiter(settings.inference_concurrency)
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -90,16 +110,42 @@ class VoiceSearch:
         return await anyio.to_thread.run_sync(fn, *args)
 
     def threshold(self, space: str) -> float:
-        return self.settings.threshold_for(space)
+        """Threshold in force for ``is_match``: the newest matching calibration, else the
+        configured default (see service.calibration.DecisionPolicy)."""
+        return self.policy.decision(space).threshold
 
-    def _decode(self, data: bytes) -> DecodedAudio:
+    def _decode_assessed(self, data: bytes) -> tuple[DecodedAudio, QualityReport]:
+        """Decode, check speech quality, and keep only the speech (what gets embedded)."""
         audio = decode_audio(
             data,
             max_duration_s=self.settings.max_duration_s,
             min_duration_s=self.settings.min_duration_s,
         )
+        # Energy check first: digital silence is refused without running the VAD.
         ensure_speech(audio, min_speech_s=self.settings.min_speech_s)
-        return audio
+        assessed = self.quality.assess(audio.samples)
+        report = assessed.report
+        if report.rejected:
+            raise errors.NoSpeech(
+                f"Found {report.speech_s:.2f} s of speech; at least "
+                f"{self.settings.min_speech_s:g} s is required.",
+                details={
+                    "speech_seconds": round(report.speech_s, 3),
+                    "required_seconds": self.settings.min_speech_s,
+                    "quality": report.to_dict(),
+                },
+            )
+        if assessed.samples is not audio.samples:
+            audio = DecodedAudio(
+                assessed.samples,
+                audio.source_sample_rate,
+                audio.source_channels,
+                audio.source_format,
+            )
+        return audio, report
+
+    def _decode(self, data: bytes) -> DecodedAudio:
+        return self._decode_assessed(data)[0]
 
     def _route(self, audio: DecodedAudio, language: str | None) -> RoutedLanguage:
         """Use the caller's language, else detect it; then pick the encoder space."""
@@ -145,10 +191,15 @@ class VoiceSearch:
     def _embed_routed(
         self, data: bytes, language: str | None
     ) -> tuple[DecodedAudio, RoutedLanguage, np.ndarray, str]:
-        audio = self._decode(data)
+        return self._embed_routed_assessed(data, language)[:4]  # type: ignore[return-value]
+
+    def _embed_routed_assessed(
+        self, data: bytes, language: str | None
+    ) -> tuple[DecodedAudio, RoutedLanguage, np.ndarray, str, QualityReport]:
+        audio, report = self._decode_assessed(data)
         routed = self._route(audio, language)
         encoder = self.models.encoder(routed.space)
-        return audio, routed, encoder.embed(audio.samples), encoder.identity
+        return audio, routed, encoder.embed(audio.samples), encoder.identity, report
 
     async def extract(self, data: bytes, language: str | None) -> ExtractEmbeddingResponse:
         audio, routed, vector, identity = await self._infer(self._embed_routed, data, language)
@@ -171,13 +222,57 @@ class VoiceSearch:
             )
         space = self._space_of_request(space, None)
         similarity = float(np.dot(unit(np.array(e1)), unit(np.array(e2))))
-        threshold = self.threshold(space)
+        decision = self._cosine_decision(space)
         return CompareVoicesResponse(
             similarity=similarity,
-            is_match=similarity >= threshold,
-            threshold=threshold,
+            is_match=similarity >= decision.threshold,
+            threshold=decision.threshold,
             space=space,
+            match_probability=decision.probability(similarity),
+            threshold_source=decision.source,
         )
+
+    def _cosine_decision(self, space: str) -> Decision:
+        """The decision for raw cosines (pairwise compare, stateless ranking): AS-norm needs the
+        gallery, so where it is on these fall back to the cosine default threshold."""
+        decision = self.policy.decision(space)
+        if decision.score_type == SCORE_COSINE:
+            return decision
+        return Decision(
+            space,
+            self.settings.threshold_for(space),
+            SCORE_COSINE,
+            SOURCE_DEFAULT,
+            "VOICESEARCH_THRESHOLDS",
+        )
+
+    def _verdict(
+        self,
+        matches: list[MatchOut],
+        decision: Decision,
+        speech_s: float | None,
+    ) -> dict[str, Any]:
+        """Open-set wording shared by every find-match mode: decision, match, reason."""
+        if speech_s is not None and speech_s < self.settings.min_probe_speech_s:
+            for m in matches:
+                m.is_match = False
+            verdict, match, reason = "undecided", None, "insufficient_speech"
+        elif not matches:
+            verdict, match, reason = "no_match", None, "empty_gallery"
+        elif matches[0].is_match:
+            verdict, match, reason = "match", matches[0], None
+        else:
+            verdict, match, reason = "no_match", None, "below_threshold"
+        return {
+            "best_match": matches[0] if matches else None,
+            "top_matches": matches,
+            "threshold": decision.threshold,
+            "decision": verdict,
+            "match": match,
+            "reason": reason,
+            "score_type": decision.score_type,
+            "threshold_source": decision.source,
+        }
 
     # --- matching -----------------------------------------------------------------------------
     def rank_candidates(
@@ -190,12 +285,11 @@ class VoiceSearch:
     ) -> FindMatchResponse:
         """The original stateless find-match: rank the caller's own candidate embeddings."""
         space = self._space_of_request(space, language)
-        threshold = self.threshold(space)
+        decision = self._cosine_decision(space)
+        threshold = decision.threshold
         top_n = self._clamp_top_n(top_n)
         if not candidates:
-            return FindMatchResponse(
-                best_match=None, top_matches=[], threshold=threshold, space=space, searched=0
-            )
+            return FindMatchResponse(**self._verdict([], decision, None), space=space, searched=0)
         wrong = [c.id for c in candidates if len(c.embedding) != len(probe)]
         if wrong:
             raise errors.InvalidInput(
@@ -212,15 +306,13 @@ class VoiceSearch:
                 similarity=float(scores[i]),
                 is_match=bool(scores[i] >= threshold),
                 metadata=candidates[i].metadata,
+                score=float(scores[i]),
+                match_probability=decision.probability(float(scores[i])),
             )
             for i in order
         ]
         return FindMatchResponse(
-            best_match=matches[0],
-            top_matches=matches,
-            threshold=threshold,
-            space=space,
-            searched=len(candidates),
+            **self._verdict(matches, decision, None), space=space, searched=len(candidates)
         )
 
     def _clamp_top_n(self, top_n: int) -> int:
@@ -231,7 +323,9 @@ class VoiceSearch:
             )
         return top_n
 
-    def _search_index(self, space: str, vector: np.ndarray, top_n: int) -> FindMatchResponse:
+    def _search_index(
+        self, space: str, vector: np.ndarray, top_n: int, speech_s: float | None = None
+    ) -> FindMatchResponse:
         dim = self.gallery.dims.get(space)
         if dim is None:
             raise self._space_unavailable(space)
@@ -240,25 +334,45 @@ class VoiceSearch:
                 f"embedding has {vector.shape[0]} values; the {space} space uses {dim}",
                 details={"expected": dim, "got": int(vector.shape[0])},
             )
-        hits = self.gallery.search(space, vector[None, :], top_n)[0]
+        decision = self.policy.decision(space)
+        asnorm = decision.score_type == SCORE_ASNORM and self.normalizer is not None
+        # With AS-norm the probe's cohort (its top K+1) comes from this same search.
+        depth = max(top_n, self.normalizer.top_k + 1) if asnorm else top_n  # type: ignore[union-attr]
+        deep = self.gallery.search(space, vector[None, :], depth)[0]
+        hits = deep[:top_n]
         speakers = self.store.summaries([hit.speaker_id for hit in hits])
-        threshold = self.threshold(space)
-        matches = [
-            MatchOut(
-                id=speakers[hit.speaker_id].external_id,
-                name=speakers[hit.speaker_id].name,
-                metadata=speakers[hit.speaker_id].metadata,
-                similarity=hit.score,
-                is_match=hit.score >= threshold,
+        # A speaker deleted between the index search and this lookup is simply skipped.
+        hits = [hit for hit in hits if hit.speaker_id in speakers]
+        cosine = self._cosine_decision(space)
+        normed: list[float | None] = [hit.score for hit in hits]
+        if asnorm:
+            normed = self.normalizer.normalise(  # type: ignore[union-attr]
+                space,
+                vector,
+                [hit.speaker_id for hit in hits],
+                [hit.score for hit in hits],
+                probe_hits=deep,
             )
-            # A speaker deleted between the index search and this lookup is simply skipped.
-            for hit in hits
-            if hit.speaker_id in speakers
-        ]
+        matches = []
+        for hit, score in zip(hits, normed, strict=True):
+            # No cohort statistics (a gallery too small for AS-norm): decide on the cosine.
+            used = decision if score is not None else cosine
+            value = score if score is not None else hit.score
+            matches.append(
+                MatchOut(
+                    id=speakers[hit.speaker_id].external_id,
+                    name=speakers[hit.speaker_id].name,
+                    metadata=speakers[hit.speaker_id].metadata,
+                    similarity=hit.score,
+                    is_match=value >= used.threshold,
+                    score=value,
+                    match_probability=used.probability(value),
+                )
+            )
+        if decision.score_type == SCORE_ASNORM:
+            matches.sort(key=lambda m: -(m.score if m.score is not None else -np.inf))
         return FindMatchResponse(
-            best_match=matches[0] if matches else None,
-            top_matches=matches,
-            threshold=threshold,
+            **self._verdict(matches, decision, speech_s),
             space=space,
             searched=self.gallery.size(space),
         )
@@ -282,49 +396,81 @@ class VoiceSearch:
         self, data: bytes, language: str | None, top_n: int
     ) -> FindMatchResponse:
         top_n = self._clamp_top_n(top_n)
-        _, routed, vector, _ = await self._infer(self._embed_routed, data, language)
-        result = await self._io(self._search_index, routed.space, vector, top_n)
+        _, routed, vector, _, report = await self._infer(
+            self._embed_routed_assessed, data, language
+        )
+        result = await self._io(self._search_index, routed.space, vector, top_n, report.speech_s)
         return result.model_copy(
             update={
                 "language": routed.language,
                 "confidence": routed.confidence,
                 "language_source": routed.source,
+                "quality": QualityOut(**report.to_dict()),
             }
         )
 
     # --- enrollment ---------------------------------------------------------------------------
     def _utterance_inputs(self, files: list[bytes], language: str | None) -> list[UtteranceInput]:
         """Decode every file first (any bad file fails the whole request before anything is
-        stored), then embed each utterance in every loaded space."""
+        stored), then embed each utterance in every loaded space (speech only, VAD-trimmed)."""
+        return [utt for utt, _ in self._assessed_inputs(files, language)]
+
+    def _assessed_inputs(
+        self, files: list[bytes], language: str | None
+    ) -> list[tuple[UtteranceInput, QualityReport]]:
         if not self.models.encoders:
             raise errors.ModelUnavailable(
                 "no speaker encoder is loaded; see /health",
                 details={r: s.error for r, s in self.models.statuses.items() if s.error},
             )
-        decoded: list[DecodedAudio] = []
+        decoded: list[tuple[DecodedAudio, QualityReport]] = []
         for position, data in enumerate(files):
             try:
-                decoded.append(self._decode(data))
+                decoded.append(self._decode_assessed(data))
             except errors.ServiceError as exc:
                 exc.details = {**exc.details, "file_index": position}
                 raise
         inputs = []
-        for audio in decoded:
+        for audio, report in decoded:
             routed = self._route_for_enrollment(audio, language)
             embeddings = {
                 space: encoder.embed(audio.samples)
                 for space, encoder in self.models.encoders.items()
             }
             inputs.append(
-                UtteranceInput(
-                    sha256=audio.sha256,
-                    language=routed.language,
-                    language_confidence=routed.confidence,
-                    duration_s=audio.duration_s,
-                    embeddings=embeddings,
+                (
+                    UtteranceInput(
+                        sha256=audio.sha256,
+                        language=routed.language,
+                        language_confidence=routed.confidence,
+                        duration_s=report.duration_s,
+                        embeddings=embeddings,
+                        speech_s=report.speech_s,
+                    ),
+                    report,
                 )
             )
         return inputs
+
+    def _enrollment_response(
+        self,
+        speaker: SpeakerRecord,
+        utterances: list[UtteranceRecord],
+        reports: list[QualityReport],
+    ) -> EnrollmentResponse:
+        out = speaker_out(speaker, self.settings.min_enroll_speech_s)
+        required = self.settings.min_enroll_speech_s
+        return EnrollmentResponse(
+            speaker=out,
+            utterances=[
+                utterance_out(u).model_copy(update={"quality": QualityOut(**r.to_dict())})
+                for u, r in zip(utterances, reports, strict=True)
+            ],
+            speech_seconds=out.speech_seconds,
+            required_speech_seconds=required,
+            missing_speech_seconds=round(max(0.0, required - speaker.speech_s), 3),
+            searchable=out.searchable,
+        )
 
     def _route_for_enrollment(self, audio: DecodedAudio, language: str | None) -> RoutedLanguage:
         # Enrollment embeds in every space, so the language is only recorded, never required:
@@ -332,6 +478,13 @@ class VoiceSearch:
         if language or self.models.language_identifier is not None:
             return self._route(audio, language)
         return RoutedLanguage(None, None, None, SPACE_VOXCELEB)
+
+    def _check_metadata(self, metadata: dict[str, Any] | None) -> None:
+        check_metadata(
+            metadata,
+            max_bytes=self.settings.max_metadata_bytes,
+            max_depth=self.settings.max_metadata_depth,
+        )
 
     def _check_file_count(self, files: list[bytes]) -> None:
         if not files:
@@ -350,38 +503,53 @@ class VoiceSearch:
         name: str | None,
         metadata: dict[str, Any] | None,
         language: str | None,
+        actor: Actor = ANONYMOUS,
     ) -> EnrollmentResponse:
         self._check_file_count(files)
-        inputs = await self._infer(self._utterance_inputs, files, language)
+        check_external_id(external_id)
+        check_name(name)
+        self._check_metadata(metadata)
+        assessed = await self._infer(self._assessed_inputs, files, language)
+        inputs = [utt for utt, _ in assessed]
+        record = AuditRecord(audit.ACTION_ENROLL, actor, {"files": len(files)})
 
         def write() -> tuple[SpeakerRecord, list[UtteranceRecord]]:
             with translate_storage_errors():
                 return self.store.create_speaker(
-                    external_id=external_id, name=name, metadata=metadata, utterances=inputs
+                    external_id=external_id,
+                    name=name,
+                    metadata=metadata,
+                    utterances=inputs,
+                    audit=record,
                 )
 
         speaker, utterances = await self._io(write)
         await self._io(self.gallery.maybe_snapshot)
-        return EnrollmentResponse(
-            speaker=speaker_out(speaker), utterances=[utterance_out(u) for u in utterances]
-        )
+        return self._enrollment_response(speaker, utterances, [r for _, r in assessed])
 
     async def add_utterances(
-        self, external_id: str, files: list[bytes], language: str | None
+        self,
+        external_id: str,
+        files: list[bytes],
+        language: str | None,
+        actor: Actor = ANONYMOUS,
     ) -> EnrollmentResponse:
         self._check_file_count(files)
         await self.get_speaker(external_id)  # 404 before spending inference on a wrong id
-        inputs = await self._infer(self._utterance_inputs, files, language)
+        assessed = await self._infer(self._assessed_inputs, files, language)
+        inputs = [utt for utt, _ in assessed]
 
         def write() -> tuple[SpeakerRecord, list[UtteranceRecord]]:
             with translate_storage_errors():
-                return self.store.add_utterances(external_id, inputs)
+                return self.store.add_utterances(
+                    external_id,
+                    inputs,
+                    audit=AuditRecord(audit.ACTION_ADD_UTTERANCES, actor, {"files": len(files)}),
+                )
 
         speaker, utterances = await self._io(write)
         await self._io(self.gallery.maybe_snapshot)
-        return EnrollmentResponse(
-            speaker=speaker_out(speaker), utterances=[utterance_out(u) for u in utterances]
-        )
+        return self._enrollment_response(speaker, utterances, [r for _, r in assessed])
 
     # --- speaker management -------------------------------------------------------------------
     async def get_speaker(self, external_id: str) -> SpeakerOut:
@@ -389,7 +557,7 @@ class VoiceSearch:
             with translate_storage_errors():
                 return self.store.get(external_id)
 
-        return speaker_out(await self._io(read))
+        return speaker_out(await self._io(read), self.settings.min_enroll_speech_s)
 
     async def list_speakers(
         self, *, offset: int, limit: int, name: str | None, metadata: dict[str, Any] | None
@@ -401,21 +569,29 @@ class VoiceSearch:
             speakers=[speaker_out(r) for r in records], total=total, offset=offset, limit=limit
         )
 
-    async def update_speaker(self, external_id: str, changes: dict[str, Any]) -> SpeakerOut:
+    async def update_speaker(
+        self, external_id: str, changes: dict[str, Any], actor: Actor = ANONYMOUS
+    ) -> SpeakerOut:
+        check_name(changes.get("name"))
+        self._check_metadata(changes.get("metadata"))
+        # Which fields changed, never their values (metadata may be personal data).
+        record = AuditRecord(audit.ACTION_UPDATE, actor, {"fields": sorted(changes)})
+
         def write() -> SpeakerRecord:
             with translate_storage_errors():
                 return self.store.update(
                     external_id,
                     name=changes.get("name", UNSET),
                     metadata=changes.get("metadata", UNSET),
+                    audit=record,
                 )
 
         return speaker_out(await self._io(write))
 
-    async def delete_speaker(self, external_id: str) -> None:
+    async def delete_speaker(self, external_id: str, actor: Actor = ANONYMOUS) -> None:
         def write() -> None:
             with translate_storage_errors():
-                self.store.delete(external_id)
+                self.store.delete(external_id, audit=AuditRecord(audit.ACTION_DELETE, actor))
 
         await self._io(write)
         await self._io(self.gallery.maybe_snapshot)
@@ -436,7 +612,7 @@ class translate_storage_errors:
             raise errors.StorageBusy(str(exc)) from exc
 
 
-def speaker_out(record: SpeakerRecord) -> SpeakerOut:
+def speaker_out(record: SpeakerRecord, required_speech_s: float | None = None) -> SpeakerOut:
     return SpeakerOut(
         id=record.external_id,
         name=record.name,
@@ -445,6 +621,10 @@ def speaker_out(record: SpeakerRecord) -> SpeakerOut:
         spaces=record.spaces,
         created_at=record.created_at,
         updated_at=record.updated_at,
+        speech_seconds=round(record.speech_s, 3),
+        required_speech_seconds=required_speech_s,
+        # Searchable means "has a profile in the index"; an incomplete enrollment has none.
+        searchable=bool(record.spaces),
     )
 
 
@@ -457,4 +637,5 @@ def utterance_out(record: UtteranceRecord) -> UtteranceOut:
         spaces=record.spaces,
         created=record.created,
         created_at=record.created_at,
+        speech_s=None if record.speech_s is None else round(record.speech_s, 3),
     )

@@ -105,6 +105,8 @@ class Utterance(Base):
     language_confidence: Mapped[float | None] = mapped_column(Float)
     duration_s: Mapped[float] = mapped_column(Float)
     sha256: Mapped[str] = mapped_column(String(64))
+    # Net speech (VAD) in seconds; NULL for clips enrolled before migration 0003.
+    speech_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -182,4 +184,31 @@ class AuditEntry(Base):
     # The API key's name and role (never the key itself); "anonymous" when auth is off.
     actor: Mapped[str] = mapped_column(String(128))
     role: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Calibration(Base):
+    """A decision threshold (and score → probability map) measured by ``voicesearch calibrate``.
+
+    The newest row whose ``space`` and ``model_identity`` match the loaded encoder is in force.
+    """
+
+    __tablename__ = "calibrations"
+    __table_args__ = (Index(None, "space", "model_identity", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    space: Mapped[str] = mapped_column(String(32))
+    model_identity: Mapped[str] = mapped_column(String(128))
+    score_type: Mapped[str] = mapped_column(String(16))  # "cosine" or "asnorm"
+    threshold: Mapped[float] = mapped_column(Float)
+    target_far: Mapped[float] = mapped_column(Float)
+    far: Mapped[float | None] = mapped_column(Float, nullable=True)
+    frr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eer: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_genuine: Mapped[int] = mapped_column(Integer)
+    n_impostor: Mapped[int] = mapped_column(Integer)
+    n_speakers: Mapped[int] = mapped_column(Integer)
+    logistic: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    source: Mapped[str | None] = mapped_column(String(512), nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -52,6 +52,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.audit import AuditRecord
+from storage.audit import add as add_audit
 from storage.db import SQLITE_BEGIN_OPTION
 from storage.errors import (
     DuplicateExternalIdError,
@@ -96,6 +98,7 @@ class UtteranceInput:
     language_confidence: float | None
     duration_s: float
     embeddings: dict[str, np.ndarray]  # space -> float32 (dim,) unit vector
+    speech_s: float | None = None  # net speech (VAD); None: unknown, duration_s stands in
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class UtteranceRecord:
     created_at: datetime
     spaces: list[str]  # spaces holding an embedding of this clip made by the loaded model
     created: bool  # False when the clip was already stored for this speaker (idempotent)
+    speech_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ class SpeakerRecord:
     updated_at: datetime
     utterance_count: int
     spaces: list[str]  # spaces where the speaker has a profile made by the loaded model
+    speech_s: float = 0.0  # net speech over all utterances (duration_s where unknown)
 
 
 @dataclass(frozen=True)
@@ -172,11 +177,15 @@ class SpeakerStore:
         model_identities: Mapping[str, str],
         *,
         dims: Mapping[str, int] | None = None,
+        min_profile_speech_s: float = 0.0,
     ) -> None:
         """``model_identities``: space -> identity of the loaded model (embeddings are stored with
         it; profiles use only matching ones). ``dims`` (optional): space -> vector size, checked
         on every write; without it a write is still checked against the speaker's stored
-        embeddings of the same model."""
+        embeddings of the same model. ``min_profile_speech_s``: net speech a speaker's utterances
+        must add up to before profiles (and so index entries) exist; below it the speaker is
+        stored but incomplete (not searchable)."""
+        self.min_profile_speech_s = float(min_profile_speech_s)
         self._sf = session_factory
         self.model_identities: dict[str, str] = dict(model_identities)
         self.dims: dict[str, int] = dict(dims or {})
@@ -185,6 +194,10 @@ class SpeakerStore:
             raise TypeError("session_factory must be bound to an Engine")
         self._engine: Engine = bind
         self._sqlite = bind.dialect.name == "sqlite"
+
+    @property
+    def session_factory(self) -> sessionmaker[Session]:
+        return self._sf
 
     # ------------------------------------------------------------------ transactions
     def _run(self, fn: Callable[[Session], T], *, write: bool) -> T:
@@ -261,6 +274,7 @@ class SpeakerStore:
                     language_confidence=utt.language_confidence,
                     duration_s=float(utt.duration_s),
                     embeddings=embeddings,
+                    speech_s=None if utt.speech_s is None else float(utt.speech_s),
                 )
             )
         return prepared
@@ -289,11 +303,26 @@ class SpeakerStore:
             .correlate(Speaker)
             .scalar_subquery()
         )
-        return select(Speaker, utterance_count.label("n"), spaces.label("spaces"))
+        speech = (
+            select(
+                func.coalesce(
+                    func.sum(func.coalesce(Utterance.speech_s, Utterance.duration_s)), 0.0
+                )
+            )
+            .where(Utterance.speaker_id == Speaker.id)
+            .correlate(Speaker)
+            .scalar_subquery()
+        )
+        return select(
+            Speaker, utterance_count.label("n"), spaces.label("spaces"), speech.label("speech")
+        )
 
     @staticmethod
-    def _to_record(speaker: Speaker, n: int | None, spaces: str | None) -> SpeakerRecord:
+    def _to_record(
+        speaker: Speaker, n: int | None, spaces: str | None, speech: float | None = None
+    ) -> SpeakerRecord:
         return SpeakerRecord(
+            speech_s=float(speech or 0.0),
             id=speaker.id,
             external_id=speaker.external_id,
             name=speaker.name,
@@ -306,7 +335,7 @@ class SpeakerStore:
 
     def _record_by_id(self, session: Session, speaker_id: int) -> SpeakerRecord:
         row = session.execute(self._record_select().where(Speaker.id == speaker_id)).one()
-        return self._to_record(row[0], row[1], row[2])
+        return self._to_record(row[0], row[1], row[2], row[3])
 
     @staticmethod
     def _speaker_id(session: Session, external_id: str) -> int:
@@ -342,6 +371,7 @@ class SpeakerStore:
                 created_at=utt.created_at,
                 spaces=sorted(space_csv.split(",")) if space_csv else [],
                 created=True,
+                speech_s=utt.speech_s,
             )
             for utt, space_csv in rows
         }
@@ -381,6 +411,7 @@ class SpeakerStore:
                     language_confidence=utt_in.language_confidence,
                     duration_s=utt_in.duration_s,
                     sha256=utt_in.sha256,
+                    speech_s=utt_in.speech_s,
                     created_at=now,
                 )
                 session.add(utt)
@@ -418,8 +449,24 @@ class SpeakerStore:
     def _recompute_profiles(
         self, session: Session, speaker_id: int, spaces: set[str], now: datetime
     ) -> None:
-        """Recompute the speaker's profile in ``spaces`` and log one change row per space."""
+        """Recompute the speaker's profile in ``spaces`` and log one change row per space.
+
+        A speaker whose utterances hold less net speech than ``min_profile_speech_s`` gets no
+        profile (an incomplete enrollment): it is logged as a delete, so every index drops it,
+        and the write that completes it is logged as an upsert like any other."""
         if not spaces:
+            return
+        if self.min_profile_speech_s > 0 and (
+            self._speech_total(session, speaker_id) < self.min_profile_speech_s
+        ):
+            for space in sorted(spaces):
+                profile = session.get(Profile, (speaker_id, space))
+                if profile is not None:
+                    session.delete(profile)
+                session.add(
+                    IndexChange(space=space, speaker_id=speaker_id, op=OP_DELETE, created_at=now)
+                )
+            session.flush()
             return
         rows = session.execute(
             select(Embedding.space, Embedding.vector, Embedding.dim)
@@ -473,6 +520,19 @@ class SpeakerStore:
             )
         session.flush()
 
+    @staticmethod
+    def _speech_total(session: Session, speaker_id: int) -> float:
+        return float(
+            session.scalar(
+                select(
+                    func.coalesce(
+                        func.sum(func.coalesce(Utterance.speech_s, Utterance.duration_s)), 0.0
+                    )
+                ).where(Utterance.speaker_id == speaker_id)
+            )
+            or 0.0
+        )
+
     def _external_id_exists(self, external_id: str) -> bool:
         return self._read(
             lambda s: (
@@ -488,6 +548,7 @@ class SpeakerStore:
         name: str | None,
         metadata: dict[str, Any] | None,
         utterances: list[UtteranceInput],
+        audit: AuditRecord | None = None,
     ) -> tuple[SpeakerRecord, list[UtteranceRecord]]:
         prepared = self._prepare(utterances)
         ext = external_id if external_id is not None else f"spk_{uuid.uuid4().hex}"
@@ -503,6 +564,7 @@ class SpeakerStore:
             session.flush()
             records, touched = self._store_utterances(session, speaker.id, prepared, now)
             self._recompute_profiles(session, speaker.id, touched, now)
+            add_audit(session, audit, ext)
             return self._record_by_id(session, speaker.id), records
 
         try:
@@ -514,7 +576,10 @@ class SpeakerStore:
             raise
 
     def add_utterances(
-        self, external_id: str, utterances: list[UtteranceInput]
+        self,
+        external_id: str,
+        utterances: list[UtteranceInput],
+        audit: AuditRecord | None = None,
     ) -> tuple[SpeakerRecord, list[UtteranceRecord]]:
         prepared = self._prepare(utterances)
 
@@ -527,6 +592,7 @@ class SpeakerStore:
                 speaker = session.get_one(Speaker, speaker_id)
                 speaker.updated_at = now
                 session.flush()
+            add_audit(session, audit, external_id)
             return self._record_by_id(session, speaker_id), records
 
         return self._write(tx)
@@ -537,6 +603,7 @@ class SpeakerStore:
         *,
         name: str | Unset | None = UNSET,
         metadata: dict[str, Any] | Unset = UNSET,
+        audit: AuditRecord | None = None,
     ) -> SpeakerRecord:
         """Change name and/or replace metadata (whole object). Profiles are not touched."""
 
@@ -549,11 +616,12 @@ class SpeakerStore:
                 speaker.meta = dict(metadata)
             speaker.updated_at = utcnow()
             session.flush()
+            add_audit(session, audit, external_id)
             return self._record_by_id(session, speaker_id)
 
         return self._write(tx)
 
-    def delete(self, external_id: str) -> None:
+    def delete(self, external_id: str, audit: AuditRecord | None = None) -> None:
         def tx(session: Session) -> None:
             speaker_id = self._speaker_id(session, external_id)
             spaces = set(
@@ -579,6 +647,7 @@ class SpeakerStore:
             session.execute(delete(Utterance).where(Utterance.speaker_id == speaker_id))
             session.execute(delete(Profile).where(Profile.speaker_id == speaker_id))
             session.execute(delete(Speaker).where(Speaker.id == speaker_id))
+            add_audit(session, audit, external_id)
 
         self._write(tx)
 
@@ -590,7 +659,7 @@ class SpeakerStore:
             ).one_or_none()
             if row is None:
                 raise SpeakerNotFoundError(external_id)
-            return self._to_record(row[0], row[1], row[2])
+            return self._to_record(row[0], row[1], row[2], row[3])
 
         return self._read(tx)
 
@@ -617,7 +686,7 @@ class SpeakerStore:
 
         def tx(session: Session) -> dict[int, SpeakerRecord]:
             rows = session.execute(self._record_select().where(Speaker.id.in_(wanted))).all()
-            return {row[0].id: self._to_record(row[0], row[1], row[2]) for row in rows}
+            return {row[0].id: self._to_record(*row) for row in rows}
 
         return self._read(tx)
 
@@ -684,7 +753,7 @@ class SpeakerStore:
                 .offset(offset)
                 .limit(limit)
             ).all()
-            return [self._to_record(r[0], r[1], r[2]) for r in rows], int(total)
+            return [self._to_record(*r) for r in rows], int(total)
 
         return self._read(tx)
 

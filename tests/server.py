@@ -32,6 +32,10 @@ def server_env(data_dir: Path, model_dirs: dict[str, Path], **extra: str) -> dic
             "VOICESEARCH_MODEL_VOXCELEB": str(model_dirs["voxceleb"]),
             "VOICESEARCH_MODEL_CNCELEB": str(model_dirs["cnceleb"]),
             "VOICESEARCH_MODEL_CACHE_DIR": str(data_dir.parent / "model-cache"),
+            # Synthetic voices: energy VAD and no speech minimums (see tests/api/conftest.py).
+            "VOICESEARCH_VAD": "energy",
+            "VOICESEARCH_MIN_ENROLL_SPEECH_S": "0",
+            "VOICESEARCH_MIN_PROBE_SPEECH_S": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )

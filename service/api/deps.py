@@ -49,6 +49,8 @@ def parse_metadata(raw: str | None) -> dict[str, Any] | None:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise errors.InvalidInput(f"metadata is not valid JSON: {exc.msg}") from exc
+    except RecursionError:  # hostile nesting ({"a":{"a":…} thousands deep): a 422, not a 500
+        raise errors.InvalidInput("metadata is nested too deeply") from None
     if not isinstance(value, dict):
         raise errors.InvalidInput("metadata must be a JSON object")
     return value

@@ -10,6 +10,8 @@ from service.schemas import ErrorResponse
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Bad request (e.g. empty audio file).",
+        401: "No API key, or an unknown one (`WWW-Authenticate: Bearer`).",
+        403: "The API key's role does not allow this operation.",
         404: "Speaker not found.",
         409: "A speaker with this external id already exists.",
         413: "Upload or decoded audio too large / too long.",

@@ -36,7 +36,9 @@ def _body(code: str, message: str, details: dict[str, Any] | None = None) -> dic
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return JSONResponse(jsonable_encoder(exc.to_body()), status_code=exc.status_code)
+    return JSONResponse(
+        jsonable_encoder(exc.to_body()), status_code=exc.status_code, headers=exc.headers or None
+    )
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

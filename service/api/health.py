@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service import __version__
 from service.api.deps import VoiceSearchDep
@@ -10,7 +10,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=HealthResponse, summary="Service and model status")
-async def health(voice: VoiceSearchDep) -> HealthResponse:
+async def health(request: Request, voice: VoiceSearchDep) -> HealthResponse:
     models = voice.models
     spaces = {
         role: SpaceHealth(
@@ -36,4 +36,5 @@ async def health(voice: VoiceSearchDep) -> HealthResponse:
         },
         spaces=spaces,
         version=__version__,
+        auth="enabled" if request.app.state.keyring.enabled else "disabled",
     )

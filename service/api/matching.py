@@ -18,9 +18,12 @@ from starlette.datastructures import UploadFile
 from service import errors
 from service.api.deps import SettingsDep, VoiceSearchDep, read_upload
 from service.api.docs import error_responses
+from service.auth import RequireRead
 from service.schemas import FindMatchRequest, FindMatchResponse
 
-router = APIRouter(tags=["search"])
+router = APIRouter(
+    tags=["search"], dependencies=[RequireRead], responses=error_responses(400, 401, 403)
+)
 
 _MULTIPART_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -8,6 +8,8 @@ from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
 
 from service.api.deps import SettingsDep, VoiceSearchDep, parse_metadata, read_upload
 from service.api.docs import AUDIO_ERRORS, error_responses
+from service.auth import AdminActor, RequireRead
+from service.limits import EXTERNAL_ID_PATTERN, MAX_EXTERNAL_ID_LENGTH, MAX_OFFSET
 from service.schemas import (
     DeletedResponse,
     EnrollmentResponse,
@@ -16,7 +18,13 @@ from service.schemas import (
     SpeakerResponse,
 )
 
-router = APIRouter(prefix="/speakers", tags=["speakers"])
+# Reads need the `read` role (router-wide); writes also take an AdminActor parameter (`admin`).
+router = APIRouter(
+    prefix="/speakers",
+    tags=["speakers"],
+    dependencies=[RequireRead],
+    responses=error_responses(400, 401, 403),
+)
 
 AudioFiles = Annotated[
     list[UploadFile],
@@ -43,6 +51,7 @@ async def _read_all(files: list[UploadFile], max_bytes: int) -> list[bytes]:
     summary="Enroll a new speaker from one or more recordings",
 )
 async def enroll_speaker(
+    actor: AdminActor,
     voice: VoiceSearchDep,
     settings: SettingsDep,
     audio: AudioFiles,
@@ -51,7 +60,8 @@ async def enroll_speaker(
         Form(
             description="Your id for the speaker (unique); generated when omitted.",
             min_length=1,
-            max_length=256,
+            max_length=MAX_EXTERNAL_ID_LENGTH,
+            pattern=EXTERNAL_ID_PATTERN,
         ),
     ] = None,
     name: Annotated[str | None, Form(description="Display name.", max_length=256)] = None,
@@ -63,7 +73,7 @@ async def enroll_speaker(
     meta = parse_metadata(metadata)
     data = await _read_all(audio, settings.max_upload_bytes)
     return await voice.enroll(
-        data, external_id=external_id, name=name, metadata=meta, language=language
+        data, external_id=external_id, name=name, metadata=meta, language=language, actor=actor
     )
 
 
@@ -75,6 +85,7 @@ async def enroll_speaker(
     summary="Add recordings to an enrolled speaker",
 )
 async def add_utterances(
+    actor: AdminActor,
     voice: VoiceSearchDep,
     settings: SettingsDep,
     speaker_id: SpeakerId,
@@ -82,13 +93,13 @@ async def add_utterances(
     language: LanguageField = None,
 ) -> EnrollmentResponse:
     data = await _read_all(audio, settings.max_upload_bytes)
-    return await voice.add_utterances(speaker_id, data, language)
+    return await voice.add_utterances(speaker_id, data, language, actor)
 
 
 @router.get("", response_model=SpeakerListResponse, summary="List enrolled speakers")
 async def list_speakers(
     voice: VoiceSearchDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     name: Annotated[
         str | None, Query(description="Case-insensitive substring of the name.", max_length=256)
@@ -122,10 +133,10 @@ async def get_speaker(voice: VoiceSearchDep, speaker_id: SpeakerId) -> SpeakerRe
     summary="Change a speaker's name or metadata",
 )
 async def update_speaker(
-    voice: VoiceSearchDep, speaker_id: SpeakerId, body: SpeakerPatch
+    actor: AdminActor, voice: VoiceSearchDep, speaker_id: SpeakerId, body: SpeakerPatch
 ) -> SpeakerResponse:
     changes = body.model_dump(exclude_unset=True)
-    return SpeakerResponse(speaker=await voice.update_speaker(speaker_id, changes))
+    return SpeakerResponse(speaker=await voice.update_speaker(speaker_id, changes, actor))
 
 
 @router.delete(
@@ -134,6 +145,8 @@ async def update_speaker(
     responses=error_responses(404),
     summary="Delete a speaker from the database and every index",
 )
-async def delete_speaker(voice: VoiceSearchDep, speaker_id: SpeakerId) -> DeletedResponse:
-    await voice.delete_speaker(speaker_id)
+async def delete_speaker(
+    actor: AdminActor, voice: VoiceSearchDep, speaker_id: SpeakerId
+) -> DeletedResponse:
+    await voice.delete_speaker(speaker_id, actor)
     return DeletedResponse(id=speaker_id)

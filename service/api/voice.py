@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from service.api.deps import SettingsDep, VoiceSearchDep, read_upload
 from service.api.docs import AUDIO_ERRORS, error_responses
+from service.auth import RequireRead
 from service.schemas import (
     CompareVoicesRequest,
     CompareVoicesResponse,
@@ -15,7 +16,12 @@ from service.schemas import (
     ExtractEmbeddingResponse,
 )
 
-router = APIRouter(tags=["voice"])
+#: One audio file per request: a second one would be silently ignored otherwise.
+ONE_FILE = {"max_files": 1}
+
+router = APIRouter(
+    tags=["voice"], dependencies=[RequireRead], responses=error_responses(400, 401, 403)
+)
 
 AudioFile = Annotated[
     UploadFile,
@@ -32,6 +38,7 @@ LanguageField = Annotated[
 
 @router.post(
     "/extract-embedding",
+    form_limits=ONE_FILE,
     response_model=ExtractEmbeddingResponse,
     responses=AUDIO_ERRORS,
     summary="Speaker embedding of a clip, in the space its language routes to",
@@ -48,6 +55,7 @@ async def extract_embedding(
 
 @router.post(
     "/detect-language",
+    form_limits=ONE_FILE,
     response_model=DetectLanguageResponse,
     responses=AUDIO_ERRORS,
     summary="Spoken language of a clip (VoxLingua107)",

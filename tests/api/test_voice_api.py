@@ -27,7 +27,7 @@ def test_health_reports_every_model(client: TestClient) -> None:
     assert body["models_loaded"] is True
     assert set(body["models"]) == {"langid", "voxceleb", "cnceleb"}
     assert all(m["loaded"] and m["identity"] for m in body["models"].values())
-    assert body["spaces"]["voxceleb"]["threshold"] == pytest.approx(0.25)
+    assert body["spaces"]["voxceleb"]["threshold"] == pytest.approx(0.34)
 
 
 # --- extract-embedding -----------------------------------------------------------------------

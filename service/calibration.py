@@ -1,0 +1,339 @@
+"""Calibrated decisions: which threshold is in force per space, and how it was measured.
+
+Two halves:
+
+* :class:`DecisionPolicy` (service side, built once at start-up): per encoder space, the
+  threshold ``is_match`` uses, the score it applies to (``cosine`` or ``asnorm``), and the
+  logistic map that turns a score into ``match_probability``. It is the newest stored
+  calibration whose model identity *and* score type match what the service runs; otherwise the
+  configured default (``VOICESEARCH_THRESHOLDS`` / ``VOICESEARCH_ASNORM_THRESHOLDS``). Stored
+  calibrations are re-read at most every ``refresh_s`` seconds, so ``voicesearch calibrate``
+  takes effect in running workers without a restart.
+* :func:`calibrate` (``voicesearch calibrate``): genuine and impostor score distributions on a
+  labelled manifest, measured through the service's own pipeline (decode → VAD/quality →
+  encoder → gallery search, with AS-norm when it is on), in a fresh temporary store; per space
+  the lowest threshold meeting the target FAR, the EER, and a logistic calibration.
+
+Manifest: CSV ``path,speaker,role[,language]`` with role ``enroll`` or ``probe`` (the format of
+``voicesearch eval``; its loader is reused). Probes of speakers with no enroll rows are open-set
+impostors: they only add impostor trials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.scoring import LogisticCalibration, eer, fit_logistic_calibration, threshold_for_far
+from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationRecord, CalibrationStore
+
+log = logging.getLogger(__name__)
+
+SOURCE_CALIBRATED = "calibrated"
+SOURCE_DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Decision:
+    space: str
+    threshold: float
+    score_type: str
+    source: str  # SOURCE_CALIBRATED or SOURCE_DEFAULT
+    setting: str | None = None  # for defaults: the setting the threshold comes from
+    record: CalibrationRecord | None = None
+    logistic: LogisticCalibration | None = None
+
+    def probability(self, score: float | None) -> float | None:
+        if self.logistic is None or score is None:
+            return None
+        return float(self.logistic.probability(float(score)))
+
+
+class DecisionPolicy:
+    def __init__(
+        self,
+        settings: Any,
+        store: CalibrationStore | None,
+        model_identities: Mapping[str, str],
+        *,
+        refresh_s: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.model_identities = dict(model_identities)
+        self.refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._records: dict[str, CalibrationRecord] = {}
+        self._loaded_at = -float("inf")
+
+    def score_type(self, space: str) -> str:
+        return SCORE_ASNORM if space in self.settings.asnorm_spaces else SCORE_COSINE
+
+    def refresh(self) -> None:
+        records: dict[str, CalibrationRecord] = {}
+        if self.store is not None:
+            try:
+                records = self.store.in_force(
+                    self.model_identities,
+                    {space: self.score_type(space) for space in self.model_identities},
+                )
+            except Exception:  # a locked/old database must not break matching
+                log.exception("could not read calibrations; keeping the previous ones")
+                records = self._records
+        with self._lock:
+            self._records = records
+            self._loaded_at = time.monotonic()
+
+    def decision(self, space: str) -> Decision:
+        if time.monotonic() - self._loaded_at > self.refresh_s:
+            self.refresh()
+        with self._lock:
+            record = self._records.get(space)
+        score_type = self.score_type(space)
+        if record is not None:
+            logistic = LogisticCalibration.from_dict(record.logistic) if record.logistic else None
+            return Decision(
+                space, record.threshold, score_type, SOURCE_CALIBRATED, None, record, logistic
+            )
+        if score_type == SCORE_ASNORM:
+            return Decision(
+                space,
+                self.settings.asnorm_thresholds.get(space, DEFAULT_ASNORM_THRESHOLD),
+                score_type,
+                SOURCE_DEFAULT,
+                "VOICESEARCH_ASNORM_THRESHOLDS",
+            )
+        return Decision(
+            space,
+            self.settings.threshold_for(space),
+            score_type,
+            SOURCE_DEFAULT,
+            "VOICESEARCH_THRESHOLDS",
+        )
+
+
+#: AS-norm threshold when neither a calibration nor ``asnorm_thresholds`` gives one.
+DEFAULT_ASNORM_THRESHOLD = 3.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Measuring: voicesearch calibrate
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpaceScores:
+    space: str
+    score_type: str
+    genuine: np.ndarray
+    impostor: np.ndarray
+    n_speakers: int
+    cosine_genuine: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cosine_impostor: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # Per probe (manifest order): its speaker is enrolled, and the best-scoring candidate is it.
+    probe_enrolled: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    probe_top1: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    probe_best: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+@dataclass
+class SpaceCalibration:
+    space: str
+    model_identity: str
+    score_type: str
+    threshold: float
+    target_far: float
+    far: float
+    frr: float
+    eer: float
+    eer_threshold: float
+    n_genuine: int
+    n_impostor: int
+    n_speakers: int
+    logistic: LogisticCalibration
+    genuine_min: float
+    impostor_max: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "space": self.space,
+            "score_type": self.score_type,
+            "threshold": round(self.threshold, 4),
+            "target_far": self.target_far,
+            "far": round(self.far, 4),
+            "frr": round(self.frr, 4),
+            "eer": round(self.eer, 4),
+            "eer_threshold": round(self.eer_threshold, 4),
+            "genuine_min": round(self.genuine_min, 4),
+            "impostor_max": round(self.impostor_max, 4),
+            "n_genuine": self.n_genuine,
+            "n_impostor": self.n_impostor,
+            "n_speakers": self.n_speakers,
+            "logistic": self.logistic.to_dict(),
+        }
+
+
+def fit_space(scores: SpaceScores, identity: str, target_far: float) -> SpaceCalibration:
+    if scores.genuine.size == 0 or scores.impostor.size == 0:
+        raise ValueError(
+            f"{scores.space}: need genuine and impostor trials "
+            f"(got {scores.genuine.size} and {scores.impostor.size})"
+        )
+    point = threshold_for_far(scores.genuine, scores.impostor, target_far)
+    rate, eer_t = eer(scores.genuine, scores.impostor)
+    return SpaceCalibration(
+        space=scores.space,
+        model_identity=identity,
+        score_type=scores.score_type,
+        threshold=float(point.threshold),
+        target_far=float(target_far),
+        far=point.far,
+        frr=point.frr,
+        eer=float(rate),
+        eer_threshold=float(eer_t),
+        n_genuine=int(scores.genuine.size),
+        n_impostor=int(scores.impostor.size),
+        n_speakers=scores.n_speakers,
+        logistic=fit_logistic_calibration(scores.genuine, scores.impostor),
+        genuine_min=float(scores.genuine.min()),
+        impostor_max=float(scores.impostor.max()),
+    )
+
+
+def _fresh_settings(settings: Any, data_dir: Path) -> Any:
+    fresh = settings.model_copy(
+        update={
+            "data_dir": data_dir,
+            "database_url": None,
+            "model_cache_dir": settings.resolved_model_cache_dir,
+            # Every enroll row is scored, however little speech it has.
+            "min_enroll_speech_s": 0.0,
+        }
+    )
+    for name in ("resolved_database_url", "resolved_model_cache_dir"):
+        fresh.__dict__.pop(name, None)
+    return fresh
+
+
+def measure_scores(settings: Any, models: Any, rows: list[Any]) -> dict[str, SpaceScores]:
+    """Enroll and probe ``rows`` through a VoiceSearch on a fresh temporary store; per loaded
+    space, the genuine and impostor trial scores (AS-norm scores where it is on)."""
+    from service.app import build_voicesearch, open_database
+
+    with tempfile.TemporaryDirectory(prefix="voicesearch-calibrate-") as tmp:
+        fresh = _fresh_settings(settings, Path(tmp))
+        engine = open_database(fresh)
+        try:
+            vs = build_voicesearch(fresh, models, engine)
+            return asyncio.run(_scores(vs, rows))
+        finally:
+            engine.dispose()
+
+
+async def _scores(vs: Any, rows: list[Any]) -> dict[str, SpaceScores]:
+    enroll: dict[str, list[Any]] = {}
+    for row in rows:
+        if row.role == "enroll":
+            enroll.setdefault(row.speaker, []).append(row)
+    for speaker, speaker_rows in enroll.items():
+        languages = {r.language for r in speaker_rows}
+        await vs.enroll(
+            [r.path.read_bytes() for r in speaker_rows],
+            external_id=speaker,
+            name=speaker,
+            metadata=None,
+            language=languages.pop() if len(languages) == 1 else None,
+        )
+    ids = {vs.store.get(s).id: s for s in enroll}
+    probes = [r for r in rows if r.role == "probe"]
+    spaces = list(vs.models.encoders)
+    genuine: dict[str, list[float]] = {s: [] for s in spaces}
+    impostor: dict[str, list[float]] = {s: [] for s in spaces}
+    cos_g: dict[str, list[float]] = {s: [] for s in spaces}
+    cos_i: dict[str, list[float]] = {s: [] for s in spaces}
+    top1: dict[str, list[bool]] = {s: [] for s in spaces}
+    best: dict[str, list[float]] = {s: [] for s in spaces}
+    for row in probes:
+        audio = await vs._infer(vs._decode, row.path.read_bytes())
+        for space in spaces:
+            vector = await vs._infer(vs.models.encoder(space).embed, audio.samples)
+            hits = vs.gallery.search(space, vector[None, :], len(ids))[0]
+            raw = [h.score for h in hits]
+            scored = raw
+            if vs.normalizer is not None and vs.normalizer.enabled(space):
+                scored = vs.normalizer.normalise(space, vector, [h.speaker_id for h in hits], raw)
+            ranked = []
+            for hit, cosine, score in zip(hits, raw, scored, strict=True):
+                if score is None:
+                    continue
+                same = ids.get(hit.speaker_id) == row.speaker
+                (genuine if same else impostor)[space].append(float(score))
+                (cos_g if same else cos_i)[space].append(float(cosine))
+                ranked.append((float(score), same))
+            ranked.sort(key=lambda t: -t[0])
+            top1[space].append(bool(ranked and ranked[0][1]))
+            best[space].append(ranked[0][0] if ranked else -np.inf)
+    policy_types = {s: vs.policy.score_type(s) for s in spaces}
+    return {
+        s: SpaceScores(
+            s,
+            policy_types[s],
+            np.asarray(genuine[s]),
+            np.asarray(impostor[s]),
+            len(ids),
+            np.asarray(cos_g[s]),
+            np.asarray(cos_i[s]),
+            np.asarray([r.speaker in enroll for r in probes], dtype=bool),
+            np.asarray(top1[s], dtype=bool),
+            np.asarray(best[s], dtype=np.float64),
+        )
+        for s in spaces
+    }
+
+
+def calibrate(
+    settings: Any, models: Any, rows: list[Any], target_far: float
+) -> dict[str, SpaceCalibration]:
+    scores = measure_scores(settings, models, rows)
+    identities = {space: enc.identity for space, enc in models.encoders.items()}
+    return {
+        space: fit_space(space_scores, identities[space], target_far)
+        for space, space_scores in scores.items()
+    }
+
+
+def store_calibrations(
+    store: CalibrationStore, results: Mapping[str, SpaceCalibration], source: str
+) -> list[CalibrationRecord]:
+    return [
+        store.add(
+            space=c.space,
+            model_identity=c.model_identity,
+            score_type=c.score_type,
+            threshold=c.threshold,
+            target_far=c.target_far,
+            far=c.far,
+            frr=c.frr,
+            eer=c.eer,
+            n_genuine=c.n_genuine,
+            n_impostor=c.n_impostor,
+            n_speakers=c.n_speakers,
+            logistic=c.logistic.to_dict(),
+            source=source,
+            details={
+                "eer_threshold": c.eer_threshold,
+                "genuine_min": c.genuine_min,
+                "impostor_max": c.impostor_max,
+            },
+        )
+        for c in results.values()
+    ]
