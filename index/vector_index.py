@@ -1,8 +1,17 @@
-"""An exact inner-product index over int64 ids, and its crash-safe snapshot file.
+"""An inner-product index over int64 ids (exact or approximate), and its crash-safe snapshot file.
 
-``VectorIndex`` wraps ``faiss.IndexIDMap2(faiss.IndexFlatIP(dim))``: exact search (profiles are
-unit vectors, so inner product = cosine similarity), arbitrary int64 ids, and ``reconstruct`` by
-id (the "2" keeps a reverse map). It knows vectors and ids only — never speakers.
+``VectorIndex`` wraps ``faiss.IndexIDMap2(faiss.IndexFlatIP(dim))`` by default: exact search
+(profiles are unit vectors, so inner product = cosine similarity), arbitrary int64 ids, and
+``reconstruct`` by id (the "2" keeps a reverse map). It knows vectors and ids only — never
+speakers.
+
+``IndexSpec(kind="hnsw")`` swaps the flat index for ``faiss.IndexHNSWFlat`` (inner product):
+approximate, sub-linear search for large galleries. An HNSW graph cannot remove nodes, so
+removal is a *tombstone*: the entry's slot in the id map is overwritten with ``TOMBSTONE`` (a
+negative id), and every search passes an ``IDSelectorRange(0, ...)`` that excludes negative ids,
+so a deleted or replaced vector is never returned (exactly, not approximately). When tombstones
+exceed ``compact_fraction`` of the graph, the index is rebuilt from its live vectors. Tombstones
+are part of the serialised id map, so snapshots keep them.
 
 Snapshot file layout (one file per index, so header, metadata and vectors cannot disagree)::
 
@@ -28,6 +37,7 @@ import mmap
 import os
 import secrets
 import struct
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +52,69 @@ _HEAD = struct.Struct("<8sII")  # magic, version, meta_len
 _BLOB_LEN = struct.Struct("<Q")
 _CHECKSUM_LEN = 32
 _MAX_META = 1 << 20
+
+INDEX_FLAT = "flat"
+INDEX_HNSW = "hnsw"
+INDEX_TYPES = (INDEX_FLAT, INDEX_HNSW)
+#: Id-map value of a removed HNSW entry (FAISS uses -1 for "no result", so -2).
+TOMBSTONE = -2
+_ALIVE_MAX = 1 << 62  # IDSelectorRange upper bound: every valid (>= 0) id is below it
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Which FAISS index to build. ``flat``: exact. ``hnsw``: approximate graph search with
+    ``hnsw_m`` links per node, ``ef_construction`` (build quality) and ``ef_search`` (search
+    breadth; at least ``k`` is used). Only ``kind`` and ``hnsw_m``/``ef_construction`` shape the
+    stored index; ``ef_search`` and ``compact_fraction`` apply at run time."""
+
+    kind: str = INDEX_FLAT
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+    compact_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.kind not in INDEX_TYPES:
+            raise IndexInputError(f"index kind must be one of {INDEX_TYPES}, got {self.kind!r}")
+        if min(self.hnsw_m, self.ef_construction, self.ef_search) < 1:
+            raise IndexInputError("HNSW parameters must be positive")
+        if not 0.0 < self.compact_fraction <= 1.0:
+            raise IndexInputError("compact_fraction must be in (0, 1]")
+
+    def meta(self) -> dict[str, Any]:
+        """What a snapshot records about the index it holds."""
+        if self.kind == INDEX_FLAT:
+            return {"index_type": INDEX_FLAT}
+        return {
+            "index_type": INDEX_HNSW,
+            "hnsw_m": self.hnsw_m,
+            "hnsw_ef_construction": self.ef_construction,
+        }
+
+    def new_faiss_index(self, dim: int) -> Any:
+        if self.kind == INDEX_FLAT:
+            return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        hnsw = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = self.ef_construction
+        hnsw.hnsw.efSearch = self.ef_search
+        return faiss.IndexIDMap2(hnsw)
+
+
+def spec_of(faiss_index: Any) -> IndexSpec:
+    """The spec a deserialised ``IndexIDMap2`` was built with (run-time fields: defaults)."""
+    inner = faiss.downcast_index(faiss_index.index)
+    if isinstance(inner, faiss.IndexHNSWFlat):
+        return IndexSpec(
+            kind=INDEX_HNSW,
+            hnsw_m=int(inner.hnsw.nb_neighbors(1)),
+            ef_construction=int(inner.hnsw.efConstruction),
+            ef_search=int(inner.hnsw.efSearch),
+        )
+    if isinstance(inner, faiss.IndexFlatIP):
+        return IndexSpec()
+    raise IndexCorruptError(f"unsupported inner index type {type(inner).__name__}")
+
 
 # Below this many ids a membership probe through IndexIDMap2's reverse map (O(1) each) beats a
 # vectorised scan of the whole id array (O(ntotal)).
@@ -64,19 +137,34 @@ def _as_ids(ids: object, *, name: str = "ids") -> np.ndarray:
 
 
 class VectorIndex:
-    """Exact inner-product search over ``dim``-dimensional float32 vectors keyed by int64 ids.
+    """Inner-product search over ``dim``-dimensional float32 vectors keyed by int64 ids: exact
+    (``spec.kind == "flat"``, the default) or HNSW (see the module docstring).
 
     Not thread-safe for concurrent modification: callers serialise writes against searches
     (``service.gallery.Gallery`` holds a lock).
     """
 
-    def __init__(self, dim: int, *, _faiss_index: Any = None) -> None:
+    def __init__(
+        self, dim: int, *, spec: IndexSpec | None = None, _faiss_index: Any = None
+    ) -> None:
         if int(dim) <= 0:
             raise IndexInputError(f"dim must be positive, got {dim}")
         self._dim = int(dim)
         if _faiss_index is None:
-            _faiss_index = faiss.IndexIDMap2(faiss.IndexFlatIP(self._dim))
+            self._spec = spec or IndexSpec()
+            _faiss_index = self._spec.new_faiss_index(self._dim)
+        else:
+            built = spec_of(_faiss_index)
+            # Run-time options come from the caller; the stored structure from the index.
+            self._spec = replace(
+                built,
+                ef_search=spec.ef_search if spec else built.ef_search,
+                compact_fraction=spec.compact_fraction if spec else built.compact_fraction,
+            )
         self._index = _faiss_index
+        self._hnsw = self._spec.kind == INDEX_HNSW
+        self._tombstones = int(np.count_nonzero(self._id_view() < 0)) if self._hnsw else 0
+        self._alive = faiss.IDSelectorRange(0, _ALIVE_MAX)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -84,8 +172,23 @@ class VectorIndex:
         return self._dim
 
     @property
+    def spec(self) -> IndexSpec:
+        return self._spec
+
+    @property
     def ntotal(self) -> int:
-        return int(self._index.ntotal)
+        """Live vectors (HNSW tombstones excluded)."""
+        return int(self._index.ntotal) - self._tombstones
+
+    @property
+    def tombstones(self) -> int:
+        return self._tombstones
+
+    def set_runtime_options(self, spec: IndexSpec) -> None:
+        """Apply ``ef_search`` / ``compact_fraction`` of ``spec`` (structure is unchanged)."""
+        self._spec = replace(
+            self._spec, ef_search=spec.ef_search, compact_fraction=spec.compact_fraction
+        )
 
     def __len__(self) -> int:
         return self.ntotal
@@ -111,7 +214,7 @@ class VectorIndex:
 
     def _id_view(self) -> np.ndarray:
         """Zero-copy view of the id array (position -> id). Valid only until the next change."""
-        n = self.ntotal
+        n = int(self._index.ntotal)  # physical slots, tombstones (negative) included
         if n == 0:
             return np.empty(0, dtype=np.int64)
         return faiss.rev_swig_ptr(self._index.id_map.data(), n)
@@ -121,7 +224,8 @@ class VectorIndex:
         array = _as_ids(ids)
         if self.ntotal == 0 or array.size == 0:
             return np.zeros(array.shape, dtype=bool)
-        if array.size <= _PROBE_LIMIT:
+        # HNSW: the reverse map still knows tombstoned ids, so only the id map is authoritative.
+        if array.size <= _PROBE_LIMIT and not self._hnsw:
             mask = np.zeros(array.shape, dtype=bool)
             buffer = np.empty(self._dim, dtype=np.float32)
             for i, key in enumerate(array.tolist()):
@@ -147,8 +251,9 @@ class VectorIndex:
             raise IndexInputError("duplicate ids in one upsert")
         present = self.contains(id_array)
         if present.any():
-            self._index.remove_ids(id_array[present])
+            self._drop(id_array[present])
         self._index.add_with_ids(matrix, id_array)
+        self._maybe_compact()
 
     def add(self, ids: object, vectors: object, *, assume_new: bool = False) -> None:
         """Insert ids that are not in the index yet (bulk loading). ``assume_new=True`` skips
@@ -174,10 +279,39 @@ class VectorIndex:
         present = id_array[self.contains(id_array)]
         if present.size == 0:
             return 0
-        return int(self._index.remove_ids(np.unique(present)))
+        removed = self._drop(np.unique(present))
+        self._maybe_compact()
+        return removed
+
+    def _drop(self, ids: np.ndarray) -> int:
+        """Remove ids known to be present: physically (flat) or by tombstone (HNSW)."""
+        if not self._hnsw:
+            return int(self._index.remove_ids(ids))
+        view = self._id_view()
+        positions = np.flatnonzero(np.isin(view, ids))
+        view[positions] = TOMBSTONE
+        self._tombstones += int(positions.size)
+        return int(np.unique(ids).size)
+
+    def _maybe_compact(self) -> None:
+        physical = int(self._index.ntotal)
+        if self._tombstones and self._tombstones > self._spec.compact_fraction * physical:
+            self.compact()
+
+    def compact(self) -> None:
+        """Rebuild an HNSW index from its live vectors (drops every tombstone)."""
+        if not self._hnsw or self._tombstones == 0:
+            return
+        ids, vectors = self.vectors()
+        fresh = self._spec.new_faiss_index(self._dim)
+        if ids.size:
+            fresh.add_with_ids(vectors, ids)
+        self._index = fresh
+        self._tombstones = 0
 
     def reset(self) -> None:
-        self._index.reset()
+        self._index = self._spec.new_faiss_index(self._dim)
+        self._tombstones = 0
 
     # ------------------------------------------------------------------ reads
     def search(
@@ -187,7 +321,10 @@ class VectorIndex:
 
         Returns ``(scores float32 (m, kk), ids int64 (m, kk))`` with ``kk = min(k, ntotal)``,
         best first. An exact flat index fills every row up to ``ntotal``, so there are no -1
-        padding columns; an empty index gives ``(m, 0)`` arrays. A 1-D query is one row.
+        padding columns; an HNSW index may leave trailing ``-1`` ids (score ``-inf``) where its
+        graph walk found fewer than ``kk`` live entries: callers drop ids < 0. An empty index
+        gives ``(m, 0)`` arrays. A 1-D query is one row. Tombstoned (removed) HNSW entries are
+        never returned.
 
         ``threads``: OpenMP threads for this call only (set on the calling thread and restored;
         OpenMP keeps the setting per thread). ``None`` keeps FAISS's default (all cores).
@@ -199,18 +336,25 @@ class VectorIndex:
         m = matrix.shape[0]
         if kk == 0 or m == 0:
             return np.empty((m, 0), dtype=np.float32), np.empty((m, 0), dtype=np.int64)
+        params = None
+        if self._hnsw:
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self._spec.ef_search, kk)
+            if self._tombstones:
+                params.sel = self._alive
         if threads is None:
-            return self._index.search(matrix, kk)
+            return self._index.search(matrix, kk, params=params)
         previous = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(int(threads))
         try:
-            return self._index.search(matrix, kk)
+            return self._index.search(matrix, kk, params=params)
         finally:
             faiss.omp_set_num_threads(previous)
 
     def ids(self) -> np.ndarray:
         """Every id in the index (a copy, in storage order)."""
-        return self._id_view().copy()
+        view = self._id_view()
+        return view[view >= 0] if self._tombstones else view.copy()
 
     def reconstruct(self, ids: object) -> np.ndarray:
         """Stored vectors for ``ids`` as float32 (n, dim); KeyError-like IndexInputError when an
@@ -225,11 +369,16 @@ class VectorIndex:
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, vectors)`` of every entry, aligned, in storage order (copies)."""
-        n = self.ntotal
-        if n == 0:
+        n = int(self._index.ntotal)
+        if self.ntotal == 0:
             return np.empty(0, dtype=np.int64), np.empty((0, self._dim), dtype=np.float32)
         flat = faiss.downcast_index(self._index.index)
+        if self._hnsw:
+            flat = faiss.downcast_index(flat.storage)
         data = faiss.rev_swig_ptr(flat.get_xb(), n * self._dim).reshape(n, self._dim)
+        if self._tombstones:
+            alive = self._id_view() >= 0
+            return self._id_view()[alive], data[alive]
         return self.ids(), data.copy()
 
     # ------------------------------------------------------------------ persistence
@@ -239,7 +388,8 @@ class VectorIndex:
         return faiss.serialize_index(self._index)
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
-        write_snapshot(Path(path), meta, self.serialize(), dim=self._dim, count=self.ntotal)
+        full = {**self._spec.meta(), **meta}
+        write_snapshot(Path(path), full, self.serialize(), dim=self._dim, count=self.ntotal)
 
     @classmethod
     def load(cls, path: Path) -> tuple[VectorIndex, dict[str, Any]]:
@@ -350,8 +500,13 @@ def _parse_snapshot(path: Path, view: memoryview, size: int) -> tuple[VectorInde
         raise IndexCorruptError(f"{path}: unexpected index type {type(faiss_index).__name__}")
     if faiss_index.d != meta["dim"]:
         raise IndexCorruptError(f"{path}: index dimension {faiss_index.d} != meta {meta['dim']}")
-    if "count" in meta and faiss_index.ntotal != meta["count"]:
+    index = VectorIndex(meta["dim"], _faiss_index=faiss_index)
+    if "count" in meta and index.ntotal != meta["count"]:
         raise IndexCorruptError(
-            f"{path}: index holds {faiss_index.ntotal} vectors, meta says {meta['count']}"
+            f"{path}: index holds {index.ntotal} vectors, meta says {meta['count']}"
         )
-    return VectorIndex(meta["dim"], _faiss_index=faiss_index), meta
+    if meta.get("index_type", INDEX_FLAT) != index.spec.kind:
+        raise IndexCorruptError(
+            f"{path}: meta says {meta.get('index_type')!r}, the index is {index.spec.kind!r}"
+        )
+    return index, meta

@@ -18,9 +18,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from filelock import FileLock
 from sqlalchemy import Engine
 
+from index.vector_index import IndexSpec
 from service import __version__
+from service.api import audit as audit_api
+from service.api import calibration as calibration_api
 from service.api import health, matching, speakers, voice
 from service.api.error_handlers import install_error_handlers
+from service.api.middleware import BodySizeLimitMiddleware
+from service.auth import KeyRing, log_auth_state
 from service.gallery import Gallery
 from service.models import ModelRegistry
 from service.routing import LanguageRouter
@@ -56,16 +61,51 @@ def open_database(settings: Settings) -> Engine:
 def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine) -> VoiceSearch:
     """Open storage and indexes for already-loaded models (also used by the CLI)."""
     identities = {space: enc.identity for space, enc in models.encoders.items()}
-    store = SpeakerStore(make_session_factory(engine), identities)
+    store = SpeakerStore(
+        make_session_factory(engine),
+        identities,
+        min_profile_speech_s=settings.min_enroll_speech_s,
+    )
     gallery = Gallery(
         store,
         settings.data_dir / "index",
         dims={space: enc.dim for space, enc in models.encoders.items()},
         model_identities=identities,
+        index_spec=IndexSpec(
+            kind=settings.index_type,
+            hnsw_m=settings.index_hnsw_m,
+            ef_construction=settings.index_hnsw_ef_construction,
+            ef_search=settings.index_hnsw_ef_search,
+        ),
     )
     for space, how in gallery.open().items():
         log.info("index %s: %s", space, how)
-    return VoiceSearch(settings, models, LanguageRouter(settings.cnceleb_languages), store, gallery)
+    return VoiceSearch(
+        settings,
+        models,
+        LanguageRouter(settings.cnceleb_languages),
+        store,
+        gallery,
+        **quality_and_calibration(settings, engine, gallery, identities),
+    )
+
+
+def quality_and_calibration(
+    settings: Settings, engine: Engine, gallery: Gallery, identities: dict[str, str]
+) -> dict:
+    """The VAD (loaded once), the decision policy (stored calibrations) and AS-norm."""
+    from service.calibration import DecisionPolicy
+    from service.normalization import AsNorm
+    from service.quality import QualityAssessor
+    from storage.calibration import CalibrationStore
+
+    return {
+        "quality": QualityAssessor.from_settings(settings),
+        "policy": DecisionPolicy(
+            settings, CalibrationStore(make_session_factory(engine)), identities
+        ),
+        "normalizer": AsNorm.from_settings(settings, gallery) if settings.asnorm_spaces else None,
+    }
 
 
 def load_models(settings: Settings) -> ModelRegistry:
@@ -86,10 +126,22 @@ def load_models(settings: Settings) -> ModelRegistry:
     return models
 
 
+def form_limits(settings: Settings) -> dict[str, int]:
+    """Multipart limits for every form route: the files an enrollment may carry, a few text
+    fields, and text fields no larger than the metadata cap (plus room for its form encoding)."""
+    return {
+        "max_files": settings.max_files_per_enrollment,
+        "max_fields": 16,
+        "max_part_size": settings.max_metadata_bytes + 4096,
+    }
+
+
 def create_app(settings: Settings | None = None, *, models: ModelRegistry | None = None) -> FastAPI:
     """Build the app. Tests pass ``settings`` and already-loaded ``models``; ``voicesearch
     serve`` passes nothing and everything comes from the environment."""
     settings = settings or Settings()
+    keyring = KeyRing.from_settings(settings)  # a bad key configuration fails here, loudly
+    log_auth_state(keyring)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -116,8 +168,19 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        **(
+            {}
+            if settings.public_docs
+            else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+        ),
     )
     app.state.settings = settings
+    app.state.keyring = keyring
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.request_body_limit,
+        max_json_bytes=settings.max_json_bytes,
+    )
     if settings.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -127,5 +190,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         )
     install_error_handlers(app)
     for module in (health, voice, matching, speakers):
-        app.include_router(module.router)
+        app.include_router(module.router, form_limits=form_limits(settings))
+    app.include_router(audit_api.router)
+    app.include_router(calibration_api.router)
     return app

@@ -91,6 +91,24 @@ def _open_for_index_work(settings: Settings) -> VoiceSearch:
     return build_voicesearch(settings, models, open_database(settings))
 
 
+def _audit_rebuild(voicesearch: VoiceSearch, space: str, count: int, generation: int) -> None:
+    """Record an operator's index rebuild in the audit log (as the OS user who ran it)."""
+    import getpass
+
+    from storage import audit
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    record = audit.AuditRecord(
+        audit.ACTION_INDEX_REBUILD,
+        audit.Actor(f"cli:{user}", "operator"),
+        {"space": space, "speakers": count, "generation": generation},
+    )
+    audit.record(voicesearch.store.session_factory, record)
+
+
 def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
     voicesearch = _open_for_index_work(settings)
     gallery = voicesearch.gallery
@@ -113,6 +131,7 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
                     bar.refresh()
 
                 report = gallery.rebuild(space, progress=progress)
+            _audit_rebuild(voicesearch, space, report.count, report.generation)
             print(
                 f"{space}: {report.count} speakers indexed in "
                 f"{time.perf_counter() - started:.2f}s (generation {report.generation})"
@@ -159,7 +178,7 @@ def _command_modules() -> list[ModuleType]:
     """The operator commands that live in service/commands (see its docstring)."""
     import importlib
 
-    names: list[str] = []  # e.g. "eval", "calibrate": each is service/commands/<name>.py
+    names: list[str] = ["eval", "enroll_dir", "calibrate"]  # each: service/commands/<name>.py
     return [importlib.import_module(f"service.commands.{name}") for name in names]
 
 

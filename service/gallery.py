@@ -33,7 +33,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from index.errors import IndexCorruptError
-from index.vector_index import VectorIndex, write_snapshot
+from index.vector_index import IndexSpec, VectorIndex, write_snapshot
 from service.errors import UnknownSpace
 from storage.repository import ChangeCursor, SpeakerStore
 
@@ -123,6 +123,7 @@ class Gallery:
         model_identities: Mapping[str, str],
         *,
         snapshot_every: int = 1000,
+        index_spec: IndexSpec | None = None,
     ) -> None:
         for space in dims:
             if space not in model_identities:
@@ -135,6 +136,8 @@ class Gallery:
         self.dims: dict[str, int] = dict(dims)
         self.model_identities: dict[str, str] = {s: model_identities[s] for s in dims}
         self.snapshot_every = int(snapshot_every)
+        #: Which FAISS index every space uses (flat = exact, hnsw = approximate).
+        self.index_spec = index_spec or IndexSpec()
         self._lock = threading.RLock()
         self._spaces: dict[str, _SpaceState] = {}
         self._opened = False
@@ -202,6 +205,7 @@ class Gallery:
                 logger.warning("index %s: snapshot not used: %s", space, problem)
                 return self._rebuild_and_install(space, f"rebuilt from database: {problem}")
 
+            index.set_runtime_options(self.index_spec)
             state = _SpaceState(index=index, seq=int(meta["seq"]), generation=meta["generation"])
             replayed = self._catch_up(space, state, cursor.seq)
             # Counts must agree; a concurrent writer can make them differ for a moment, so
@@ -230,6 +234,10 @@ class Gallery:
             return f"snapshot is for space {meta.get('space')!r}"
         if meta.get("dim") != self.dims[space]:
             return f"snapshot dimension {meta.get('dim')} != model dimension {self.dims[space]}"
+        wanted = self.index_spec.meta()
+        stored = {key: meta.get(key, "flat" if key == "index_type" else None) for key in wanted}
+        if stored != wanted:
+            return f"index type changed (snapshot {stored}, configured {wanted})"
         if meta.get("model_identity") != identity:
             return f"model changed (snapshot {meta.get('model_identity')!r}, loaded {identity!r})"
         if meta.get("generation") != cursor.generation(space):
@@ -262,7 +270,7 @@ class Gallery:
         """
         cursor = self.store.change_cursor()
         total = self.store.profile_count(space)
-        index = VectorIndex(self.dims[space])
+        index = VectorIndex(self.dims[space], spec=self.index_spec)
         done = 0
         if progress:
             progress(0, total)
@@ -341,9 +349,29 @@ class Gallery:
             self._sync_locked()
             scores, ids = self._spaces[space].index.search(vectors, k, threads=self.search_threads)
         return [
-            [Hit(int(i), float(s)) for s, i in zip(row_scores, row_ids, strict=True)]
+            [Hit(int(i), float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
             for row_scores, row_ids in zip(scores, ids, strict=True)
         ]
+
+    def vectors(self, space: str, ids: np.ndarray) -> np.ndarray:
+        """Indexed vectors of ``ids`` (float32 (n, dim)), as of the last sync; ids no longer
+        indexed give rows of NaN (read-only, for score normalisation)."""
+        self._check_space(space)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.full((ids.size, self.dims[space]), np.nan, dtype=np.float32)
+        with self._lock:
+            index = self._spaces[space].index
+            present = index.contains(ids) if ids.size else np.zeros(0, bool)
+            if present.any():
+                out[present] = index.reconstruct(ids[present])
+        return out
+
+    def version(self, space: str) -> tuple[int, int]:
+        """``(generation, seq)`` of the space's index as last synced: moves on every change."""
+        self._check_space(space)
+        with self._lock:
+            state = self._spaces[space]
+            return state.generation, state.seq
 
     def size(self, space: str) -> int:
         self._check_space(space)
@@ -387,6 +415,7 @@ class Gallery:
 
     def _meta(self, space: str, state: _SpaceState) -> dict:
         return {
+            **state.index.spec.meta(),
             "space": space,
             "seq": state.seq,
             "generation": state.generation,

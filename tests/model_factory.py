@@ -99,10 +99,10 @@ compute_features: !new:speechbrain.lobes.features.Fbank
 
 embedding_model: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN
   input_size: 60
-  channels: [16, 16, 16, 16, 48]
+  channels: {channels}
   kernel_sizes: [5, 3, 3, 3, 1]
   dilations: [1, 2, 3, 4, 1]
-  attention_channels: 8
+  attention_channels: {attention_channels}
   lin_neurons: {lin_neurons}
 
 
@@ -110,7 +110,7 @@ classifier: !new:speechbrain.lobes.models.Xvector.Classifier
   input_shape: [null, null, {lin_neurons}]
   activation: !name:torch.nn.LeakyReLU
   lin_blocks: 1
-  lin_neurons: {lin_neurons}
+  lin_neurons: {classifier_neurons}
   out_neurons: !ref <out_n_neurons>
 
 
@@ -256,19 +256,34 @@ def build_speaker_model(
     return target_dir
 
 
+#: (channels, attention_channels, lin_neurons, classifier lin_neurons) of the tiny test model and
+#: of the published lang-id-voxlingua107-ecapa (same architecture, same compute as the real one).
+_LANGID_TINY = ("[16, 16, 16, 16, 48]", 8, 32, 32)
+_LANGID_FULL = ("[1024, 1024, 1024, 1024, 3072]", 128, 256, 512)
+
+
 def build_langid_model(
-    target_dir: Path, *, seed: int = 0, favour_language: str | None = None
+    target_dir: Path, *, seed: int = 0, favour_language: str | None = None, full_size: bool = False
 ) -> Path:
     """Write a tiny random VoxLingua107 language-ID model (the real 107 labels).
 
     ``favour_language="zh"`` sets the output layer so that language wins on any input with a
     posterior of about 0.99, while every other language keeps a small, input-dependent share.
+    ``full_size=True`` uses the official model's dimensions instead (random weights, the real
+    model's compute cost: for throughput benchmarks; slow to build, never used by tests).
     """
     import torch
 
     target_dir = Path(target_dir)
     target_dir.mkdir(parents=True, exist_ok=True)
-    text = _LANGID_HPARAMS.format(hub_name="speechbrain/lang-id-voxlingua107-ecapa", lin_neurons=32)
+    channels, attention, lin, classifier_lin = _LANGID_FULL if full_size else _LANGID_TINY
+    text = _LANGID_HPARAMS.format(
+        hub_name="speechbrain/lang-id-voxlingua107-ecapa",
+        channels=channels,
+        attention_channels=attention,
+        lin_neurons=lin,
+        classifier_neurons=classifier_lin,
+    )
     hparams = _instantiate(text, seed)
     generator = torch.Generator().manual_seed(seed + 1)
     _calibrate_batchnorm(hparams)

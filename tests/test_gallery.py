@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from sqlalchemy import event
 
-from index.vector_index import VectorIndex
+from index.vector_index import IndexSpec, VectorIndex
 from service.errors import UnknownSpace
 from service.gallery import Gallery
 from storage.db import make_engine, make_session_factory
@@ -350,5 +350,66 @@ def test_store_and_gallery_must_agree_on_models(db_url: str, snapshot_dir: Path)
         store = SpeakerStore(make_session_factory(engine), IDENTITIES)
         with pytest.raises(ValueError, match="disagree"):
             Gallery(store, snapshot_dir, DIMS, {VOX: "other", CN: "cn@1"})
+    finally:
+        engine.dispose()
+
+
+# ------------------------------------------------------------------------------ HNSW index
+HNSW = IndexSpec(kind="hnsw", hnsw_m=8, ef_construction=32, ef_search=32)
+
+
+def test_hnsw_gallery_agrees_with_flat_and_never_returns_deleted(
+    make_worker: Callable[..., Worker], rng: np.random.Generator
+) -> None:
+    store, flat = make_worker()
+    _, approx = make_worker(index_spec=HNSW)
+    people = [enroll(store, rng, f"h{i}") for i in range(60)]
+    for speaker_id, profile in people[:20]:
+        assert top(approx, profile, 1) == [speaker_id]
+        assert top(approx, profile, 5) == top(flat, profile, 5)
+    for i in range(0, 60, 2):
+        store.delete(f"h{i}")
+    deleted = {speaker_id for speaker_id, _ in people[::2]}
+    for _, profile in people:
+        found = set(top(approx, profile, 30))
+        assert not found & deleted
+        assert found == set(top(flat, profile, 30))  # 30 live speakers: all of them
+    assert approx.size(VOX) == 30
+    assert all(report.ok for report in approx.verify().values())
+
+
+def test_hnsw_snapshot_records_type_and_a_type_change_rebuilds(
+    make_worker: Callable[..., Worker], rng: np.random.Generator, snapshot_dir: Path
+) -> None:
+    store, gallery = make_worker(index_spec=HNSW)
+    people = [enroll(store, rng, f"s{i}") for i in range(10)]
+    store.delete("s0")
+    gallery.snapshot()
+    _, meta = VectorIndex.load(snapshot_dir / f"{VOX}.faiss")
+    assert meta["index_type"] == "hnsw" and meta["hnsw_m"] == 8 and meta["count"] == 9
+
+    _, same = make_worker(index_spec=HNSW, open_=False)
+    assert same.open()[VOX].startswith("loaded snapshot")
+    for speaker_id, profile in people[1:]:
+        assert top(same, profile, 1) == [speaker_id]
+    assert people[0][0] not in top(same, people[0][1], 10)
+
+    _, flat = make_worker(open_=False)  # configured flat now: the hnsw snapshot is not used
+    assert "index type changed" in flat.open()[VOX]
+    assert flat._spaces[VOX].index.spec.kind == "flat"
+
+
+def test_index_type_setting_reaches_every_space(tiny_registry: Any, tmp_path: Path) -> None:
+    from service.app import build_voicesearch, open_database
+    from service.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", index_type="hnsw", index_hnsw_m=8)
+    engine = open_database(settings)
+    try:
+        gallery = build_voicesearch(settings, tiny_registry, engine).gallery
+        for space in gallery.dims:
+            spec = gallery._spaces[space].index.spec
+            assert (spec.kind, spec.hnsw_m, spec.ef_search) == ("hnsw", 8, 128)
+            assert VectorIndex.load(gallery.snapshot_path(space))[1]["index_type"] == "hnsw"
     finally:
         engine.dispose()

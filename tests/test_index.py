@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from index.errors import IndexCorruptError, IndexInputError
-from index.vector_index import MAGIC, VectorIndex, write_snapshot
+from index.vector_index import MAGIC, IndexSpec, VectorIndex, write_snapshot
 
 DIM = 16
 
@@ -136,7 +136,13 @@ def test_save_load_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
     index.save(path, {"space": "voxceleb", "seq": 42})
 
     loaded, meta = VectorIndex.load(path)
-    assert meta == {"space": "voxceleb", "seq": 42, "dim": DIM, "count": 100}
+    assert meta == {
+        "space": "voxceleb",
+        "seq": 42,
+        "dim": DIM,
+        "count": 100,
+        "index_type": "flat",
+    }
     assert loaded.dim == DIM and loaded.ntotal == 100
     queries = unit(rng, 4)
     for a, b in zip(index.search(queries, 5), loaded.search(queries, 5), strict=True):
@@ -224,3 +230,94 @@ def test_failed_write_keeps_old_snapshot(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.undo()
     assert VectorIndex.load(path)[1]["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["keep.faiss"]  # temp file cleaned up
+
+
+# ------------------------------------------------------------------ HNSW (approximate) index
+HNSW = IndexSpec(kind="hnsw", hnsw_m=16, ef_construction=64, ef_search=64)
+
+
+def test_hnsw_matches_flat_on_small_data(rng: np.random.Generator) -> None:
+    ids = rng.choice(100_000, size=2000, replace=False).astype(np.int64)
+    vectors = unit(rng, 2000)
+    flat, hnsw = VectorIndex(DIM), VectorIndex(DIM, spec=HNSW)
+    flat.upsert(ids, vectors)
+    hnsw.upsert(ids, vectors)
+    queries = unit(rng, 50)
+    _, exact = flat.search(queries, 10)
+    _, approx = hnsw.search(queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
+    assert recall >= 0.95
+    # A stored vector finds itself first.
+    _, top = hnsw.search(vectors[:20], 1)
+    assert top[:, 0].tolist() == ids[:20].tolist()
+
+
+def test_hnsw_deleted_and_replaced_vectors_are_never_returned(rng: np.random.Generator) -> None:
+    spec = IndexSpec(kind="hnsw", hnsw_m=16, ef_construction=64, ef_search=64, compact_fraction=1.0)
+    index = VectorIndex(DIM, spec=spec)
+    ids = np.arange(1000, dtype=np.int64)
+    vectors = unit(rng, 1000)
+    index.add(ids, vectors)
+    gone = ids[::3]
+    assert index.remove(gone) == gone.size
+    assert index.remove(gone) == 0
+    replaced = ids[1::3][:100]
+    fresh = unit(rng, 100)
+    index.upsert(replaced, fresh)
+    assert index.tombstones == gone.size + replaced.size
+    assert index.ntotal == 1000 - gone.size
+    assert not index.contains(gone).any() and index.contains(replaced).all()
+    # Query with the deleted vectors themselves: the nearest entries are gone, never returned.
+    scores, found = index.search(vectors[gone], 20)
+    assert not np.isin(found, gone).any()
+    # Old vectors of replaced ids are not returned: a replaced id scores with its new vector.
+    scores, found = index.search(vectors[replaced], 5)
+    for row_scores, row_ids, old in zip(scores, found, vectors[replaced], strict=True):
+        for score, key in zip(row_scores, row_ids, strict=True):
+            if key >= 0:
+                current = index.reconstruct([key])[0]
+                assert score == pytest.approx(float(current @ old), abs=1e-5)
+    np.testing.assert_allclose(index.reconstruct(replaced), fresh, atol=1e-6)
+    live_ids, live_vectors = index.vectors()
+    assert sorted(live_ids.tolist()) == sorted(set(ids.tolist()) - set(gone.tolist()))
+    assert live_vectors.shape == (live_ids.size, DIM)
+
+
+def test_hnsw_compacts_when_tombstones_pile_up(rng: np.random.Generator) -> None:
+    spec = IndexSpec(kind="hnsw", hnsw_m=8, ef_construction=32, compact_fraction=0.25)
+    index = VectorIndex(DIM, spec=spec)
+    index.add(np.arange(400), unit(rng, 400))
+    index.remove(np.arange(50))
+    assert index.tombstones == 50  # 50 / 400 < 25 %
+    index.remove(np.arange(50, 120))
+    assert index.tombstones == 0 and index.ntotal == 280  # compacted
+    _, found = index.search(unit(rng, 10), 10)
+    assert (found >= 120).all()
+
+
+def test_hnsw_save_load_keeps_type_params_and_tombstones(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    spec = IndexSpec(kind="hnsw", hnsw_m=12, ef_construction=40, compact_fraction=1.0)
+    index = VectorIndex(DIM, spec=spec)
+    index.add(np.arange(300), unit(rng, 300))
+    index.remove(np.arange(0, 300, 7))
+    path = tmp_path / "hnsw.faiss"
+    index.save(path, {"seq": 1})
+    loaded, meta = VectorIndex.load(path)
+    assert meta["index_type"] == "hnsw" and meta["hnsw_m"] == 12
+    assert meta["count"] == index.ntotal == loaded.ntotal
+    assert loaded.spec.kind == "hnsw" and loaded.spec.hnsw_m == 12
+    assert loaded.spec.ef_construction == 40
+    assert loaded.tombstones == index.tombstones
+    queries = unit(rng, 5)
+    for a, b in zip(index.search(queries, 5), loaded.search(queries, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.isin(loaded.ids(), np.arange(0, 300, 7)).any()
+
+
+def test_index_spec_validation() -> None:
+    with pytest.raises(IndexInputError):
+        IndexSpec(kind="ivf")
+    with pytest.raises(IndexInputError):
+        IndexSpec(kind="hnsw", hnsw_m=0)

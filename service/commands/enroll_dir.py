@@ -1,0 +1,123 @@
+"""`voicesearch enroll-dir DIR`: bulk enrollment, one speaker per sub-folder.
+
+The sub-folder's name is the speaker's external id (and name); every audio file directly inside
+it is one utterance. Goes through ``VoiceSearch.enroll`` / ``add_utterances`` (same decoding,
+checks and embeddings as the HTTP API), writing to the configured data directory; a speaker
+that already exists is skipped (or topped up with ``--add``). A speaker whose files fail
+(undecodable, too short…) is reported and skipped; the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from service.settings import Settings
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".webm", ".sph"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "enroll-dir",
+        help="enroll one speaker per sub-folder of DIR (folder name = speaker id)",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--language", help="language of every file (default: detect / unknown)")
+    parser.add_argument(
+        "--add", action="store_true", help="add the files to speakers that already exist"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def speaker_folders(directory: Path) -> list[tuple[str, list[Path]]]:
+    """``(speaker, files)`` per sub-folder holding at least one audio file, sorted by name."""
+    out = []
+    for folder in sorted(p for p in Path(directory).iterdir() if p.is_dir()):
+        files = sorted(
+            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+        )
+        if files:
+            out.append((folder.name, files))
+    return out
+
+
+async def enroll_all(
+    voicesearch, folders: list[tuple[str, list[Path]]], *, language: str | None, add: bool, bar
+) -> dict[str, int]:
+    from service import errors
+
+    limit = voicesearch.settings.max_files_per_enrollment
+    counts = {"enrolled": 0, "added": 0, "skipped": 0, "failed": 0, "files": 0}
+    for speaker, files in folders:
+        chunks = [files[i : i + limit] for i in range(0, len(files), limit)]
+        try:
+            try:
+                await voicesearch.enroll(
+                    [p.read_bytes() for p in chunks[0]],
+                    external_id=speaker,
+                    name=speaker,
+                    metadata={"source": "enroll-dir"},
+                    language=language,
+                )
+                counts["enrolled"] += 1
+            except errors.DuplicateSpeaker:
+                if not add:
+                    counts["skipped"] += 1
+                    bar.update(1)
+                    continue
+                await voicesearch.add_utterances(
+                    speaker, [p.read_bytes() for p in chunks[0]], language
+                )
+                counts["added"] += 1
+            for chunk in chunks[1:]:
+                await voicesearch.add_utterances(speaker, [p.read_bytes() for p in chunk], language)
+            counts["files"] += len(files)
+        except errors.ServiceError as exc:
+            counts["failed"] += 1
+            bar.write(f"{speaker}: not enrolled: {exc.code}: {exc}")
+        bar.update(1)
+    return counts
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from service.app import build_voicesearch, load_models, open_database
+
+    if not args.directory.is_dir():
+        print(f"error: {args.directory} is not a directory", file=sys.stderr)
+        return 2
+    folders = speaker_folders(args.directory)
+    if not folders:
+        print(f"error: no sub-folder of {args.directory} holds audio files", file=sys.stderr)
+        return 2
+    models = load_models(settings)
+    if not models.encoders:
+        print("error: no speaker encoder could be loaded; see the log", file=sys.stderr)
+        return 2
+    engine = open_database(settings)
+    try:
+        voicesearch = build_voicesearch(settings, models, engine)
+        started = time.perf_counter()
+        with tqdm(total=len(folders), unit="spk", file=sys.stderr, disable=args.no_progress) as bar:
+            counts = asyncio.run(
+                enroll_all(voicesearch, folders, language=args.language, add=args.add, bar=bar)
+            )
+        seconds = time.perf_counter() - started
+        voicesearch.gallery.snapshot()
+    finally:
+        engine.dispose()
+    done = counts["enrolled"] + counts["added"]
+    rate = 60.0 * done / seconds if seconds > 0 else 0.0
+    print(
+        f"enrolled {counts['enrolled']}, added to {counts['added']}, skipped {counts['skipped']} "
+        f"existing, failed {counts['failed']}; {counts['files']} files in {seconds:.1f}s "
+        f"({rate:.1f} speakers/minute)"
+    )
+    return 1 if counts["failed"] else 0
