@@ -34,10 +34,9 @@ def machine_section() -> list[str]:
             return [
                 "## Machine",
                 "",
-                f"{m['cpu']}, {m['cores']} cores visible (shared with two other engineers' "
-                f"builds and tests while these ran: load average 5-9, so absolute timings are "
-                f"pessimistic; comparisons were measured interleaved in the same run), "
-                f"{m['ram_gb']} GB RAM, Python {m['python']}, CPU only. Measured {m['when']}.",
+                f"{m['cpu']}, {m['cores']} cores visible, {m['ram_gb']} GB RAM, "
+                f"Python {m['python']}, CPU only. Each section's JSON records when it ran "
+                "(`machine.when`); see the note at the top about which runs shared the CPU.",
                 "",
             ]
     return []
