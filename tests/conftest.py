@@ -11,6 +11,29 @@ from service.models import ModelRegistry
 from tests.model_factory import build_langid_model, build_speaker_model
 
 
+class _NoNetwork(OSError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def no_hub_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never talk to the Hugging Face hub: every hub call fails here as an unreachable
+    network would, so "hub unreachable" paths are exercised without sending a packet."""
+    import huggingface_hub
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise _NoNetwork("network access is disabled in tests")
+
+    def download(*args: object, **kwargs: object) -> None:
+        if kwargs.get("local_files_only"):  # a cache miss, as the real function reports it
+            raise LocalEntryNotFoundError("not in the local cache")
+        unreachable()
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """role → model directory: language ID favouring English, and both speaker encoders.
