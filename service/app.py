@@ -8,9 +8,11 @@ then the database schema (migrations are the only way it changes), then the per-
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI
@@ -106,6 +108,31 @@ def quality_and_calibration(
         ),
         "normalizer": AsNorm.from_settings(settings, gallery) if settings.asnorm_spaces else None,
     }
+
+
+@contextmanager
+def temporary_voicesearch(
+    settings: Settings, models: ModelRegistry, **overrides: object
+) -> Iterator[VoiceSearch]:
+    """A VoiceSearch on a throwaway data directory, removed afterwards: `eval` and `calibrate`
+    measure through the real pipeline, store and index without touching the operator's data."""
+    with tempfile.TemporaryDirectory(prefix="voicesearch-tmp-") as tmp:
+        fresh = settings.model_copy(
+            update={
+                "data_dir": Path(tmp),
+                "database_url": None,
+                "model_cache_dir": settings.resolved_model_cache_dir,
+                **overrides,
+            }
+        )
+        # model_copy copies cached_property values too: drop the ones derived from data_dir.
+        for name in ("resolved_database_url", "resolved_model_cache_dir"):
+            fresh.__dict__.pop(name, None)
+        engine = open_database(fresh)
+        try:
+            yield build_voicesearch(fresh, models, engine)
+        finally:
+            engine.dispose()
 
 
 def load_models(settings: Settings) -> ModelRegistry:

@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -209,34 +207,14 @@ def fit_space(scores: SpaceScores, identity: str, target_far: float) -> SpaceCal
     )
 
 
-def _fresh_settings(settings: Any, data_dir: Path) -> Any:
-    fresh = settings.model_copy(
-        update={
-            "data_dir": data_dir,
-            "database_url": None,
-            "model_cache_dir": settings.resolved_model_cache_dir,
-            # Every enroll row is scored, however little speech it has.
-            "min_enroll_speech_s": 0.0,
-        }
-    )
-    for name in ("resolved_database_url", "resolved_model_cache_dir"):
-        fresh.__dict__.pop(name, None)
-    return fresh
-
-
 def measure_scores(settings: Any, models: Any, rows: list[Any]) -> dict[str, SpaceScores]:
     """Enroll and probe ``rows`` through a VoiceSearch on a fresh temporary store; per loaded
     space, the genuine and impostor trial scores (AS-norm scores where it is on)."""
-    from service.app import build_voicesearch, open_database
+    from service.app import temporary_voicesearch
 
-    with tempfile.TemporaryDirectory(prefix="voicesearch-calibrate-") as tmp:
-        fresh = _fresh_settings(settings, Path(tmp))
-        engine = open_database(fresh)
-        try:
-            vs = build_voicesearch(fresh, models, engine)
-            return asyncio.run(_scores(vs, rows))
-        finally:
-            engine.dispose()
+    # Every enroll row is scored, however little speech it has.
+    with temporary_voicesearch(settings, models, min_enroll_speech_s=0.0) as vs:
+        return asyncio.run(_scores(vs, rows))
 
 
 async def _scores(vs: Any, rows: list[Any]) -> dict[str, SpaceScores]:

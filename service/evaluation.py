@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,32 +148,13 @@ def compute_metrics(result: SystemResult) -> dict[str, Any]:
 EVAL_OVERRIDES = {"min_enroll_speech_s": 0.0}
 
 
-def _fresh_settings(settings: Settings, data_dir: Path) -> Settings:
-    update: dict[str, Any] = {
-        "data_dir": data_dir,
-        "database_url": None,
-        "model_cache_dir": settings.resolved_model_cache_dir,
-    }
-    update.update({k: v for k, v in EVAL_OVERRIDES.items() if k in type(settings).model_fields})
-    fresh = settings.model_copy(update=update)
-    # model_copy copies cached_property values too: drop the ones derived from data_dir.
-    for name in ("resolved_database_url", "resolved_model_cache_dir"):
-        fresh.__dict__.pop(name, None)
-    return fresh
-
-
 def run_service(settings: Settings, models: Any, rows: list[Row]) -> SystemResult:
     """Enroll and probe through a VoiceSearch built on a fresh temporary store."""
-    from service.app import build_voicesearch, open_database
+    from service.app import temporary_voicesearch
 
-    with tempfile.TemporaryDirectory(prefix="voicesearch-eval-") as tmp:
-        fresh = _fresh_settings(settings, Path(tmp))
-        engine = open_database(fresh)
-        try:
-            vs = build_voicesearch(fresh, models, engine)
-            return asyncio.run(_service_scores(vs, rows))
-        finally:
-            engine.dispose()
+    overrides = {k: v for k, v in EVAL_OVERRIDES.items() if k in type(settings).model_fields}
+    with temporary_voicesearch(settings, models, **overrides) as vs:
+        return asyncio.run(_service_scores(vs, rows))
 
 
 async def _service_scores(vs: Any, rows: list[Row]) -> SystemResult:
