@@ -145,11 +145,10 @@ def load_models(settings: Settings) -> ModelRegistry:
         cache_dir=settings.resolved_model_cache_dir,
         device=settings.device,
     )
+    # Failures are already logged, with their reason, by ModelRegistry.load.
     for role, status in models.statuses.items():
         if status.loaded:
             log.info("model %s loaded from %s in %.1fs", role, status.source, status.load_seconds)
-        else:
-            log.warning("model %s NOT loaded from %s: %s", role, status.source, status.error)
     return models
 
 
