@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.bench_search import COLUMNS as SEARCH_COLUMNS
 from bench.common import RESULTS, table
 
 HERE = Path(__file__).resolve().parent
@@ -44,20 +45,7 @@ def machine_section() -> list[str]:
 
 def search_section(targets: list[dict]) -> list[str]:
     out = ["## Search (bench_search)", ""]
-    cols = [
-        "data",
-        "n",
-        "index",
-        "ef",
-        "batch",
-        "recall10",
-        "top1_speaker",
-        "p50_ms",
-        "p99_ms",
-        "qps",
-        "build_s",
-        "mem_mb_per_m",
-    ]
+    cols = SEARCH_COLUMNS
     for name in ("search", "search-uniform"):
         data = load(name)
         if not data:
