@@ -10,6 +10,7 @@ core.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -99,11 +100,32 @@ class VoiceSearch:
             normalizer = AsNorm.from_settings(settings, gallery)
         self.normalizer = normalizer
         self._inference_limiter = anyio.CapacityLimiter(settings.inference_concurrency)
+        self._snapshot_running = threading.Lock()
 
     # --- plumbing -----------------------------------------------------------------------------
     async def _infer(self, fn: Callable[..., T], *args: Any) -> T:
         """Run model work in a thread, at most ``inference_concurrency`` at once."""
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._inference_limiter)
+
+    def _snapshot_soon(self) -> None:
+        """Refresh index snapshots in the background when enough changes have piled up.
+
+        A snapshot only makes the next start-up faster: the write itself is already durable in
+        SQLite. So the request that crosses the threshold must not wait for a file write of the
+        whole index (seconds at a million speakers). One snapshot thread at a time.
+        """
+        if not self._snapshot_running.acquire(blocking=False):
+            return
+
+        def run() -> None:
+            try:
+                self.gallery.maybe_snapshot()
+            except Exception:
+                log.exception("background index snapshot failed; the next one will retry")
+            finally:
+                self._snapshot_running.release()
+
+        threading.Thread(target=run, name="index-snapshot", daemon=True).start()
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run database / index work in a thread."""
@@ -524,7 +546,7 @@ class VoiceSearch:
                 )
 
         speaker, utterances = await self._io(write)
-        await self._io(self.gallery.maybe_snapshot)
+        self._snapshot_soon()
         return self._enrollment_response(speaker, utterances, [r for _, r in assessed])
 
     async def add_utterances(
@@ -548,7 +570,7 @@ class VoiceSearch:
                 )
 
         speaker, utterances = await self._io(write)
-        await self._io(self.gallery.maybe_snapshot)
+        self._snapshot_soon()
         return self._enrollment_response(speaker, utterances, [r for _, r in assessed])
 
     # --- speaker management -------------------------------------------------------------------
@@ -594,7 +616,7 @@ class VoiceSearch:
                 self.store.delete(external_id, audit=AuditRecord(audit.ACTION_DELETE, actor))
 
         await self._io(write)
-        await self._io(self.gallery.maybe_snapshot)
+        self._snapshot_soon()
 
 
 class translate_storage_errors:
