@@ -238,13 +238,18 @@ class VectorIndex:
         return np.isin(array, self._id_view())
 
     # ------------------------------------------------------------------ changes
-    def upsert(self, ids: object, vectors: object) -> None:
-        """Insert or replace. Existing ids are removed first, in one batch (removal is O(ntotal)
-        per call on a flat index, so it is skipped entirely when every id is new)."""
+    def _ids_and_vectors(self, ids: object, vectors: object) -> tuple[np.ndarray, np.ndarray]:
+        """Validated int64 ids and float32 (n, dim) vectors, one vector per id."""
         id_array = _as_ids(ids)
         matrix = self._as_vectors(vectors)
         if matrix.shape[0] != id_array.size:
             raise IndexInputError(f"{id_array.size} ids but {matrix.shape[0]} vectors")
+        return id_array, matrix
+
+    def upsert(self, ids: object, vectors: object) -> None:
+        """Insert or replace. Existing ids are removed first, in one batch (removal is O(ntotal)
+        per call on a flat index, so it is skipped entirely when every id is new)."""
+        id_array, matrix = self._ids_and_vectors(ids, vectors)
         if id_array.size == 0:
             return
         if np.unique(id_array).size != id_array.size:
@@ -259,10 +264,7 @@ class VectorIndex:
         """Insert ids that are not in the index yet (bulk loading). ``assume_new=True`` skips
         the membership check — for callers that guarantee it (a rebuild reading ids in strictly
         increasing order into a fresh index); a violated promise leaves duplicate ids."""
-        id_array = _as_ids(ids)
-        matrix = self._as_vectors(vectors)
-        if matrix.shape[0] != id_array.size:
-            raise IndexInputError(f"{id_array.size} ids but {matrix.shape[0]} vectors")
+        id_array, matrix = self._ids_and_vectors(ids, vectors)
         if id_array.size == 0:
             return
         if not assume_new:
