@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.bench_http import COLUMNS as HTTP_COLUMNS
 from bench.bench_search import COLUMNS as SEARCH_COLUMNS
 from bench.common import RESULTS, table
 
@@ -189,16 +190,7 @@ def http_section(targets: list[dict]) -> list[str]:
     data = load("http")
     if not data:
         return ["## HTTP load (bench_http)", "", "not run", ""]
-    cols = [
-        "scenario",
-        "clients",
-        "p50_ms",
-        "p95_ms",
-        "p99_ms",
-        "throughput_rps",
-        "samples",
-        "errors",
-    ]
+    cols = HTTP_COLUMNS
     targets.append(
         {
             "target": "HTTP load: 0 errors",
