@@ -35,7 +35,7 @@ from service.settings import Settings
 from service.usecases import VoiceSearch
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
-from storage.repository import SpeakerStore
+from storage.speakers import SpeakerStore
 
 log = logging.getLogger("voicesearch")
 

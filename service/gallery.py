@@ -2,7 +2,7 @@
 
 SQLite is the source of truth; each process holds its own ``VectorIndex`` per space and the
 ``seq`` of the last ``index_changes`` row it applied. Before every search :meth:`Gallery.sync`
-runs ONE query (``SpeakerStore.change_cursor``: newest seq + per-space generations) and replays
+runs ONE query (``ChangeLog.change_cursor``: newest seq + per-space generations) and replays
 only what changed since — so a write through any worker is visible to the very next search in
 every worker (read-your-writes), without reloading anything.
 
@@ -35,7 +35,8 @@ from filelock import FileLock, Timeout
 from index.errors import IndexCorruptError
 from index.vector_index import IndexSpec, VectorIndex, write_snapshot
 from service.errors import UnknownSpace
-from storage.repository import ChangeCursor, SpeakerStore
+from storage.change_log import ChangeLog
+from storage.records import ChangeCursor
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class Gallery:
 
     def __init__(
         self,
-        store: SpeakerStore,
+        store: ChangeLog,
         snapshot_dir: Path,
         dims: Mapping[str, int],
         model_identities: Mapping[str, str],

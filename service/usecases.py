@@ -46,7 +46,8 @@ from storage import audit
 from storage import errors as storage_errors
 from storage.audit import ANONYMOUS, Actor, AuditRecord
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE
-from storage.repository import UNSET, SpeakerRecord, SpeakerStore, UtteranceInput, UtteranceRecord
+from storage.records import UNSET, SpeakerRecord, UtteranceInput, UtteranceRecord
+from storage.speakers import SpeakerStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

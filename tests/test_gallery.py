@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 from sqlalchemy import event
 
+from bench.synthetic import bulk_insert_synthetic
 from index.vector_index import IndexSpec, VectorIndex
 from service.errors import UnknownSpace
 from service.gallery import Gallery
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
-from storage.repository import SpeakerStore, UtteranceInput
+from storage.records import UtteranceInput
+from storage.speakers import SpeakerStore
 
 VOX, CN = "voxceleb", "cnceleb"
 DIM = 8
@@ -281,13 +283,13 @@ def test_large_backlog_is_rebuilt_instead_of_replayed(
     gallery.rebuild_backlog = 10
     gallery.replay_chunk = 7
     vectors = np.stack([unit(rng) for _ in range(40)])
-    store.bulk_insert_synthetic(VOX, vectors)
+    bulk_insert_synthetic(store, VOX, vectors)
     assert gallery.size(VOX) == 40
     hits = gallery.search(VOX, vectors[5:6], 1)[0]
     assert hits[0].score == pytest.approx(1, abs=1e-5)
     # And a small backlog replayed in several chunks.
     gallery.rebuild_backlog = 10_000
-    store.bulk_insert_synthetic(VOX, vectors[:20])
+    bulk_insert_synthetic(store, VOX, vectors[:20])
     assert gallery.size(VOX) == 60
     assert gallery.verify()[VOX].ok
 

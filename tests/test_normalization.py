@@ -13,7 +13,8 @@ from service.normalization import AsNorm
 from service.scoring import as_norm, top_k_stats
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
-from storage.repository import SpeakerStore, UtteranceInput
+from storage.records import UtteranceInput
+from storage.speakers import SpeakerStore
 
 VOX = "voxceleb"
 DIM = 16
