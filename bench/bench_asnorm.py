@@ -79,7 +79,7 @@ def run_size(n: int, top_n: int, k: int, queries: int) -> dict:
                 )
 
             def cold(p: np.ndarray) -> None:
-                norm._cache.clear()
+                norm.clear_cache()
                 normed(p)
 
             out = {}

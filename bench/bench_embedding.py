@@ -50,9 +50,9 @@ def inner(rounds: int, work: Path) -> dict:
 
     from service.app import build_voicesearch, open_database
     from service.audio import decode_audio
+    from service.core.settings import Settings
     from service.evaluation import load_reference_audio
     from service.models import ModelRegistry
-    from service.settings import Settings
     from tests.model_factory import build_langid_model
 
     langid_dir = work / "langid-full"

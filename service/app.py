@@ -28,10 +28,10 @@ from service.api import health, matching, speakers, voice
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import BodySizeLimitMiddleware
 from service.auth import KeyRing, log_auth_state
+from service.core.settings import Settings
 from service.gallery import Gallery
 from service.models import ModelRegistry
 from service.routing import LanguageRouter
-from service.settings import Settings
 from service.usecases import VoiceSearch
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
@@ -102,11 +102,13 @@ def quality_and_calibration(
     from storage.calibration import CalibrationStore
 
     return {
-        "quality": QualityAssessor.from_settings(settings),
+        "quality": QualityAssessor.from_settings(settings.quality()),
         "policy": DecisionPolicy(
-            settings, CalibrationStore(make_session_factory(engine)), identities
+            settings.decisions(), CalibrationStore(make_session_factory(engine)), identities
         ),
-        "normalizer": AsNorm.from_settings(settings, gallery) if settings.asnorm_spaces else None,
+        "normalizer": (
+            AsNorm.from_settings(settings.asnorm(), gallery) if settings.asnorm_spaces else None
+        ),
     }
 
 

@@ -1,4 +1,4 @@
-"""Uploaded bytes → 16 kHz mono float32, or a :class:`~service.errors.ServiceError`.
+"""Uploaded bytes → 16 kHz mono float32, or a :class:`~service.core.errors.ServiceError`.
 
 Decoding is FFmpeg's (PyAV, bundled in the wheel): every container and codec it knows within
 :data:`ALLOWED_DEMUXERS`, no hand-written codec code here. What this module adds:
@@ -33,7 +33,7 @@ from functools import cached_property
 import av
 import numpy as np
 
-from service.errors import (
+from service.core.errors import (
     AudioTooLong,
     AudioTooShort,
     EmptyAudio,

@@ -32,8 +32,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service import errors
-from service.settings import Settings
+from service.core import errors
+from service.core.settings import Settings
 from storage.audit import ANONYMOUS, Actor
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from service.core.settings import DecisionSettings
 from service.scoring import LogisticCalibration, eer, fit_logistic_calibration, threshold_for_far
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationRecord, CalibrationStore
 
@@ -59,7 +60,7 @@ class Decision:
 class DecisionPolicy:
     def __init__(
         self,
-        settings: Any,
+        settings: DecisionSettings,
         store: CalibrationStore | None,
         model_identities: Mapping[str, str],
         *,

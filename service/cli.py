@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 if TYPE_CHECKING:
     from service.usecases import VoiceSearch

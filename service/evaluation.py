@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from service import scoring
-from service.settings import SPACE_VOXCELEB, Settings
+from service.core.settings import SPACE_VOXCELEB, Settings
 
 ROLES = ("enroll", "probe")
 KEYS = ("top1", "top5", "eer", "far_at_threshold", "frr_at_threshold", "threshold_far1")

@@ -34,7 +34,7 @@ from filelock import FileLock, Timeout
 
 from index.errors import IndexCorruptError
 from index.vector_index import IndexSpec, VectorIndex, write_snapshot
-from service.errors import UnknownSpace
+from service.core.errors import UnknownSpace
 from storage.change_log import ChangeLog
 from storage.records import ChangeCursor
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from service import errors
+from service.core import errors
 
 MAX_EXTERNAL_ID_LENGTH = 128
 MAX_NAME_LENGTH = 256

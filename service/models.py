@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from service import errors
+from service.core import errors
 
 log = logging.getLogger(__name__)
 

@@ -25,18 +25,40 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from service.core.settings import AsNormSettings
 from service.scoring import top_k_stats
 
 _EPS = 1e-6
 
 
+class CohortHit(Protocol):
+    """One search hit: an enrolled speaker's integer id and its cosine with the query."""
+
+    @property
+    def speaker_id(self) -> int: ...
+
+    @property
+    def score(self) -> float: ...
+
+
+class CohortGallery(Protocol):
+    """What AS-norm needs of the gallery (``service.search.gallery.Gallery`` is one)."""
+
+    def version(self, space: str) -> tuple[int, int]: ...
+
+    def vectors(self, space: str, ids: np.ndarray) -> np.ndarray: ...
+
+    def search(self, space: str, vectors: np.ndarray, k: int) -> Sequence[Sequence[CohortHit]]: ...
+
+
 class AsNorm:
     def __init__(
         self,
-        gallery: object,
+        gallery: CohortGallery,
         spaces: Sequence[str],
         *,
         top_k: int = 100,
@@ -57,20 +79,18 @@ class AsNorm:
         self.misses = 0
 
     @classmethod
-    def from_settings(cls, settings: object, gallery: object) -> AsNorm:
-        cohorts = {
-            space: np.load(Path(path))
-            for space, path in settings.asnorm_cohort.items()  # type: ignore[attr-defined]
-        }
-        return cls(
-            gallery,
-            settings.asnorm_spaces,  # type: ignore[attr-defined]
-            top_k=settings.asnorm_top_k,  # type: ignore[attr-defined]
-            cohorts=cohorts,
-        )
+    def from_settings(cls, settings: AsNormSettings, gallery: CohortGallery) -> AsNorm:
+        cohorts = {space: np.load(Path(path)) for space, path in settings.cohorts.items()}
+        return cls(gallery, settings.spaces, top_k=settings.top_k, cohorts=cohorts)
 
     def enabled(self, space: str) -> bool:
         return space in self.spaces
+
+    def clear_cache(self) -> None:
+        """Forget every cached candidate statistic, as a change to the gallery would (for
+        benchmarks of the first search after a change)."""
+        with self._lock:
+            self._cache.clear()
 
     # ------------------------------------------------------------------ statistics
     @staticmethod
@@ -87,7 +107,7 @@ class AsNorm:
         speaker_ids: Sequence[int],
         raw: Sequence[float],
         *,
-        probe_hits: Sequence[object] | None = None,
+        probe_hits: Sequence[CohortHit] | None = None,
     ) -> list[float | None]:
         """AS-norm scores of ``probe`` against candidates ``speaker_ids`` with cosines ``raw``.
 
@@ -100,7 +120,7 @@ class AsNorm:
         ids = [int(i) for i in speaker_ids]
         cohort = self.cohorts.get(space)
         for attempt in range(2):
-            version = self.gallery.version(space)  # type: ignore[attr-defined]
+            version = self.gallery.version(space)
             with self._lock:
                 cached_version, cache = self._cache.get(space, (None, {}))
                 if cached_version != version:
@@ -108,7 +128,7 @@ class AsNorm:
                     self._cache[space] = (version, cache)
                 known = {i: cache[i] for i in ids if i in cache}
             wanted = np.asarray([i for i in dict.fromkeys(ids) if i not in known], dtype=np.int64)
-            vectors = self.gallery.vectors(space, wanted)  # type: ignore[attr-defined]
+            vectors = self.gallery.vectors(space, wanted)
             ok = ~np.isnan(vectors).any(axis=1)
             fresh: dict[int, tuple[float, float] | None] = {int(i): None for i in wanted[~ok]}
             if cohort is not None:
@@ -119,18 +139,14 @@ class AsNorm:
                 break
             search_probe = probe_hits is None
             queries = np.concatenate([probe, vectors[ok]]) if search_probe else vectors[ok]
-            rows = (
-                self.gallery.search(space, queries, self.top_k + 1)  # type: ignore[attr-defined]
-                if queries.shape[0]
-                else []
-            )
-            hits_of_probe = rows[0] if search_probe else probe_hits
+            rows = self.gallery.search(space, queries, self.top_k + 1) if queries.shape[0] else []
+            hits_of_probe = rows[0] if probe_hits is None else probe_hits
             for i, row_hits in zip(wanted[ok], rows[1:] if search_probe else rows, strict=True):
                 kept = [h.score for h in row_hits if h.speaker_id != i][: self.top_k]
                 fresh[int(i)] = self._stats(np.asarray(kept, dtype=np.float64), self.top_k)
-            pairs = [(h.speaker_id, h.score) for h in hits_of_probe]  # type: ignore[attr-defined]
+            pairs = [(h.speaker_id, h.score) for h in hits_of_probe]
             # The search synced the gallery: if that applied changes, cached stats are stale.
-            if self.gallery.version(space) == version or attempt == 1:  # type: ignore[attr-defined]
+            if self.gallery.version(space) == version or attempt == 1:
                 break
         with self._lock:
             self.hits += len(known)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.audio import TARGET_SAMPLE_RATE, speech_seconds
+from service.core.settings import QualitySettings
 
 CODE_OK = "ok"
 CODE_NO_SPEECH = "no_speech"
@@ -121,14 +122,14 @@ class QualityAssessor:
             self._model = _load_silero()
 
     @classmethod
-    def from_settings(cls, settings: object) -> QualityAssessor:
+    def from_settings(cls, settings: QualitySettings) -> QualityAssessor:
         return cls(
-            vad=settings.vad,  # type: ignore[attr-defined]
-            min_speech_s=settings.min_speech_s,  # type: ignore[attr-defined]
-            min_probe_speech_s=settings.min_probe_speech_s,  # type: ignore[attr-defined]
-            clipped_fraction_warn=settings.clipped_fraction_warn,  # type: ignore[attr-defined]
-            low_snr_db=settings.low_snr_db,  # type: ignore[attr-defined]
-            too_quiet_dbfs=settings.too_quiet_dbfs,  # type: ignore[attr-defined]
+            vad=settings.vad,
+            min_speech_s=settings.min_speech_s,
+            min_probe_speech_s=settings.min_probe_speech_s,
+            clipped_fraction_warn=settings.clipped_fraction_warn,
+            low_snr_db=settings.low_snr_db,
+            too_quiet_dbfs=settings.too_quiet_dbfs,
         )
 
     # ------------------------------------------------------------------ VAD

@@ -7,7 +7,7 @@ tested and changed without loading anything.
 
 from __future__ import annotations
 
-from service.settings import SPACE_CNCELEB, SPACE_VOXCELEB
+from service.core.settings import SPACE_CNCELEB, SPACE_VOXCELEB
 
 # Codes a caller might reasonably send that the VoxLingua107 label set spells differently. Cantonese
 # ("yue") is a language of its own, not an alias: it is routed by the default table instead.

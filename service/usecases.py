@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 import anyio
 import numpy as np
 
-from service import errors
 from service.audio import DecodedAudio, decode_audio, ensure_speech
 from service.calibration import SOURCE_DEFAULT, Decision, DecisionPolicy
+from service.core import errors
+from service.core.settings import SPACE_VOXCELEB, Settings
 from service.gallery import Gallery
 from service.limits import check_external_id, check_metadata, check_name
 from service.models import LanguageDetection, ModelRegistry
@@ -41,7 +42,6 @@ from service.schemas import (
     StoredEmbedding,
     UtteranceOut,
 )
-from service.settings import SPACE_VOXCELEB, Settings
 from storage import audit
 from storage import errors as storage_errors
 from storage.audit import ANONYMOUS, Actor, AuditRecord
@@ -94,11 +94,11 @@ class VoiceSearch:
         self.gallery = gallery
         # Speech quality (VAD), decision thresholds/calibration, AS-norm: built once at start-up
         # by service.app.build_voicesearch; the fallbacks keep hand-built instances working.
-        self.quality = quality or QualityAssessor.from_settings(settings)
+        self.quality = quality or QualityAssessor.from_settings(settings.quality())
         identities = {space: enc.identity for space, enc in models.encoders.items()}
-        self.policy = policy or DecisionPolicy(settings, None, identities)
+        self.policy = policy or DecisionPolicy(settings.decisions(), None, identities)
         if normalizer is None and settings.asnorm_spaces:
-            normalizer = AsNorm.from_settings(settings, gallery)
+            normalizer = AsNorm.from_settings(settings.asnorm(), gallery)
         self.normalizer = normalizer
         self._inference_limiter = anyio.CapacityLimiter(settings.inference_concurrency)
         self._snapshot_running = threading.Lock()

@@ -26,7 +26,7 @@ from service.audio import (
     ensure_speech,
     speech_seconds,
 )
-from service.errors import (
+from service.core.errors import (
     AudioTooLong,
     AudioTooShort,
     EmptyAudio,

@@ -116,10 +116,10 @@ def test_policy_ignores_calibration_of_other_score_type(tmp_path: Path) -> None:
     store = _store(url)
     _add(store, "m@1", 0.6)
     settings = make_settings(tmp_path / "d", {"langid": "x", "voxceleb": "y", "cnceleb": "z"})
-    policy = DecisionPolicy(settings, store, {VOX: "m@1"})
+    policy = DecisionPolicy(settings.decisions(), store, {VOX: "m@1"})
     assert policy.decision(VOX).source == "calibrated"
     asnorm = settings.model_copy(update={"asnorm_spaces": [VOX]})
-    policy = DecisionPolicy(asnorm, store, {VOX: "m@1"})
+    policy = DecisionPolicy(asnorm.decisions(), store, {VOX: "m@1"})
     decision = policy.decision(VOX)
     assert decision.source == "default" and decision.score_type == SCORE_ASNORM
 

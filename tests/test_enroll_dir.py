@@ -55,7 +55,7 @@ def test_enroll_dir_enrolls_each_folder_and_reports_rate(
     assert "added to 3" in capsys.readouterr().out
 
     from service.app import build_voicesearch, load_models, open_database
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     settings = Settings()
     engine = open_database(settings)

@@ -18,7 +18,7 @@ from sqlalchemy import event
 
 from bench.synthetic import bulk_insert_synthetic
 from index.vector_index import IndexSpec, VectorIndex
-from service.errors import UnknownSpace
+from service.core.errors import UnknownSpace
 from service.gallery import Gallery
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
@@ -403,7 +403,7 @@ def test_hnsw_snapshot_records_type_and_a_type_change_rebuilds(
 
 def test_index_type_setting_reaches_every_space(tiny_registry: Any, tmp_path: Path) -> None:
     from service.app import build_voicesearch, open_database
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data", index_type="hnsw", index_hnsw_m=8)
     engine = open_database(settings)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from service import errors
+from service.core import errors
+from service.core.settings import SPACE_CNCELEB, SPACE_VOXCELEB, Settings
 from service.models import (
     LanguageCandidate,
     LanguageIdentifier,
@@ -23,7 +24,6 @@ from service.models import (
     split_language_label,
 )
 from service.routing import LanguageRouter
-from service.settings import SPACE_CNCELEB, SPACE_VOXCELEB, Settings
 from tests.audio_factory import synth_voice
 from tests.model_factory import build_langid_model, build_speaker_model
 

@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from service.core.settings import SPACE_VOXCELEB
 from service.models import ModelRegistry
-from service.settings import SPACE_VOXCELEB
 from tests.paths import DEV_SPEECH_DIR, REAL_VOXCELEB_DIR, requires_real_model
 
 pytestmark = [requires_real_model, pytest.mark.real_model]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from service.core.settings import DEFAULT_CNCELEB_LANGUAGES, SPACE_CNCELEB, SPACE_VOXCELEB, Settings
 from service.routing import LANGUAGE_ALIASES, LanguageRouter, normalise_language
-from service.settings import DEFAULT_CNCELEB_LANGUAGES, SPACE_CNCELEB, SPACE_VOXCELEB, Settings
 from tests.paths import FIXTURES_DIR
 
 

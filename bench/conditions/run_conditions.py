@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from service.calibration import SpaceScores, fit_space, measure_scores
+from service.core.settings import Settings
 from service.evaluation import read_manifest
 from service.models import ModelRegistry
 from service.scoring import eer
-from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 VOX = "voxceleb"

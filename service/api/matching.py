@@ -15,10 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from service import errors
 from service.api.deps import SettingsDep, VoiceSearchDep, read_upload
 from service.api.docs import error_responses
 from service.auth import RequireRead
+from service.core import errors
 from service.schemas import FindMatchRequest, FindMatchResponse
 
 router = APIRouter(

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

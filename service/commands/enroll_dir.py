@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".webm", ".sph"}
 
@@ -50,7 +50,7 @@ def speaker_folders(directory: Path) -> list[tuple[str, list[Path]]]:
 async def enroll_all(
     voicesearch, folders: list[tuple[str, list[Path]]], *, language: str | None, add: bool, bar
 ) -> dict[str, int]:
-    from service import errors
+    from service.core import errors
 
     limit = voicesearch.settings.max_files_per_enrollment
     counts = {"enrolled": 0, "added": 0, "skipped": 0, "failed": 0, "files": 0}

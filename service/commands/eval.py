@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -1,18 +1,27 @@
-"""The service's error vocabulary: one exception type, one JSON shape, one place that renders it.
+"""The service's error vocabulary: one exception type, one JSON shape, one function that builds it.
 
 Every failure a client can cause or observe is raised as a :class:`ServiceError` subclass with a
-stable machine-readable ``code`` and the HTTP status that fits it. The API layer renders all of
-them (and FastAPI's own validation errors) as::
+stable machine-readable ``code`` and the HTTP status that fits it. Every error response — these,
+FastAPI's own validation and HTTP errors (``service.api.error_handlers``) and the body-size
+middleware's 413 (``service.api.middleware``) — has the body :func:`error_body` builds::
 
     {"success": false, "error": {"code": "audio_too_short", "message": "...", "details": {...}}}
 
-Lower layers (audio, models, storage) raise these without knowing anything about HTTP beyond
-the status number they carry.
+Lower layers (pipeline, search) raise these without knowing anything about HTTP beyond the
+status number they carry.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON body of every error response (``details`` only when there are any)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return {"success": False, "error": error}
 
 
 class ServiceError(Exception):
@@ -27,10 +36,7 @@ class ServiceError(Exception):
         self.details = details or {}
 
     def to_body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details:
-            error["details"] = self.details
-        return {"success": False, "error": error}
+        return error_body(self.code, self.message, self.details)
 
 
 # --- audio -----------------------------------------------------------------------------------

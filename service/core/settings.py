@@ -1,11 +1,16 @@
 """All configuration in one object, read from ``VOICESEARCH_*`` environment variables and ``.env``.
 
-Every other module receives a :class:`Settings` instance (or the values it needs) as an argument;
-nothing reads the environment on its own, so tests build a ``Settings(...)`` and pass it in.
+Every other module receives a :class:`Settings` instance, one of its typed sections
+(:class:`ClipSettings`, :class:`QualitySettings`, :class:`DecisionSettings`,
+:class:`AsNormSettings`: small frozen dataclasses built by ``Settings.clip()``, ``.quality()``,
+``.decisions()``, ``.asnorm()``) or the values it needs, as an argument; nothing reads the
+environment on its own, so tests build a ``Settings(...)`` and pass it in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -21,6 +26,9 @@ DEFAULT_CNCELEB_LANGUAGES = ("zh", "cmn", "yue", "ja", "ko", "th", "vi")
 # different spaces are never compared with each other.
 SPACE_VOXCELEB = "voxceleb"
 SPACE_CNCELEB = "cnceleb"
+
+#: Cosine threshold of a space that ``thresholds`` does not name.
+DEFAULT_COSINE_THRESHOLD = 0.25
 
 
 def _split_csv(value: object) -> object:
@@ -52,6 +60,50 @@ def _split_mapping(value: object) -> object:
             mapping[key.strip()] = val.strip()
         return mapping
     return value
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """What one upload must be before it is embedded (``service.pipeline.clip``)."""
+
+    max_duration_s: float
+    min_duration_s: float
+    min_speech_s: float
+    inference_concurrency: int
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """Voice activity detection and quality codes (``service.pipeline.quality``)."""
+
+    vad: str
+    min_speech_s: float
+    min_probe_speech_s: float
+    clipped_fraction_warn: float
+    low_snr_db: float
+    too_quiet_dbfs: float
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    """Default thresholds until a calibration is stored (``service.decisions.policy``)."""
+
+    thresholds: Mapping[str, float]  # cosine threshold per space
+    asnorm_spaces: frozenset[str]  # spaces whose scores are AS-norm normalised
+    asnorm_thresholds: Mapping[str, float]  # AS-norm threshold per space
+
+    def threshold_for(self, space: str) -> float:
+        """The configured cosine threshold of ``space``."""
+        return self.thresholds.get(space, DEFAULT_COSINE_THRESHOLD)
+
+
+@dataclass(frozen=True)
+class AsNormSettings:
+    """AS-norm score normalisation (``service.decisions.normalization``)."""
+
+    spaces: tuple[str, ...]
+    top_k: int
+    cohorts: Mapping[str, str]  # space -> .npy file of cohort embeddings
 
 
 class Settings(BaseSettings):
@@ -264,4 +316,37 @@ class Settings(BaseSettings):
         }
 
     def threshold_for(self, space: str) -> float:
-        return self.thresholds.get(space, 0.25)
+        return self.decisions().threshold_for(space)
+
+    # --- typed sections: each part of the service gets only what it reads ---------------------
+    def clip(self) -> ClipSettings:
+        return ClipSettings(
+            max_duration_s=self.max_duration_s,
+            min_duration_s=self.min_duration_s,
+            min_speech_s=self.min_speech_s,
+            inference_concurrency=self.inference_concurrency,
+        )
+
+    def quality(self) -> QualitySettings:
+        return QualitySettings(
+            vad=self.vad,
+            min_speech_s=self.min_speech_s,
+            min_probe_speech_s=self.min_probe_speech_s,
+            clipped_fraction_warn=self.clipped_fraction_warn,
+            low_snr_db=self.low_snr_db,
+            too_quiet_dbfs=self.too_quiet_dbfs,
+        )
+
+    def decisions(self) -> DecisionSettings:
+        return DecisionSettings(
+            thresholds=dict(self.thresholds),
+            asnorm_spaces=frozenset(self.asnorm_spaces),
+            asnorm_thresholds=dict(self.asnorm_thresholds),
+        )
+
+    def asnorm(self) -> AsNormSettings:
+        return AsNormSettings(
+            spaces=tuple(self.asnorm_spaces),
+            top_k=self.asnorm_top_k,
+            cohorts=dict(self.asnorm_cohort),
+        )
