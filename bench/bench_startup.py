@@ -39,7 +39,7 @@ CLIP = DEV_SPEECH / "rtvc_samples" / "1320_00000.mp3"
 def fill(data_dir: Path, n: int) -> float:
     from bench.synthetic import bulk_insert_synthetic
     from service.core.settings import Settings
-    from service.models import ModelRegistry
+    from service.pipeline.registry import ModelRegistry
     from storage.db import make_engine, make_session_factory
     from storage.migrate import upgrade_to_head
     from storage.speakers import SpeakerStore

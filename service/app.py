@@ -30,8 +30,8 @@ from service.api.middleware import BodySizeLimitMiddleware
 from service.auth import KeyRing, log_auth_state
 from service.core.settings import Settings
 from service.gallery import Gallery
-from service.models import ModelRegistry
-from service.routing import LanguageRouter
+from service.pipeline.language import LanguageRouter
+from service.pipeline.registry import ModelRegistry
 from service.usecases import VoiceSearch
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
@@ -98,7 +98,7 @@ def quality_and_calibration(
     """The VAD (loaded once), the decision policy (stored calibrations) and AS-norm."""
     from service.calibration import DecisionPolicy
     from service.normalization import AsNorm
-    from service.quality import QualityAssessor
+    from service.pipeline.quality import QualityAssessor
     from storage.calibration import CalibrationStore
 
     return {

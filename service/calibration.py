@@ -242,9 +242,9 @@ async def _scores(vs: Any, rows: list[Any]) -> dict[str, SpaceScores]:
     top1: dict[str, list[bool]] = {s: [] for s in spaces}
     best: dict[str, list[float]] = {s: [] for s in spaces}
     for row in probes:
-        audio = await vs._infer(vs._decode, row.path.read_bytes())
+        audio = await vs.pipeline.infer(vs.pipeline.decode, row.path.read_bytes())
         for space in spaces:
-            vector = await vs._infer(vs.models.encoder(space).embed, audio.samples)
+            vector = await vs.pipeline.infer(vs.models.encoder(space).embed, audio.samples)
             hits = vs.gallery.search(space, vector[None, :], len(ids))[0]
             raw = [h.score for h in hits]
             scored = raw

@@ -79,7 +79,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 def _open_for_index_work(settings: Settings) -> VoiceSearch:
     """Load the speaker encoders (not language ID: rebuilds need only model identities)."""
     from service.app import build_voicesearch, open_database
-    from service.models import ModelRegistry
+    from service.pipeline.registry import ModelRegistry
 
     sources = {role: src for role, src in settings.model_sources.items() if role != "langid"}
     models = ModelRegistry.load(

@@ -184,7 +184,7 @@ async def _service_scores(vs: Any, rows: list[Row]) -> SystemResult:
     scores = np.full((len(probes), len(speakers)), -1.0, dtype=np.float64)
     probe_spaces: list[str] = []
     for p, row in enumerate(probes):
-        space, vector = await vs._infer(_embed_probe, vs, row)
+        space, vector = await vs.pipeline.infer(_embed_probe, vs, row)
         probe_spaces.append(space)
         hits = vs.gallery.search(space, vector[None, :], len(speakers))[0]
         for hit in hits:
@@ -205,11 +205,8 @@ async def _service_scores(vs: Any, rows: list[Row]) -> SystemResult:
 def _embed_probe(vs: Any, row: Row) -> tuple[str, np.ndarray]:
     """What ``VoiceSearch.search_audio`` does before searching, minus the top_n cap: decode,
     route (manifest language, else detection, else voxceleb), embed in the routed space."""
-    audio = vs._decode(row.path.read_bytes())
-    if row.language or vs.models.language_identifier is not None:
-        space = vs._route(audio, row.language).space
-    else:
-        space = SPACE_VOXCELEB
+    audio = vs.pipeline.decode(row.path.read_bytes())
+    space = vs.pipeline.route_or_default(audio, row.language).space
     return space, vs.models.encoder(space).embed(audio.samples)
 
 

@@ -12,22 +12,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 import numpy as np
 
-from service.audio import DecodedAudio, decode_audio, ensure_speech
 from service.calibration import SOURCE_DEFAULT, Decision, DecisionPolicy
 from service.core import errors
 from service.core.settings import SPACE_VOXCELEB, Settings
 from service.gallery import Gallery
 from service.limits import check_external_id, check_metadata, check_name
-from service.models import LanguageDetection, ModelRegistry
 from service.normalization import AsNorm
-from service.quality import QualityAssessor, QualityReport
-from service.routing import LanguageRouter, normalise_language
+from service.pipeline.audio import DecodedAudio
+from service.pipeline.clip import ClipPipeline
+from service.pipeline.language import LanguageRouter
+from service.pipeline.quality import QualityAssessor, QualityReport
+from service.pipeline.registry import ModelRegistry
 from service.schemas import (
     CompareVoicesResponse,
     DetectLanguageResponse,
@@ -51,17 +51,6 @@ from storage.speakers import SpeakerStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-LANGUAGE_FROM_CALLER = "caller"
-LANGUAGE_DETECTED = "detected"
-
-
-@dataclass(frozen=True)
-class RoutedLanguage:
-    language: str | None
-    confidence: float | None
-    source: str | None  # "caller", "detected", or None when unknown (no language-ID model)
-    space: str
 
 
 def unit(vector: np.ndarray) -> np.ndarray:
@@ -95,19 +84,15 @@ class VoiceSearch:
         # Speech quality (VAD), decision thresholds/calibration, AS-norm: built once at start-up
         # by service.app.build_voicesearch; the fallbacks keep hand-built instances working.
         self.quality = quality or QualityAssessor.from_settings(settings.quality())
+        self.pipeline = ClipPipeline(settings.clip(), models, router, self.quality)
         identities = {space: enc.identity for space, enc in models.encoders.items()}
         self.policy = policy or DecisionPolicy(settings.decisions(), None, identities)
         if normalizer is None and settings.asnorm_spaces:
             normalizer = AsNorm.from_settings(settings.asnorm(), gallery)
         self.normalizer = normalizer
-        self._inference_limiter = anyio.CapacityLimiter(settings.inference_concurrency)
         self._snapshot_running = threading.Lock()
 
     # --- plumbing -----------------------------------------------------------------------------
-    async def _infer(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run model work in a thread, at most ``inference_concurrency`` at once."""
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._inference_limiter)
-
     def _snapshot_soon(self) -> None:
         """Refresh index snapshots in the background when enough changes have piled up.
 
@@ -137,52 +122,6 @@ class VoiceSearch:
         configured default (see service.calibration.DecisionPolicy)."""
         return self.policy.decision(space).threshold
 
-    def _decode_assessed(self, data: bytes) -> tuple[DecodedAudio, QualityReport]:
-        """Decode, check speech quality, and keep only the speech (what gets embedded)."""
-        audio = decode_audio(
-            data,
-            max_duration_s=self.settings.max_duration_s,
-            min_duration_s=self.settings.min_duration_s,
-        )
-        # Energy check first: digital silence is refused without running the VAD.
-        ensure_speech(audio, min_speech_s=self.settings.min_speech_s)
-        assessed = self.quality.assess(audio.samples)
-        report = assessed.report
-        if report.rejected:
-            raise errors.NoSpeech(
-                f"Found {report.speech_s:.2f} s of speech; at least "
-                f"{self.settings.min_speech_s:g} s is required.",
-                details={
-                    "speech_seconds": round(report.speech_s, 3),
-                    "required_seconds": self.settings.min_speech_s,
-                    "quality": report.to_dict(),
-                },
-            )
-        if assessed.samples is not audio.samples:
-            audio = DecodedAudio(
-                assessed.samples,
-                audio.source_sample_rate,
-                audio.source_channels,
-                audio.source_format,
-            )
-        return audio, report
-
-    def _decode(self, data: bytes) -> DecodedAudio:
-        return self._decode_assessed(data)[0]
-
-    def _route(self, audio: DecodedAudio, language: str | None) -> RoutedLanguage:
-        """Use the caller's language, else detect it; then pick the encoder space."""
-        if language:
-            code = normalise_language(language)
-            return RoutedLanguage(code, 1.0, LANGUAGE_FROM_CALLER, self.router.space_for(code))
-        detection = self.models.require_language_identifier().detect(audio.samples)
-        return RoutedLanguage(
-            detection.language,
-            detection.confidence,
-            LANGUAGE_DETECTED,
-            self.router.space_for(detection.language),
-        )
-
     def _space_of_request(self, space: str | None, language: str | None) -> str:
         if space:
             if space not in self.models.statuses:
@@ -197,11 +136,7 @@ class VoiceSearch:
 
     # --- language and embeddings --------------------------------------------------------------
     async def detect_language(self, data: bytes) -> DetectLanguageResponse:
-        def work() -> tuple[DecodedAudio, LanguageDetection]:
-            audio = self._decode(data)
-            return audio, self.models.require_language_identifier().detect(audio.samples)
-
-        audio, detection = await self._infer(work)
+        audio, detection = await self.pipeline.infer(self.pipeline.detect_language, data)
         return DetectLanguageResponse(
             language=detection.language,
             name=detection.name,
@@ -211,30 +146,18 @@ class VoiceSearch:
             duration_s=round(audio.duration_s, 3),
         )
 
-    def _embed_routed(
-        self, data: bytes, language: str | None
-    ) -> tuple[DecodedAudio, RoutedLanguage, np.ndarray, str]:
-        return self._embed_routed_assessed(data, language)[:4]  # type: ignore[return-value]
-
-    def _embed_routed_assessed(
-        self, data: bytes, language: str | None
-    ) -> tuple[DecodedAudio, RoutedLanguage, np.ndarray, str, QualityReport]:
-        audio, report = self._decode_assessed(data)
-        routed = self._route(audio, language)
-        encoder = self.models.encoder(routed.space)
-        return audio, routed, encoder.embed(audio.samples), encoder.identity, report
-
     async def extract(self, data: bytes, language: str | None) -> ExtractEmbeddingResponse:
-        audio, routed, vector, identity = await self._infer(self._embed_routed, data, language)
+        clip = await self.pipeline.infer(self.pipeline.embed_routed, data, language)
+        routed = clip.routed
         return ExtractEmbeddingResponse(
-            embedding=vector.tolist(),
-            embedding_size=int(vector.shape[0]),
+            embedding=clip.vector.tolist(),
+            embedding_size=int(clip.vector.shape[0]),
             language=routed.language or "unknown",
             confidence=routed.confidence if routed.confidence is not None else 0.0,
             language_source=routed.source or "unknown",
             space=routed.space,
-            model=identity,
-            duration_s=round(audio.duration_s, 3),
+            model=clip.model,
+            duration_s=round(clip.audio.duration_s, 3),
         )
 
     def compare(self, e1: list[float], e2: list[float], space: str | None) -> CompareVoicesResponse:
@@ -419,10 +342,11 @@ class VoiceSearch:
         self, data: bytes, language: str | None, top_n: int
     ) -> FindMatchResponse:
         top_n = self._clamp_top_n(top_n)
-        _, routed, vector, _, report = await self._infer(
-            self._embed_routed_assessed, data, language
+        clip = await self.pipeline.infer(self.pipeline.embed_routed, data, language)
+        routed, report = clip.routed, clip.quality
+        result = await self._io(
+            self._search_index, routed.space, clip.vector, top_n, report.speech_s
         )
-        result = await self._io(self._search_index, routed.space, vector, top_n, report.speech_s)
         return result.model_copy(
             update={
                 "language": routed.language,
@@ -449,17 +373,14 @@ class VoiceSearch:
         decoded: list[tuple[DecodedAudio, QualityReport]] = []
         for position, data in enumerate(files):
             try:
-                decoded.append(self._decode_assessed(data))
+                decoded.append(self.pipeline.decode_assessed(data))
             except errors.ServiceError as exc:
                 exc.details = {**exc.details, "file_index": position}
                 raise
         inputs = []
         for audio, report in decoded:
-            routed = self._route_for_enrollment(audio, language)
-            embeddings = {
-                space: encoder.embed(audio.samples)
-                for space, encoder in self.models.encoders.items()
-            }
+            routed = self.pipeline.route_or_default(audio, language)
+            embeddings = self.pipeline.embed_everywhere(audio)
             inputs.append(
                 (
                     UtteranceInput(
@@ -495,13 +416,6 @@ class VoiceSearch:
             searchable=out.searchable,
         )
 
-    def _route_for_enrollment(self, audio: DecodedAudio, language: str | None) -> RoutedLanguage:
-        # Enrollment embeds in every space, so the language is only recorded, never required:
-        # without a language-ID model, enrollment still works and stores "unknown".
-        if language or self.models.language_identifier is not None:
-            return self._route(audio, language)
-        return RoutedLanguage(None, None, None, SPACE_VOXCELEB)
-
     def _check_metadata(self, metadata: dict[str, Any] | None) -> None:
         check_metadata(
             metadata,
@@ -532,7 +446,7 @@ class VoiceSearch:
         check_external_id(external_id)
         check_name(name)
         self._check_metadata(metadata)
-        assessed = await self._infer(self._assessed_inputs, files, language)
+        assessed = await self.pipeline.infer(self._assessed_inputs, files, language)
         inputs = [utt for utt, _ in assessed]
         record = AuditRecord(audit.ACTION_ENROLL, actor, {"files": len(files)})
 
@@ -559,7 +473,7 @@ class VoiceSearch:
     ) -> EnrollmentResponse:
         self._check_file_count(files)
         await self.get_speaker(external_id)  # 404 before spending inference on a wrong id
-        assessed = await self._infer(self._assessed_inputs, files, language)
+        assessed = await self.pipeline.infer(self._assessed_inputs, files, language)
         inputs = [utt for utt, _ in assessed]
 
         def write() -> tuple[SpeakerRecord, list[UtteranceRecord]]:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.calibration import DecisionPolicy, SpaceScores, fit_space
-from service.models import ModelRegistry
+from service.pipeline.registry import ModelRegistry
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationStore
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head

@@ -94,7 +94,7 @@ def test_metrics_on_known_scores() -> None:
 @requires_real_model
 def test_real_model_dev_speech_top1(tmp_path: Path) -> None:
     from service.core.settings import Settings
-    from service.models import ModelRegistry
+    from service.pipeline.registry import ModelRegistry
 
     settings = Settings(
         data_dir=tmp_path / "data",

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 import service.app
 from bench.bench_soak import run_load
 from service.app import create_app
-from service.models import ModelRegistry
+from service.pipeline.registry import ModelRegistry
 from storage.db import make_engine
 from tests.api.conftest import make_settings
 from tests.audio_factory import synth_voice, wav_bytes

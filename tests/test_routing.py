@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.core.settings import DEFAULT_CNCELEB_LANGUAGES, SPACE_CNCELEB, SPACE_VOXCELEB, Settings
-from service.routing import LANGUAGE_ALIASES, LanguageRouter, normalise_language
+from service.pipeline.language import LANGUAGE_ALIASES, LanguageRouter, normalise_language
 from tests.paths import FIXTURES_DIR
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from service.calibration import SpaceScores, fit_space, measure_scores
 from service.core.settings import Settings
 from service.evaluation import read_manifest
-from service.models import ModelRegistry
+from service.pipeline.registry import ModelRegistry
 from service.scoring import eer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.core.settings import Settings
-from service.models import ModelRegistry
+from service.pipeline.registry import ModelRegistry
 from tests.audio_factory import synth_voice, wav_bytes
 
 

@@ -20,8 +20,9 @@ Only ``no_speech`` rejects: clipped, quiet or noisy audio still carries the spea
 trained with noise augmentation; the warnings tell the client to re-record if it can.
 
 VAD: Silero VAD (MIT; its TorchScript model ships inside the ``silero-vad`` wheel, so nothing is
-downloaded). ``vad="energy"`` uses the old frame-energy check instead (no trimming); it exists
-for synthetic test signals, which a real VAD rightly refuses as non-speech.
+downloaded). ``vad="energy"`` uses the frame-energy detector of ``service.pipeline.speech``
+instead (no trimming); it exists for synthetic test signals, which a real VAD rightly refuses as
+non-speech.
 
 SNR is estimated from the VAD's own split: non-speech frames give the noise floor,
 speech frames carry speech + noise, ``SNR = 10 log10((P_speech - P_noise) / P_noise)``, clamped
@@ -33,12 +34,13 @@ of all frame powers stands in.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from service.audio import TARGET_SAMPLE_RATE, speech_seconds
 from service.core.settings import QualitySettings
+from service.pipeline.audio import TARGET_SAMPLE_RATE
+from service.pipeline.speech import frame_length, speech_frames, speech_seconds
 
 CODE_OK = "ok"
 CODE_NO_SPEECH = "no_speech"
@@ -50,7 +52,7 @@ CODE_LOW_SNR = "low_snr"
 #: Codes that refuse the file; every other code only warns.
 REJECTING_CODES = frozenset({CODE_NO_SPEECH})
 
-_FRAME = 400  # 25 ms at 16 kHz
+_FRAME = frame_length(TARGET_SAMPLE_RATE)  # 400 samples: 25 ms at 16 kHz
 _CLIP_LEVEL = 0.999  # |x| at or above this counts as full scale (decoders map int max to <1)
 _MIN_NOISE_S = 0.2
 _PAD_S = 0.1  # kept around each speech segment when trimming (onsets, offsets)
@@ -123,14 +125,8 @@ class QualityAssessor:
 
     @classmethod
     def from_settings(cls, settings: QualitySettings) -> QualityAssessor:
-        return cls(
-            vad=settings.vad,
-            min_speech_s=settings.min_speech_s,
-            min_probe_speech_s=settings.min_probe_speech_s,
-            clipped_fraction_warn=settings.clipped_fraction_warn,
-            low_snr_db=settings.low_snr_db,
-            too_quiet_dbfs=settings.too_quiet_dbfs,
-        )
+        # The section's fields are exactly this constructor's keyword arguments.
+        return cls(**asdict(settings))
 
     # ------------------------------------------------------------------ VAD
     def speech_mask(self, samples: np.ndarray) -> np.ndarray:
@@ -140,7 +136,7 @@ class QualityAssessor:
         if n_frames == 0:
             return mask
         if self._model is None:
-            return self._energy_mask(samples, n_frames)
+            return speech_frames(samples)
         for start, end in self.segments(samples):
             mask[start // _FRAME : -(-end // _FRAME)] = True
         return mask
@@ -149,8 +145,7 @@ class QualityAssessor:
         """Speech segments as (start, end) sample offsets (Silero), or one whole-clip segment
         per energy run."""
         if self._model is None:
-            mask = self._energy_mask(samples, samples.shape[0] // _FRAME)
-            return _runs(mask, _FRAME)
+            return _runs(speech_frames(samples), _FRAME)
         import torch
         from silero_vad import get_speech_timestamps
 
@@ -165,15 +160,6 @@ class QualityAssessor:
             )
         return [(int(s["start"]), int(s["end"])) for s in stamps]
 
-    @staticmethod
-    def _energy_mask(samples: np.ndarray, n_frames: int) -> np.ndarray:
-        frames = np.asarray(samples[: n_frames * _FRAME], dtype=np.float32)
-        frames = frames.reshape(n_frames, _FRAME)
-        power = np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / _FRAME
-        level = 10.0 * np.log10(np.maximum(power, 1e-20))
-        threshold = max(-50.0, float(level.max()) - 40.0)
-        return level > threshold
-
     # ------------------------------------------------------------------ assessment
     def assess(self, samples: np.ndarray) -> Assessment:
         samples = np.asarray(samples, dtype=np.float32)
@@ -184,7 +170,7 @@ class QualityAssessor:
         if self._model is None:
             speech_s = speech_seconds(samples, TARGET_SAMPLE_RATE)
             segments: list[tuple[int, int]] = []
-            mask = self._energy_mask(samples, n_frames) if n_frames else np.zeros(0, bool)
+            mask = speech_frames(samples)
         else:
             segments = self.segments(samples)
             speech_s = sum(end - start for start, end in segments) / TARGET_SAMPLE_RATE

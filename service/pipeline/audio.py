@@ -18,8 +18,8 @@ Decoding is FFmpeg's (PyAV, bundled in the wheel): every container and codec it 
   embeds with cosine ≥ 0.998 to the 16 kHz original (0.9995 on spk1_snt1, where swresample's
   default settings give 0.998; see :data:`_SWR_OPTIONS`), so no torch resampler is needed.
 
-:func:`speech_seconds` / :func:`ensure_speech` are a deliberately small energy-based speech
-check; a real VAD can replace them without touching the decoder.
+Whether the audio holds speech is not decided here: see ``service.pipeline.speech`` (energy
+check) and ``service.pipeline.quality`` (VAD).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from service.core.errors import (
     AudioTooLong,
     AudioTooShort,
     EmptyAudio,
-    NoSpeech,
     ServiceError,
     UndecodableAudio,
 )
@@ -400,44 +399,3 @@ class _MonoResampler:
     def _collect(self, frames: list[av.AudioFrame]) -> None:
         for frame in frames:
             self._out.append(frame.to_ndarray().reshape(-1))
-
-
-# --- speech check ------------------------------------------------------------------------------
-# Energy-based, on non-overlapping 25 ms frames (the window speech front-ends use). A frame is
-# speech when its RMS is
-#   * above an absolute floor of -50 dBFS (RMS re full scale): quiet but real speech recorded
-#     close to a phone sits around -20…-40 dBFS, a quiet room's noise floor well below -50, and
-#     digital silence or dither (-90 dBFS and lower) never passes; and
-#   * within 40 dB of the loudest frame: in a recording with a loud talker, the low-level
-#     background between words is not counted as speech, while a uniformly quiet recording is
-#     judged only by the absolute floor.
-# It cannot tell speech from steady noise or music: that is what a real VAD will add later.
-_FRAME_S = 0.025
-_ABS_FLOOR_DBFS = -50.0
-_REL_RANGE_DB = 40.0
-
-
-def speech_seconds(samples: np.ndarray, sample_rate: int = TARGET_SAMPLE_RATE) -> float:
-    """Seconds of ``samples`` (mono float in [-1, 1]) whose 25 ms frames look like speech."""
-    frame_len = max(round(_FRAME_S * sample_rate), 1)
-    n_frames = samples.shape[0] // frame_len
-    if n_frames == 0:
-        return 0.0
-    frames = np.asarray(samples[: n_frames * frame_len], dtype=np.float32).reshape(
-        n_frames, frame_len
-    )
-    power = np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / frame_len
-    level_db = 10.0 * np.log10(np.maximum(power, 1e-20))  # 1e-20: -200 dB for digital zero
-    threshold = max(_ABS_FLOOR_DBFS, float(level_db.max()) - _REL_RANGE_DB)
-    return int(np.count_nonzero(level_db > threshold)) * frame_len / sample_rate
-
-
-def ensure_speech(audio: DecodedAudio, *, min_speech_s: float) -> float:
-    """Return the seconds of speech in ``audio``, or raise :class:`NoSpeech` below the minimum."""
-    seconds = speech_seconds(audio.samples, TARGET_SAMPLE_RATE)
-    if seconds < min_speech_s:
-        raise NoSpeech(
-            f"Found {seconds:.2f} s of speech; at least {min_speech_s:g} s is required.",
-            details={"speech_seconds": round(seconds, 3), "required_seconds": min_speech_s},
-        )
-    return seconds
