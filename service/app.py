@@ -96,8 +96,8 @@ def quality_and_calibration(
     settings: Settings, engine: Engine, gallery: Gallery, identities: dict[str, str]
 ) -> dict:
     """The VAD (loaded once), the decision policy (stored calibrations) and AS-norm."""
-    from service.calibration import DecisionPolicy
-    from service.normalization import AsNorm
+    from service.decisions.normalization import AsNorm
+    from service.decisions.policy import DecisionPolicy
     from service.pipeline.quality import QualityAssessor
     from storage.calibration import CalibrationStore
 

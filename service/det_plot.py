@@ -16,7 +16,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from service.scoring import eer_from_curve
+from service.decisions.scoring import eer_from_curve
 
 # Tick positions in the usual DET style (fractions, labelled in %): 1-2-5 per decade up to
 # 5 %, then 10, 20, 40, 60, 80, 90, 95, 99 %.
@@ -61,8 +61,9 @@ def save_det_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, 
     """Write a DET plot (PNG, or whatever ``path``'s suffix tells matplotlib) of ``curves``.
 
     ``curves`` maps a system name to its ``(far, frr)`` arrays, e.g. the first two values of
-    :func:`service.scoring.det_curve`. Each curve's EER point is marked and given in the legend.
-    Rates of exactly 0 have no normal deviate: where a curve reaches 0 it runs off the plot.
+    :func:`service.decisions.scoring.det_curve`. Each curve's EER point is marked and given in
+    the legend. Rates of exactly 0 have no normal deviate: where a curve reaches 0 it runs off
+    the plot.
     """
     if not curves:
         raise ValueError("no curves to plot")

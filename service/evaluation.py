@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from service import scoring
 from service.core.settings import SPACE_VOXCELEB, Settings
+from service.decisions import scoring
 
 ROLES = ("enroll", "probe")
 KEYS = ("top1", "top5", "eer", "far_at_threshold", "frr_at_threshold", "threshold_far1")

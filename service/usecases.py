@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 import anyio
 import numpy as np
 
-from service.calibration import SOURCE_DEFAULT, Decision, DecisionPolicy
 from service.core import errors
 from service.core.settings import SPACE_VOXCELEB, Settings
+from service.decisions.normalization import AsNorm
+from service.decisions.policy import Decision, DecisionPolicy
 from service.gallery import Gallery
 from service.limits import check_external_id, check_metadata, check_name
-from service.normalization import AsNorm
 from service.pipeline.audio import DecodedAudio
 from service.pipeline.clip import ClipPipeline
 from service.pipeline.language import LanguageRouter
@@ -45,7 +45,7 @@ from service.schemas import (
 from storage import audit
 from storage import errors as storage_errors
 from storage.audit import ANONYMOUS, Actor, AuditRecord
-from storage.calibration import SCORE_ASNORM, SCORE_COSINE
+from storage.calibration import SCORE_ASNORM
 from storage.records import UNSET, SpeakerRecord, UtteranceInput, UtteranceRecord
 from storage.speakers import SpeakerStore
 
@@ -119,7 +119,7 @@ class VoiceSearch:
 
     def threshold(self, space: str) -> float:
         """Threshold in force for ``is_match``: the newest matching calibration, else the
-        configured default (see service.calibration.DecisionPolicy)."""
+        configured default (see service.decisions.policy.DecisionPolicy)."""
         return self.policy.decision(space).threshold
 
     def _space_of_request(self, space: str | None, language: str | None) -> str:
@@ -168,7 +168,7 @@ class VoiceSearch:
             )
         space = self._space_of_request(space, None)
         similarity = float(np.dot(unit(np.array(e1)), unit(np.array(e2))))
-        decision = self._cosine_decision(space)
+        decision = self.policy.cosine_decision(space)
         return CompareVoicesResponse(
             similarity=similarity,
             is_match=similarity >= decision.threshold,
@@ -176,20 +176,6 @@ class VoiceSearch:
             space=space,
             match_probability=decision.probability(similarity),
             threshold_source=decision.source,
-        )
-
-    def _cosine_decision(self, space: str) -> Decision:
-        """The decision for raw cosines (pairwise compare, stateless ranking): AS-norm needs the
-        gallery, so where it is on these fall back to the cosine default threshold."""
-        decision = self.policy.decision(space)
-        if decision.score_type == SCORE_COSINE:
-            return decision
-        return Decision(
-            space,
-            self.settings.threshold_for(space),
-            SCORE_COSINE,
-            SOURCE_DEFAULT,
-            "VOICESEARCH_THRESHOLDS",
         )
 
     def _verdict(
@@ -231,7 +217,7 @@ class VoiceSearch:
     ) -> FindMatchResponse:
         """The original stateless find-match: rank the caller's own candidate embeddings."""
         space = self._space_of_request(space, language)
-        decision = self._cosine_decision(space)
+        decision = self.policy.cosine_decision(space)
         threshold = decision.threshold
         top_n = self._clamp_top_n(top_n)
         if not candidates:
@@ -289,7 +275,7 @@ class VoiceSearch:
         speakers = self.store.summaries([hit.speaker_id for hit in hits])
         # A speaker deleted between the index search and this lookup is simply skipped.
         hits = [hit for hit in hits if hit.speaker_id in speakers]
-        cosine = self._cosine_decision(space)
+        cosine = self.policy.cosine_decision(space)
         normed: list[float | None] = [hit.score for hit in hits]
         if asnorm:
             normed = self.normalizer.normalise(  # type: ignore[union-attr]

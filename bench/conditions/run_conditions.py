@@ -20,9 +20,9 @@ import numpy as np
 
 from service.calibration import SpaceScores, fit_space, measure_scores
 from service.core.settings import Settings
+from service.decisions.scoring import eer
 from service.evaluation import read_manifest
 from service.pipeline.registry import ModelRegistry
-from service.scoring import eer
 
 REPO = Path(__file__).resolve().parents[2]
 VOX = "voxceleb"

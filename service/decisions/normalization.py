@@ -2,7 +2,7 @@
 
 ``s_norm = 0.5 * ((s - μ_p) / σ_p + (s - μ_c) / σ_c)``, where ``μ, σ`` are the mean and std of
 the top-K scores of the probe (``_p``) and of the candidate's profile (``_c``) against a cohort
-of impostors (Matějka et al., 2017; :func:`service.scoring.as_norm`).
+of impostors (Matějka et al., 2017; :func:`service.decisions.scoring.as_norm`).
 
 Cohort:
 
@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from service.core.settings import AsNormSettings
-from service.scoring import top_k_stats
+from service.decisions.scoring import top_k_stats
 
 _EPS = 1e-6
 

@@ -1,5 +1,9 @@
 """The math of speaker-verification evaluation and score calibration (NumPy only).
 
+(Longer than the ~400 lines a module here usually gets, on purpose: it is one body of pure
+functions that share their input checks — ``_scores``, ``_pair``, ``_step_up`` — and one
+accept-if-``>=`` convention; split by topic, those helpers would have to cross modules.)
+
 Everything here is a pure function of score arrays: no torch, no I/O. Conventions:
 
 * A *genuine* (target) score compares two recordings of the same speaker, an *impostor*
