@@ -29,7 +29,7 @@ import numpy as np
 from bench.common import summary_ms, write_json
 from bench.synthetic import bulk_insert_synthetic
 from service.decisions.normalization import AsNorm
-from service.gallery import Gallery
+from service.search.gallery import Gallery
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
 from storage.speakers import SpeakerStore

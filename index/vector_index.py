@@ -141,7 +141,7 @@ class VectorIndex:
     (``spec.kind == "flat"``, the default) or HNSW (see the module docstring).
 
     Not thread-safe for concurrent modification: callers serialise writes against searches
-    (``service.gallery.Gallery`` holds a lock).
+    (``service.search.gallery.Gallery`` holds a lock).
     """
 
     def __init__(

@@ -22,17 +22,17 @@ from sqlalchemy import Engine
 
 from index.vector_index import IndexSpec
 from service import __version__
-from service.api import audit as audit_api
-from service.api import calibration as calibration_api
-from service.api import health, matching, speakers, voice
+from service.api.auth import KeyRing, log_auth_state
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import BodySizeLimitMiddleware
-from service.auth import KeyRing, log_auth_state
+from service.api.routes import audit as audit_api
+from service.api.routes import calibration as calibration_api
+from service.api.routes import health, matching, speakers, voice
 from service.core.settings import Settings
-from service.gallery import Gallery
 from service.pipeline.language import LanguageRouter
 from service.pipeline.registry import ModelRegistry
-from service.usecases import VoiceSearch
+from service.search.gallery import Gallery
+from service.search.voicesearch import VoiceSearch
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
 from storage.speakers import SpeakerStore

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from service.core.settings import Settings
 
 if TYPE_CHECKING:
-    from service.usecases import VoiceSearch
+    from service.search.voicesearch import VoiceSearch
 
 # glibc hands freed memory back to the OS eagerly, so every inference re-faults its activation
 # buffers: about a third of PyTorch's CPU time on a 2-core box. Keeping freed memory (these two

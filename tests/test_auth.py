@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.auth import ApiKeyConfigError, KeyRing, parse_key_entries
 from service.app import create_app
-from service.auth import ApiKeyConfigError, KeyRing, parse_key_entries
 from service.core.settings import Settings
 from service.pipeline.registry import ModelRegistry
 from tests.api.conftest import assert_error, make_settings

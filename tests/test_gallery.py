@@ -19,7 +19,7 @@ from sqlalchemy import event
 from bench.synthetic import bulk_insert_synthetic
 from index.vector_index import IndexSpec, VectorIndex
 from service.core.errors import UnknownSpace
-from service.gallery import Gallery
+from service.search.gallery import Gallery
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
 from storage.records import UtteranceInput
@@ -213,7 +213,7 @@ def test_corrupt_snapshot_is_rebuilt_with_a_logged_reason(
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
 
-    caplog.set_level(logging.INFO, logger="service.gallery")
+    caplog.set_level(logging.INFO, logger="service.search.gallery")
     _, reopened = make_worker(open_=False)
     how = reopened.open()
     assert "corrupt snapshot" in how[VOX] and "checksum" in how[VOX]
@@ -266,7 +266,7 @@ def test_rebuild_bumps_generation_and_other_workers_reload(
     assert progress[0] == (0, 6) and progress[-1] == (6, 6)
     assert store1.change_cursor().generation(VOX) == 1
 
-    caplog.set_level(logging.INFO, logger="service.gallery")
+    caplog.set_level(logging.INFO, logger="service.search.gallery")
     assert top(gallery2, people[0][1], 1) == [people[0][0]]  # reloaded on its next search
     assert "generation changed" in caplog.text and "loaded snapshot" in caplog.text
     assert gallery2._spaces[VOX].generation == 1

@@ -10,7 +10,7 @@ import pytest
 
 from service.decisions.normalization import AsNorm
 from service.decisions.scoring import as_norm, top_k_stats
-from service.gallery import Gallery
+from service.search.gallery import Gallery
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
 from storage.records import UtteranceInput

@@ -15,11 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from service.api.auth import RequireRead
 from service.api.deps import SettingsDep, VoiceSearchDep, read_upload
 from service.api.docs import error_responses
-from service.auth import RequireRead
+from service.api.mappers import find_match_out
+from service.api.schemas import FindMatchRequest, FindMatchResponse
 from service.core import errors
-from service.schemas import FindMatchRequest, FindMatchResponse
 
 router = APIRouter(
     tags=["search"], dependencies=[RequireRead], responses=error_responses(400, 401, 403)
@@ -79,8 +80,10 @@ async def find_match(
             language = form.get("language")
             top_n = _form_int(form.get("top_n"), "top_n", 5)
             data = await read_upload(audio, settings.max_upload_bytes)
-        return await voice.search_audio(
-            data, language if isinstance(language, str) and language else None, top_n
+        return find_match_out(
+            await voice.search_audio(
+                data, language if isinstance(language, str) and language else None, top_n
+            )
         )
 
     if content_type and not content_type.startswith("application/json"):
@@ -95,7 +98,15 @@ async def find_match(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from None
     if body.stored_embeddings is not None:
-        return voice.rank_candidates(
-            body.user_embedding, body.stored_embeddings, body.top_n, body.space, body.language
+        return find_match_out(
+            voice.rank_candidates(
+                body.user_embedding,
+                body.stored_embeddings,
+                body.top_n,
+                body.space,
+                body.language,
+            )
         )
-    return await voice.search_embedding(body.user_embedding, body.top_n, body.space, body.language)
+    return find_match_out(
+        await voice.search_embedding(body.user_embedding, body.top_n, body.space, body.language)
+    )

@@ -6,17 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
 
+from service.api.auth import AdminActor, RequireRead
 from service.api.deps import SettingsDep, VoiceSearchDep, parse_metadata, read_upload
 from service.api.docs import AUDIO_ERRORS, error_responses
-from service.auth import AdminActor, RequireRead
-from service.limits import EXTERNAL_ID_PATTERN, MAX_EXTERNAL_ID_LENGTH, MAX_OFFSET
-from service.schemas import (
+from service.api.mappers import enrollment_out, speaker_out
+from service.api.schemas import (
     DeletedResponse,
     EnrollmentResponse,
     SpeakerListResponse,
     SpeakerPatch,
     SpeakerResponse,
 )
+from service.search.fields import EXTERNAL_ID_PATTERN, MAX_EXTERNAL_ID_LENGTH, MAX_OFFSET
 
 # Reads need the `read` role (router-wide); writes also take an AdminActor parameter (`admin`).
 router = APIRouter(
@@ -72,8 +73,10 @@ async def enroll_speaker(
 ) -> EnrollmentResponse:
     meta = parse_metadata(metadata)
     data = await _read_all(audio, settings.max_upload_bytes)
-    return await voice.enroll(
-        data, external_id=external_id, name=name, metadata=meta, language=language, actor=actor
+    return enrollment_out(
+        await voice.enroll(
+            data, external_id=external_id, name=name, metadata=meta, language=language, actor=actor
+        )
     )
 
 
@@ -93,7 +96,7 @@ async def add_utterances(
     language: LanguageField = None,
 ) -> EnrollmentResponse:
     data = await _read_all(audio, settings.max_upload_bytes)
-    return await voice.add_utterances(speaker_id, data, language, actor)
+    return enrollment_out(await voice.add_utterances(speaker_id, data, language, actor))
 
 
 @router.get("", response_model=SpeakerListResponse, summary="List enrolled speakers")
@@ -111,8 +114,11 @@ async def list_speakers(
         ),
     ] = None,
 ) -> SpeakerListResponse:
-    return await voice.list_speakers(
+    records, total = await voice.list_speakers(
         offset=offset, limit=limit, name=name, metadata=parse_metadata(metadata)
+    )
+    return SpeakerListResponse(
+        speakers=[speaker_out(r) for r in records], total=total, offset=offset, limit=limit
     )
 
 
@@ -122,8 +128,11 @@ async def list_speakers(
     responses=error_responses(404),
     summary="One speaker",
 )
-async def get_speaker(voice: VoiceSearchDep, speaker_id: SpeakerId) -> SpeakerResponse:
-    return SpeakerResponse(speaker=await voice.get_speaker(speaker_id))
+async def get_speaker(
+    voice: VoiceSearchDep, settings: SettingsDep, speaker_id: SpeakerId
+) -> SpeakerResponse:
+    record = await voice.get_speaker(speaker_id)
+    return SpeakerResponse(speaker=speaker_out(record, settings.min_enroll_speech_s))
 
 
 @router.patch(
@@ -136,7 +145,9 @@ async def update_speaker(
     actor: AdminActor, voice: VoiceSearchDep, speaker_id: SpeakerId, body: SpeakerPatch
 ) -> SpeakerResponse:
     changes = body.model_dump(exclude_unset=True)
-    return SpeakerResponse(speaker=await voice.update_speaker(speaker_id, changes, actor))
+    return SpeakerResponse(
+        speaker=speaker_out(await voice.update_speaker(speaker_id, changes, actor))
+    )
 
 
 @router.delete(

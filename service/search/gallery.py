@@ -17,86 +17,37 @@ rebuild", ``rebuild`` and snapshot writes, so N workers starting on an empty sna
 rebuild, not N, and a stale worker never overwrites a fresher snapshot from ``index rebuild``.
 Within a process one lock serialises sync, search and index changes. Lock order is always
 "gallery lock, then file lock" (or only one of them), never the reverse, so they cannot deadlock.
+
+:class:`Gallery` is the front: it owns the per-space states and the locks, and decides when to
+load, catch up, rebuild or snapshot. The work itself is in ``gallery_sync`` (change-log replay),
+``snapshots`` (files and file locks) and ``gallery_admin`` (rebuild, verify).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock, Timeout
 
 from index.errors import IndexCorruptError
-from index.vector_index import IndexSpec, VectorIndex, write_snapshot
+from index.vector_index import IndexSpec
 from service.core.errors import UnknownSpace
+from service.search.gallery_admin import RebuildReport, VerifyReport, rebuild_space, verify_index
+from service.search.gallery_sync import SpaceState, build_from_log, catch_up
+from service.search.snapshots import SnapshotFiles, meta_problem, snapshot_meta
 from storage.change_log import ChangeLog
-from storage.records import ChangeCursor
 
 logger = logging.getLogger(__name__)
-
-_SAMPLE = 100  # ids listed per category in a VerifyReport
 
 
 @dataclass(frozen=True)
 class Hit:
     speaker_id: int
     score: float
-
-
-@dataclass(frozen=True)
-class RebuildReport:
-    space: str
-    count: int
-    generation: int
-    seq: int
-    seconds: float
-    snapshot: Path
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    space: str
-    db_count: int
-    index_count: int
-    missing: int  # profiles in the database but not in the index
-    extra: int  # ids in the index without a (current-model) profile in the database
-    mismatched: int  # present in both, vectors differ by more than the tolerance
-    missing_ids: list[int] = field(default_factory=list)  # first ids of each kind
-    extra_ids: list[int] = field(default_factory=list)
-    mismatched_ids: list[int] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.missing == 0 and self.extra == 0 and self.mismatched == 0
-
-    def __str__(self) -> str:
-        status = "ok" if self.ok else "MISMATCH"
-        text = (
-            f"{status}: db={self.db_count} index={self.index_count} missing={self.missing} "
-            f"extra={self.extra} mismatched={self.mismatched}"
-        )
-        for label, ids in (
-            ("missing", self.missing_ids),
-            ("extra", self.extra_ids),
-            ("mismatched", self.mismatched_ids),
-        ):
-            if ids:
-                text += f" {label}_ids={ids[:10]}"
-        return text
-
-
-@dataclass
-class _SpaceState:
-    index: VectorIndex
-    seq: int  # last change-log seq reflected in ``index``
-    generation: int  # rebuild generation the index was built/loaded for
-    unsaved: int = 0  # changes applied since the last snapshot
 
 
 class Gallery:
@@ -133,35 +84,19 @@ class Gallery:
                 # The store decides which embeddings make profiles; both must mean one model.
                 raise ValueError(f"store and gallery disagree on the model of space {space!r}")
         self.store = store
-        self.snapshot_dir = Path(snapshot_dir)
+        self.files = SnapshotFiles(snapshot_dir)
+        self.snapshot_dir = self.files.snapshot_dir
         self.dims: dict[str, int] = dict(dims)
         self.model_identities: dict[str, str] = {s: model_identities[s] for s in dims}
         self.snapshot_every = int(snapshot_every)
         #: Which FAISS index every space uses (flat = exact, hnsw = approximate).
         self.index_spec = index_spec or IndexSpec()
         self._lock = threading.RLock()
-        self._spaces: dict[str, _SpaceState] = {}
+        self._spaces: dict[str, SpaceState] = {}
         self._opened = False
 
-    # ------------------------------------------------------------------ paths and locks
     def snapshot_path(self, space: str) -> Path:
-        return self.snapshot_dir / f"{space}.faiss"
-
-    @contextlib.contextmanager
-    def _file_lock(self, space: str, timeout: float) -> Iterator[bool]:
-        """Cross-process (and cross-thread: one fresh lock object per use) lock of one space.
-        Yields False when it could not be had in time; callers decide whether to go on."""
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.snapshot_dir / f".{space}.lock"), thread_local=False)
-        try:
-            lock.acquire(timeout=timeout)
-        except Timeout:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()
+        return self.files.path(space)
 
     def _check_space(self, space: str) -> None:
         if space not in self.dims:
@@ -187,13 +122,12 @@ class Gallery:
     def _open_space(self, space: str) -> str:
         """Load the snapshot and catch up, or rebuild from the database (and save). Caller holds
         ``self._lock``; takes the space's file lock so concurrent workers rebuild once."""
-        with self._file_lock(space, self.file_lock_timeout_s) as locked:
+        with self.files.lock(space, self.file_lock_timeout_s) as locked:
             if not locked:
                 logger.warning("index %s: file lock busy, opening without it", space)
             cursor = self.store.change_cursor()
-            path = self.snapshot_path(space)
             try:
-                index, meta = VectorIndex.load(path)
+                index, meta = self.files.load(space)
             except FileNotFoundError:
                 return self._rebuild_and_install(space, "rebuilt from database: no snapshot")
             except (IndexCorruptError, OSError) as error:
@@ -201,13 +135,20 @@ class Gallery:
                 return self._rebuild_and_install(
                     space, f"rebuilt from database: corrupt snapshot ({error})"
                 )
-            problem = self._meta_problem(space, meta, cursor)
+            problem = meta_problem(
+                space,
+                meta,
+                cursor,
+                dim=self.dims[space],
+                model_identity=self.model_identities[space],
+                index_spec=self.index_spec,
+            )
             if problem:
                 logger.warning("index %s: snapshot not used: %s", space, problem)
                 return self._rebuild_and_install(space, f"rebuilt from database: {problem}")
 
             index.set_runtime_options(self.index_spec)
-            state = _SpaceState(index=index, seq=int(meta["seq"]), generation=meta["generation"])
+            state = SpaceState(index=index, seq=int(meta["seq"]), generation=meta["generation"])
             replayed = self._catch_up(space, state, cursor.seq)
             # Counts must agree; a concurrent writer can make them differ for a moment, so
             # catch up once more before concluding the snapshot is wrong.
@@ -229,88 +170,26 @@ class Gallery:
                 f"replayed {replayed} changes → {index.ntotal} vectors"
             )
 
-    def _meta_problem(self, space: str, meta: dict, cursor: ChangeCursor) -> str | None:
-        identity = self.model_identities[space]
-        if meta.get("space") != space:
-            return f"snapshot is for space {meta.get('space')!r}"
-        if meta.get("dim") != self.dims[space]:
-            return f"snapshot dimension {meta.get('dim')} != model dimension {self.dims[space]}"
-        wanted = self.index_spec.meta()
-        stored = {key: meta.get(key, "flat" if key == "index_type" else None) for key in wanted}
-        if stored != wanted:
-            return f"index type changed (snapshot {stored}, configured {wanted})"
-        if meta.get("model_identity") != identity:
-            return f"model changed (snapshot {meta.get('model_identity')!r}, loaded {identity!r})"
-        if meta.get("generation") != cursor.generation(space):
-            return (
-                f"index generation {meta.get('generation')} != database generation "
-                f"{cursor.generation(space)} (an index rebuild happened)"
-            )
-        seq = meta.get("seq")
-        if not isinstance(seq, int) or seq < 0:
-            return "snapshot has no valid seq"
-        if seq > cursor.seq:
-            return f"snapshot seq {seq} is ahead of the database ({cursor.seq}): database restored?"
-        return None
-
     def _rebuild_and_install(self, space: str, reason: str) -> str:
         """Build from the database, install, and save a snapshot (caller holds both locks)."""
-        state = self._build_from_db(space)
+        state = self._build(space)
         self._spaces[space] = state
-        self._write_state(space, state)
+        self.files.save(space, state, self.model_identities[space])
         return f"{reason} ({state.index.ntotal} vectors)"
 
-    def _build_from_db(
-        self, space: str, progress: Callable[[int, int], None] | None = None
-    ) -> _SpaceState:
-        """A fresh index of every current-model profile, caught up with the log.
-
-        The cursor is read *before* the scan: the scan reflects at least that state, and
-        replaying every change after it (idempotent: each replay sets the speaker's current
-        profile) covers whatever the scan missed or saw half of.
-        """
-        cursor = self.store.change_cursor()
-        total = self.store.profile_count(space)
-        index = VectorIndex(self.dims[space], spec=self.index_spec)
-        done = 0
-        if progress:
-            progress(0, total)
-        for ids, vectors in self.store.iter_profiles(space):
-            # Keyset order: strictly increasing, unique ids into an empty index.
-            index.add(ids, vectors, assume_new=True)
-            done += ids.size
-            if progress:
-                progress(done, max(total, done))
-        state = _SpaceState(index=index, seq=cursor.seq, generation=cursor.generation(space))
-        self._catch_up(space, state, self.store.change_cursor().seq)
-        return state
+    def _build(self, space: str, progress: Callable[[int, int], None] | None = None) -> SpaceState:
+        return build_from_log(
+            self.store,
+            space,
+            self.dims[space],
+            self.index_spec,
+            chunk=self.replay_chunk,
+            progress=progress,
+        )
 
     # ------------------------------------------------------------------ change replay
-    def _catch_up(self, space: str, state: _SpaceState, target_seq: int) -> int:
-        """Replay the log into ``state`` until its seq reaches ``target_seq``; returns how many
-        speakers were touched."""
-        touched = 0
-        while state.seq < target_seq:
-            new_seq, changes = self.store.changes_since(space, state.seq, limit=self.replay_chunk)
-            if new_seq <= state.seq:
-                break  # nothing newer is visible (cannot happen with a single writer)
-            self._apply(state.index, changes)
-            state.seq = new_seq
-            touched += len(changes)
-        state.unsaved += touched
-        return touched
-
-    @staticmethod
-    def _apply(index: VectorIndex, changes: list[tuple[int, np.ndarray | None]]) -> None:
-        removed = [speaker_id for speaker_id, vector in changes if vector is None]
-        upserts = [(speaker_id, vector) for speaker_id, vector in changes if vector is not None]
-        if removed:
-            index.remove(np.asarray(removed, dtype=np.int64))
-        if upserts:
-            index.upsert(
-                np.asarray([i for i, _ in upserts], dtype=np.int64),
-                np.stack([v for _, v in upserts]),
-            )
+    def _catch_up(self, space: str, state: SpaceState, target_seq: int) -> int:
+        return catch_up(self.store, space, state, target_seq, chunk=self.replay_chunk)
 
     def _sync_locked(self) -> None:
         self._ensure_open()
@@ -329,7 +208,7 @@ class Gallery:
                     # Replaying e.g. a million bulk inserts one chunk at a time is slower than
                     # reading the profiles once.
                     logger.info("index %s: %d pending changes, rebuilding", space, pending)
-                    fresh = self._build_from_db(space)
+                    fresh = self._build(space)
                     fresh.unsaved = pending
                     self._spaces[space] = fresh
                     continue
@@ -399,73 +278,45 @@ class Gallery:
                 self._sync_locked()
                 state = self._spaces[name]
                 blob = state.index.serialize()
-                meta = self._meta(name, state)
+                meta = snapshot_meta(name, state, self.model_identities[name])
                 count, unsaved = state.index.ntotal, state.unsaved
-            with self._file_lock(name, self.snapshot_lock_timeout_s) as locked:
+            with self.files.lock(name, self.snapshot_lock_timeout_s) as locked:
                 if not locked:
                     logger.info("index %s: snapshot skipped, another process holds the lock", name)
                     continue
                 if self.store.change_cursor().generation(name) != state.generation:
                     continue  # a rebuild happened meanwhile; its snapshot is the one to keep
-                write_snapshot(
-                    self.snapshot_path(name), meta, blob, dim=state.index.dim, count=count
-                )
+                self.files.write(name, meta, blob, dim=state.index.dim, count=count)
             with self._lock:
                 if self._spaces.get(name) is state:
                     state.unsaved = max(0, state.unsaved - unsaved)
-
-    def _meta(self, space: str, state: _SpaceState) -> dict:
-        return {
-            **state.index.spec.meta(),
-            "space": space,
-            "seq": state.seq,
-            "generation": state.generation,
-            "model_identity": self.model_identities[space],
-        }
-
-    def _write_state(self, space: str, state: _SpaceState) -> None:
-        state.index.save(self.snapshot_path(space), self._meta(space, state))
-        state.unsaved = 0
 
     # ------------------------------------------------------------------ admin
     def rebuild(
         self, space: str, progress: Callable[[int, int], None] | None = None
     ) -> RebuildReport:
         """Rebuild ``space`` from the database, save the snapshot, then bump the generation so
-        every running worker reloads (from this snapshot: it already carries the new number)."""
+        every running worker reloads (``gallery_admin.rebuild_space``)."""
         self._check_space(space)
-        started = time.perf_counter()
-        with self._file_lock(space, self.file_lock_timeout_s) as locked:
-            if not locked:
-                logger.warning("index %s: file lock busy, rebuilding without it", space)
-            state = self._build_from_db(space, progress)
-            state.generation += 1  # the value bump_generation will return, barring a race
-            self._write_state(space, state)
-            generation = self.store.bump_generation(space)
-            if generation != state.generation:
-                # Someone else bumped at the same moment: re-label so workers can load it.
-                state.generation = generation
-                self._write_state(space, state)
-        with self._lock:
-            current = self._spaces.get(space)
-            if current is None or current.generation <= state.generation:
-                self._spaces[space] = state
-        report = RebuildReport(
-            space=space,
-            count=state.index.ntotal,
-            generation=state.generation,
-            seq=state.seq,
-            seconds=time.perf_counter() - started,
-            snapshot=self.snapshot_path(space),
-        )
-        logger.info(
-            "index %s: rebuilt %d vectors in %.2fs (generation %d)",
+
+        def install(state: SpaceState) -> None:
+            with self._lock:
+                current = self._spaces.get(space)
+                if current is None or current.generation <= state.generation:
+                    self._spaces[space] = state
+
+        return rebuild_space(
+            self.store,
+            self.files,
             space,
-            report.count,
-            report.seconds,
-            report.generation,
+            dim=self.dims[space],
+            spec=self.index_spec,
+            model_identity=self.model_identities[space],
+            lock_timeout_s=self.file_lock_timeout_s,
+            replay_chunk=self.replay_chunk,
+            install=install,
+            progress=progress,
         )
-        return report
 
     def verify(self) -> dict[str, VerifyReport]:
         """Compare every index with the database: missing ids, extra ids, differing vectors.
@@ -477,36 +328,7 @@ class Gallery:
         with self._lock:
             self._sync_locked()
             for space, state in self._spaces.items():
-                reports[space] = self._verify_space(space, state.index)
+                reports[space] = verify_index(
+                    self.store, space, state.index, tolerance=self.verify_tolerance
+                )
         return reports
-
-    def _verify_space(self, space: str, index: VectorIndex) -> VerifyReport:
-        db_ids: list[np.ndarray] = []
-        missing: list[np.ndarray] = []
-        mismatched: list[np.ndarray] = []
-        for ids, vectors in self.store.iter_profiles(space):
-            db_ids.append(ids)
-            present = index.contains(ids)
-            missing.append(ids[~present])
-            if present.any():
-                stored = index.reconstruct(ids[present])
-                if stored.shape[1] != vectors.shape[1]:
-                    mismatched.append(ids[present])
-                    continue
-                diff = np.abs(stored - vectors[present]).max(axis=1)
-                mismatched.append(ids[present][diff > self.verify_tolerance])
-        all_db = np.concatenate(db_ids) if db_ids else np.empty(0, dtype=np.int64)
-        extra = np.setdiff1d(index.ids(), all_db)
-        miss = np.concatenate(missing) if missing else np.empty(0, dtype=np.int64)
-        bad = np.concatenate(mismatched) if mismatched else np.empty(0, dtype=np.int64)
-        return VerifyReport(
-            space=space,
-            db_count=int(all_db.size),
-            index_count=index.ntotal,
-            missing=int(miss.size),
-            extra=int(extra.size),
-            mismatched=int(bad.size),
-            missing_ids=miss[:_SAMPLE].tolist(),
-            extra_ids=extra[:_SAMPLE].tolist(),
-            mismatched_ids=bad[:_SAMPLE].tolist(),
-        )

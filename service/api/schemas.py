@@ -329,3 +329,22 @@ class CalibrationSpaceOut(BaseModel):
 class CalibrationResponse(BaseModel):
     success: bool = True
     spaces: dict[str, CalibrationSpaceOut]
+
+
+# --- audit -----------------------------------------------------------------------------------
+class AuditEntryOut(BaseModel):
+    id: int
+    created_at: datetime
+    action: str = Field(description="e.g. `speaker.enroll`, `speaker.delete`, `index.rebuild`.")
+    speaker_id: str | None = Field(description="External id of the speaker concerned.")
+    actor: str = Field(description="Name of the API key (never the key); `anonymous` if open.")
+    role: str | None = Field(description="Role of that key; null when access control is off.")
+    details: dict[str, Any]
+
+
+class AuditListResponse(BaseModel):
+    success: bool = True
+    entries: list[AuditEntryOut] = Field(description="Newest first.")
+    total: int
+    offset: int
+    limit: int

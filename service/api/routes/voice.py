@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
+from service.api.auth import RequireRead
 from service.api.deps import SettingsDep, VoiceSearchDep, read_upload
 from service.api.docs import AUDIO_ERRORS, error_responses
-from service.auth import RequireRead
-from service.schemas import (
+from service.api.mappers import comparison_out, extraction_out, language_out
+from service.api.schemas import (
     CompareVoicesRequest,
     CompareVoicesResponse,
     DetectLanguageResponse,
@@ -50,7 +51,7 @@ async def extract_embedding(
     language: LanguageField = None,
 ) -> ExtractEmbeddingResponse:
     data = await read_upload(audio, settings.max_upload_bytes)
-    return await voice.extract(data, language)
+    return extraction_out(await voice.extract(data, language))
 
 
 @router.post(
@@ -64,7 +65,7 @@ async def detect_language(
     voice: VoiceSearchDep, settings: SettingsDep, audio: AudioFile
 ) -> DetectLanguageResponse:
     data = await read_upload(audio, settings.max_upload_bytes)
-    return await voice.detect_language(data)
+    return language_out(await voice.detect_language(data))
 
 
 @router.post(
@@ -76,4 +77,4 @@ async def detect_language(
 async def compare_voices(
     voice: VoiceSearchDep, body: CompareVoicesRequest
 ) -> CompareVoicesResponse:
-    return voice.compare(body.embedding1, body.embedding2, body.space)
+    return comparison_out(voice.compare(body.embedding1, body.embedding2, body.space))
