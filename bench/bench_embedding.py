@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import DEV_SPEECH, REAL_VOXCELEB, REPO, peak_rss_mb, table, write_json
-
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+from service.commands.serve import MALLOC_ENV
 
 
 def clips() -> list[Path]:
@@ -50,7 +49,7 @@ def inner(rounds: int, work: Path) -> dict:
     import torch
 
     from service.core.settings import Settings
-    from service.evaluation import load_reference_audio
+    from service.evaluation.evaluate import load_reference_audio
     from service.pipeline.audio import decode_audio
     from service.pipeline.clip import ClipPipeline
     from service.pipeline.language import LanguageRouter

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.calibration import SpaceScores, fit_space
 from service.decisions.policy import DecisionPolicy
+from service.evaluation.calibrate import SpaceScores, fit_space
 from service.pipeline.registry import ModelRegistry
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationStore
 from storage.db import make_engine, make_session_factory

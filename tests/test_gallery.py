@@ -402,7 +402,7 @@ def test_hnsw_snapshot_records_type_and_a_type_change_rebuilds(
 
 
 def test_index_type_setting_reaches_every_space(tiny_registry: Any, tmp_path: Path) -> None:
-    from service.app import build_voicesearch, open_database
+    from service.bootstrap import build_voicesearch, open_database
     from service.core.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data", index_type="hnsw", index_hnsw_m=8)

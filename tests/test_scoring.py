@@ -25,7 +25,7 @@ from service.decisions.scoring import (
     threshold_for_far,
     top_k_stats,
 )
-from service.det_plot import save_det_plot
+from service.evaluation.det_plot import save_det_plot
 
 
 def brute_rates(genuine: np.ndarray, impostor: np.ndarray, t: float) -> tuple[float, float]:
@@ -391,7 +391,7 @@ def test_det_plot_writes_png(tmp_path: Path) -> None:
 def test_imports_are_cheap() -> None:
     # scoring is NumPy only; det_plot loads matplotlib only when a plot is drawn.
     code = (
-        "import sys, service.decisions.scoring, service.det_plot; "
+        "import sys, service.decisions.scoring, service.evaluation.det_plot; "
         "heavy = {'torch', 'scipy', 'matplotlib'} & set(sys.modules); "
         "assert not heavy, heavy"
     )

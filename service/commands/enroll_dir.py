@@ -88,7 +88,7 @@ async def enroll_all(
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from service.app import build_voicesearch, load_models, open_database
+    from service.bootstrap import build_voicesearch, load_models, open_database
 
     if not args.directory.is_dir():
         print(f"error: {args.directory} is not a directory", file=sys.stderr)

@@ -1,14 +1,11 @@
 """Accuracy evaluation: enroll and probe a labelled manifest through the service's own pipeline,
 and compute the same figures with SpeechBrain's ``EncoderClassifier`` used directly.
 
-Manifest: CSV with header ``path,speaker,role[,language]``; ``role`` is ``enroll`` or ``probe``;
-``path`` is relative to ``root`` (default: the manifest's folder). A probe whose speaker has no
-``enroll`` row is an *unenrolled* (open-set) probe: all its scores are impostor scores.
-
-Service side: a fresh temporary data directory (SQLite + index), ``VoiceSearch.enroll`` with
-each speaker's file bytes, then every probe goes through the service's decode (``_decode``:
-decoding, resampling, speech checks), language routing, the space's encoder and the gallery's
-FAISS search over *every* enrolled speaker (so each probe yields one score per speaker).
+Manifest format and the service side's trials: ``service.evaluation.trials`` (a fresh temporary
+data directory, ``VoiceSearch.enroll`` with each speaker's file bytes, then every probe through
+the service's decode — decoding, resampling, speech checks —, language routing, the space's
+encoder and the gallery's FAISS search over *every* enrolled speaker, so each probe yields one
+score per speaker).
 
 Language of a row: the manifest's ``language`` column when set (``unknown``/empty = not set);
 otherwise the language-ID model when loaded; otherwise none, and the probe goes to the
@@ -23,7 +20,6 @@ embeddings, cosine scoring.
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,44 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from service.bootstrap import temporary_voicesearch
 from service.core.settings import SPACE_VOXCELEB, Settings
 from service.decisions import scoring
+from service.evaluation.trials import Row, enroll_speakers, probe_rows, search_probe
+from service.pipeline.registry import ModelRegistry
+from service.search.voicesearch import VoiceSearch
 
-ROLES = ("enroll", "probe")
 KEYS = ("top1", "top5", "eer", "far_at_threshold", "frr_at_threshold", "threshold_far1")
-
-
-@dataclass(frozen=True)
-class Row:
-    path: Path
-    speaker: str
-    role: str
-    language: str | None
-
-
-def read_manifest(manifest: Path, root: Path | None = None) -> list[Row]:
-    manifest = Path(manifest)
-    base = Path(root) if root is not None else manifest.parent
-    rows: list[Row] = []
-    with open(manifest, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"path", "speaker", "role"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{manifest}: missing column(s) {sorted(missing)}")
-        for line, record in enumerate(reader, start=2):
-            role = (record["role"] or "").strip().lower()
-            if role not in ROLES:
-                raise ValueError(f"{manifest}:{line}: role must be enroll or probe, got {role!r}")
-            language = (record.get("language") or "").strip() or None
-            if language and language.lower() == "unknown":
-                language = None
-            path = base / record["path"].strip()
-            if not path.is_file():
-                raise FileNotFoundError(f"{manifest}:{line}: no such file {path}")
-            rows.append(Row(path, record["speaker"].strip(), role, language))
-    if not any(r.role == "enroll" for r in rows) or not any(r.role == "probe" for r in rows):
-        raise ValueError(f"{manifest}: needs at least one enroll row and one probe row")
-    return rows
 
 
 @dataclass
@@ -148,46 +114,26 @@ def compute_metrics(result: SystemResult) -> dict[str, Any]:
 EVAL_OVERRIDES = {"min_enroll_speech_s": 0.0}
 
 
-def run_service(settings: Settings, models: Any, rows: list[Row]) -> SystemResult:
+def run_service(settings: Settings, models: ModelRegistry, rows: list[Row]) -> SystemResult:
     """Enroll and probe through a VoiceSearch built on a fresh temporary store."""
-    from service.app import temporary_voicesearch
-
     overrides = {k: v for k, v in EVAL_OVERRIDES.items() if k in type(settings).model_fields}
     with temporary_voicesearch(settings, models, **overrides) as vs:
         return asyncio.run(_service_scores(vs, rows))
 
 
-async def _service_scores(vs: Any, rows: list[Row]) -> SystemResult:
+async def _service_scores(vs: VoiceSearch, rows: list[Row]) -> SystemResult:
     started = time.perf_counter()
-    enroll: dict[str, list[Row]] = {}
-    for row in rows:
-        if row.role == "enroll":
-            enroll.setdefault(row.speaker, []).append(row)
-    speaker_ids: dict[str, int] = {}
-    for speaker, speaker_rows in enroll.items():
-        languages = {r.language for r in speaker_rows}
-        language = languages.pop() if len(languages) == 1 else None
-        await vs.enroll(
-            [r.path.read_bytes() for r in speaker_rows],
-            external_id=speaker,
-            name=speaker,
-            metadata=None,
-            language=language,
-        )
-    for speaker in enroll:
-        # Gallery hits carry the integer primary key; map it back to the external id.
-        speaker_ids[speaker] = vs.store.get(speaker).id
-    speakers = list(enroll)
+    speaker_ids = await enroll_speakers(vs, rows)
+    speakers = list(speaker_ids)
     column = {speaker_ids[s]: n for n, s in enumerate(speakers)}
-    probes = [r for r in rows if r.role == "probe"]
+    probes = probe_rows(rows)
     # A speaker the search does not return (not searchable) scores -1, the lowest cosine.
     scores = np.full((len(probes), len(speakers)), -1.0, dtype=np.float64)
     probe_spaces: list[str] = []
     for p, row in enumerate(probes):
-        space, vector = await vs.pipeline.infer(_embed_probe, vs, row)
-        probe_spaces.append(space)
-        hits = vs.gallery.search(space, vector[None, :], len(speakers))[0]
-        for hit in hits:
+        (found,) = await search_probe(vs, row, len(speakers))
+        probe_spaces.append(found.space)
+        for hit in found.hits:
             if hit.speaker_id in column:
                 scores[p, column[hit.speaker_id]] = hit.score
     spaces = set(probe_spaces)
@@ -200,14 +146,6 @@ async def _service_scores(vs: Any, rows: list[Row]) -> SystemResult:
         seconds=time.perf_counter() - started,
         probe_spaces=probe_spaces,
     )
-
-
-def _embed_probe(vs: Any, row: Row) -> tuple[str, np.ndarray]:
-    """What ``VoiceSearch.search_audio`` does before searching, minus the top_n cap: decode,
-    route (manifest language, else detection, else voxceleb), embed in the routed space."""
-    audio = vs.pipeline.decode(row.path.read_bytes())
-    space = vs.pipeline.route_or_default(audio, row.language).space
-    return space, vs.models.encoder(space).embed(audio.samples)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,7 +254,9 @@ class Evaluation:
         return data
 
 
-def evaluate(settings: Settings, models: Any, rows: list[Row], manifest: Path) -> Evaluation:
+def evaluate(
+    settings: Settings, models: ModelRegistry, rows: list[Row], manifest: Path
+) -> Evaluation:
     service = run_service(settings, models, rows)
     probe_spaces = service.probe_spaces  # the reference scores each probe in the same space
     classifiers = {space: models.encoder(space).classifier for space in set(probe_spaces)}
@@ -383,7 +323,7 @@ def markdown(evaluation: Evaluation, det_png: str | None) -> str:
 def write_outputs(
     evaluation: Evaluation, out_dir: Path | None, json_path: Path | None, stem: str
 ) -> dict[str, Path]:
-    from service.det_plot import save_det_plot
+    from service.evaluation.det_plot import save_det_plot
 
     written: dict[str, Path] = {}
     data = evaluation.to_json()

@@ -1,15 +1,14 @@
-"""Calibration: how the decision thresholds are measured and stored.
+"""Calibration (``voicesearch calibrate``): measure the decision thresholds and store them.
 
-The thresholds in force are chosen by ``service.decisions.policy.DecisionPolicy``.
+:func:`calibrate`: genuine and impostor score distributions on a labelled manifest, measured
+through the service's own pipeline (decode → VAD/quality → encoder → gallery search, with
+AS-norm when it is on) in a fresh temporary store (``service.evaluation.trials``, every probe
+in every loaded space); per space the lowest threshold meeting the target FAR, the EER, and a
+logistic calibration. :func:`store_calibrations` writes them; the thresholds in force are then
+chosen by ``service.decisions.policy.DecisionPolicy``.
 
-* :func:`calibrate` (``voicesearch calibrate``): genuine and impostor score distributions on a
-  labelled manifest, measured through the service's own pipeline (decode → VAD/quality →
-  encoder → gallery search, with AS-norm when it is on), in a fresh temporary store; per space
-  the lowest threshold meeting the target FAR, the EER, and a logistic calibration.
-
-Manifest: CSV ``path,speaker,role[,language]`` with role ``enroll`` or ``probe`` (the format of
-``voicesearch eval``; its loader is reused). Probes of speakers with no enroll rows are open-set
-impostors: they only add impostor trials.
+Manifest: the format of ``voicesearch eval`` (``service.evaluation.trials``). Probes of speakers
+with no enroll rows are open-set impostors: they only add impostor trials.
 """
 
 from __future__ import annotations
@@ -21,12 +20,17 @@ from typing import Any
 
 import numpy as np
 
+from service.bootstrap import temporary_voicesearch
+from service.core.settings import Settings
 from service.decisions.scoring import (
     LogisticCalibration,
     eer,
     fit_logistic_calibration,
     threshold_for_far,
 )
+from service.evaluation.trials import Row, enroll_speakers, probe_rows, search_probe
+from service.pipeline.registry import ModelRegistry
+from service.search.voicesearch import VoiceSearch
 from storage.calibration import CalibrationRecord, CalibrationStore
 
 # ------------------------------------------------------------------------------------------------
@@ -113,32 +117,20 @@ def fit_space(scores: SpaceScores, identity: str, target_far: float) -> SpaceCal
     )
 
 
-def measure_scores(settings: Any, models: Any, rows: list[Any]) -> dict[str, SpaceScores]:
+def measure_scores(
+    settings: Settings, models: ModelRegistry, rows: list[Row]
+) -> dict[str, SpaceScores]:
     """Enroll and probe ``rows`` through a VoiceSearch on a fresh temporary store; per loaded
     space, the genuine and impostor trial scores (AS-norm scores where it is on)."""
-    from service.app import temporary_voicesearch
-
     # Every enroll row is scored, however little speech it has.
     with temporary_voicesearch(settings, models, min_enroll_speech_s=0.0) as vs:
         return asyncio.run(_scores(vs, rows))
 
 
-async def _scores(vs: Any, rows: list[Any]) -> dict[str, SpaceScores]:
-    enroll: dict[str, list[Any]] = {}
-    for row in rows:
-        if row.role == "enroll":
-            enroll.setdefault(row.speaker, []).append(row)
-    for speaker, speaker_rows in enroll.items():
-        languages = {r.language for r in speaker_rows}
-        await vs.enroll(
-            [r.path.read_bytes() for r in speaker_rows],
-            external_id=speaker,
-            name=speaker,
-            metadata=None,
-            language=languages.pop() if len(languages) == 1 else None,
-        )
-    ids = {vs.store.get(s).id: s for s in enroll}
-    probes = [r for r in rows if r.role == "probe"]
+async def _scores(vs: VoiceSearch, rows: list[Row]) -> dict[str, SpaceScores]:
+    enrolled = await enroll_speakers(vs, rows)
+    ids = {speaker_id: speaker for speaker, speaker_id in enrolled.items()}
+    probes = probe_rows(rows)
     spaces = list(vs.models.encoders)
     genuine: dict[str, list[float]] = {s: [] for s in spaces}
     impostor: dict[str, list[float]] = {s: [] for s in spaces}
@@ -147,10 +139,8 @@ async def _scores(vs: Any, rows: list[Any]) -> dict[str, SpaceScores]:
     top1: dict[str, list[bool]] = {s: [] for s in spaces}
     best: dict[str, list[float]] = {s: [] for s in spaces}
     for row in probes:
-        audio = await vs.pipeline.infer(vs.pipeline.decode, row.path.read_bytes())
-        for space in spaces:
-            vector = await vs.pipeline.infer(vs.models.encoder(space).embed, audio.samples)
-            hits = vs.gallery.search(space, vector[None, :], len(ids))[0]
+        for found in await search_probe(vs, row, len(ids), spaces=spaces):
+            space, vector, hits = found.space, found.vector, found.hits
             raw = [h.score for h in hits]
             scored = raw
             if vs.normalizer is not None and vs.normalizer.enabled(space):
@@ -176,7 +166,7 @@ async def _scores(vs: Any, rows: list[Any]) -> dict[str, SpaceScores]:
             len(ids),
             np.asarray(cos_g[s]),
             np.asarray(cos_i[s]),
-            np.asarray([r.speaker in enroll for r in probes], dtype=bool),
+            np.asarray([r.speaker in enrolled for r in probes], dtype=bool),
             np.asarray(top1[s], dtype=bool),
             np.asarray(best[s], dtype=np.float64),
         )
@@ -185,7 +175,7 @@ async def _scores(vs: Any, rows: list[Any]) -> dict[str, SpaceScores]:
 
 
 def calibrate(
-    settings: Any, models: Any, rows: list[Any], target_far: float
+    settings: Settings, models: ModelRegistry, rows: list[Row], target_far: float
 ) -> dict[str, SpaceCalibration]:
     scores = measure_scores(settings, models, rows)
     identities = {space: enc.identity for space, enc in models.encoders.items()}
