@@ -67,7 +67,7 @@ def run_size(n: int, top_n: int, k: int, queries: int) -> dict:
                 gallery.search(VOX, p[None, :], top_n)
 
             def normed(p: np.ndarray) -> None:
-                # As VoiceSearch._search_index: one search deep enough for the probe's cohort.
+                # As Matcher.search_index: one search deep enough for the probe's cohort.
                 deep = gallery.search(VOX, p[None, :], max(top_n, k + 1))[0]
                 hits = deep[:top_n]
                 norm.normalise(

@@ -1,4 +1,4 @@
-"""Language → encoder space (service/routing.py): a pure table, no models needed."""
+"""Language → encoder space (service/pipeline/language.py): a pure table, no models needed."""
 
 from __future__ import annotations
 
