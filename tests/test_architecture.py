@@ -12,8 +12,6 @@ import pytest
 
 from tests.paths import REPO_ROOT
 
-pytest.importorskip("importlinter")
-
 
 def test_import_rules_hold(capsys: pytest.CaptureFixture[str]) -> None:
     from importlinter import api  # noqa: F401 - importing it configures import-linter
