@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -174,7 +175,7 @@ async def authenticate(
     return key.actor
 
 
-def _require(role: str):  # a FastAPI dependency factory
+def _require(role: str) -> Callable[[Actor], Awaitable[Actor]]:  # a FastAPI dependency factory
     async def check(actor: Annotated[Actor, Depends(authenticate)]) -> Actor:
         if actor.role is not None and role not in _GRANTS.get(actor.role, set()):
             raise errors.Forbidden(

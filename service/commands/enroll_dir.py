@@ -14,8 +14,14 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.core.settings import Settings
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from service.search.voicesearch import VoiceSearch
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".webm", ".sph"}
 
@@ -48,7 +54,12 @@ def speaker_folders(directory: Path) -> list[tuple[str, list[Path]]]:
 
 
 async def enroll_all(
-    voicesearch, folders: list[tuple[str, list[Path]]], *, language: str | None, add: bool, bar
+    voicesearch: VoiceSearch,
+    folders: list[tuple[str, list[Path]]],
+    *,
+    language: str | None,
+    add: bool,
+    bar: tqdm,
 ) -> dict[str, int]:
     from service.core import errors
 
