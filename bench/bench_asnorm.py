@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.bench_asnorm [--sizes 1000,10000,100000] [--top-n 5] [--k 100]
 
 A SQLite store + Gallery (exact flat index, one search thread) filled with random unit vectors
-(``bulk_insert_synthetic``); per size, single-query latency (p50/p99 over many queries) of:
+(``bench.synthetic.bulk_insert_synthetic``); per size, single-query latency (p50/p99 over many
+queries) of:
 
 * ``raw``: ``gallery.search`` alone (what find-match costs without normalisation);
 * ``asnorm warm``: search + AS-norm with the candidates' cohort stats cached (gallery unchanged);
@@ -26,11 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import summary_ms, write_json
-from service.gallery import Gallery
-from service.normalization import AsNorm
+from bench.synthetic import bulk_insert_synthetic
+from service.decisions.normalization import AsNorm
+from service.search.gallery import Gallery
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
-from storage.repository import SpeakerStore
+from storage.speakers import SpeakerStore
 
 DIM = 192
 VOX = "voxceleb"
@@ -50,8 +52,8 @@ def run_size(n: int, top_n: int, k: int, queries: int) -> dict:
         try:
             store = SpeakerStore(make_session_factory(engine), IDS)
             for start in range(0, n, 100_000):
-                store.bulk_insert_synthetic(
-                    VOX, _unit(rng.standard_normal((min(100_000, n - start), DIM)))
+                bulk_insert_synthetic(
+                    store, VOX, _unit(rng.standard_normal((min(100_000, n - start), DIM)))
                 )
             gallery = Gallery(store, Path(tmp) / "index", {VOX: DIM}, IDS)
             gallery.open()
@@ -65,7 +67,7 @@ def run_size(n: int, top_n: int, k: int, queries: int) -> dict:
                 gallery.search(VOX, p[None, :], top_n)
 
             def normed(p: np.ndarray) -> None:
-                # As VoiceSearch._search_index: one search deep enough for the probe's cohort.
+                # As Matcher.search_index: one search deep enough for the probe's cohort.
                 deep = gallery.search(VOX, p[None, :], max(top_n, k + 1))[0]
                 hits = deep[:top_n]
                 norm.normalise(
@@ -77,7 +79,7 @@ def run_size(n: int, top_n: int, k: int, queries: int) -> dict:
                 )
 
             def cold(p: np.ndarray) -> None:
-                norm._cache.clear()
+                norm.clear_cache()
                 normed(p)
 
             out = {}

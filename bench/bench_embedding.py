@@ -7,7 +7,8 @@ ECAPA and a full-size random VoxLingua107 lang-ID model (official dimensions, so
 as the real one; ``tests.model_factory.build_langid_model(full_size=True)``).
 
 * pipeline = what ``VoiceSearch`` does for /extract-embedding and /find-match by audio:
-  ``VoiceSearch._embed_routed`` (decode + resample + speech check, language ID, embedding).
+  ``ClipPipeline.embed_routed`` (decode + resample + speech check, language ID, embedding), on
+  a ``ClipPipeline`` built from the same settings as the service's.
 * bare = ``classify_batch`` (lang-ID model) + ``encode_batch`` (speaker model) on waveforms
   decoded beforehand (not timed), i.e. the models alone.
 
@@ -33,8 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import DEV_SPEECH, REAL_VOXCELEB, REPO, peak_rss_mb, table, write_json
-
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+from service.commands.serve import MALLOC_ENV
 
 
 def clips() -> list[Path]:
@@ -48,11 +48,13 @@ def clips() -> list[Path]:
 def inner(rounds: int, work: Path) -> dict:
     import torch
 
-    from service.app import build_voicesearch, open_database
-    from service.audio import decode_audio
-    from service.evaluation import load_reference_audio
-    from service.models import ModelRegistry
-    from service.settings import Settings
+    from service.core.settings import Settings
+    from service.evaluation.evaluate import load_reference_audio
+    from service.pipeline.audio import decode_audio
+    from service.pipeline.clip import ClipPipeline
+    from service.pipeline.language import LanguageRouter
+    from service.pipeline.quality import QualityAssessor
+    from service.pipeline.registry import ModelRegistry
     from tests.model_factory import build_langid_model
 
     langid_dir = work / "langid-full"
@@ -67,7 +69,12 @@ def inner(rounds: int, work: Path) -> dict:
     )
     assert models.all_loaded, models.statuses
     settings = Settings(data_dir=work / f"data-{os.getpid()}", model_cache_dir=work / "cache")
-    vs = build_voicesearch(settings, models, open_database(settings))
+    pipeline = ClipPipeline(
+        settings.clip(),
+        models,
+        LanguageRouter(settings.cnceleb_languages),
+        QualityAssessor.from_settings(settings.quality()),
+    )
     paths = clips()
     blobs = [p.read_bytes() for p in paths]
     waves = [torch.from_numpy(load_reference_audio(p)).unsqueeze(0) for p in paths]
@@ -81,7 +88,7 @@ def inner(rounds: int, work: Path) -> dict:
             speaker.encode_batch(wav)
 
     for blob, wav in zip(blobs[:3], waves[:3], strict=True):  # warm-up
-        vs._embed_routed(blob, None)
+        pipeline.embed_routed(blob, None)
         bare(wav)
 
     ratios, pipe_totals, bare_totals = [], [], []
@@ -90,7 +97,7 @@ def inner(rounds: int, work: Path) -> dict:
         pipe_t = bare_t = 0.0
         for blob, wav in zip(blobs, waves, strict=True):
             t0 = time.perf_counter()
-            vs._embed_routed(blob, None)
+            pipeline.embed_routed(blob, None)
             t1 = time.perf_counter()
             bare(wav)
             t2 = time.perf_counter()
@@ -106,9 +113,9 @@ def inner(rounds: int, work: Path) -> dict:
             )
             decode_t = time.perf_counter() - t0
             t0 = time.perf_counter()
-            audio = vs._decode(blob)  # decoding + speech checks (energy, VAD when configured)
+            audio = pipeline.decode(blob)  # decoding + speech checks (energy, VAD when configured)
             t1 = time.perf_counter()
-            routed = vs._route(audio, None)
+            routed = pipeline.route(audio, None)
             t2 = time.perf_counter()
             models.encoder(routed.space).embed(audio.samples)
             t3 = time.perf_counter()

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_startup [--speakers 1000000] [--keep]
 
-1. Fills a fresh database with N synthetic speakers (``SpeakerStore.bulk_insert_synthetic``,
+1. Fills a fresh database with N synthetic speakers (``bench.synthetic.bulk_insert_synthetic``,
    100k per transaction), then runs ``voicesearch index rebuild`` (timed: the rebuild time).
 2. Starts ``voicesearch serve`` three times on it (snapshot present: no rebuild) and times
    process start → first 200 from /health. Target: <= 5 s.
@@ -37,11 +37,12 @@ CLIP = DEV_SPEECH / "rtvc_samples" / "1320_00000.mp3"
 
 
 def fill(data_dir: Path, n: int) -> float:
-    from service.models import ModelRegistry
-    from service.settings import Settings
+    from bench.synthetic import bulk_insert_synthetic
+    from service.core.settings import Settings
+    from service.pipeline.registry import ModelRegistry
     from storage.db import make_engine, make_session_factory
     from storage.migrate import upgrade_to_head
-    from storage.repository import SpeakerStore
+    from storage.speakers import SpeakerStore
 
     models = ModelRegistry.load(
         {"voxceleb": str(REAL_VOXCELEB)}, cache_dir=data_dir.parent / "model-cache", device="cpu"
@@ -56,7 +57,7 @@ def fill(data_dir: Path, n: int) -> float:
     vectors = make_data("clustered", n)
     started = time.perf_counter()
     for start in range(0, n, 100_000):
-        store.bulk_insert_synthetic("voxceleb", vectors[start : start + 100_000])
+        bulk_insert_synthetic(store, "voxceleb", vectors[start : start + 100_000])
     seconds = time.perf_counter() - started
     engine.dispose()
     return seconds

@@ -122,7 +122,7 @@ def embedding_section(targets: list[dict]) -> list[str]:
         "## Embedding throughput (bench_embedding)",
         "",
         "Seconds of audio embedded per second (23 dev-speech clips, 73.8 s of audio per round), "
-        "the service's pipeline (`VoiceSearch._embed_routed`: decode + resample + speech checks "
+        "the service's pipeline (`ClipPipeline.embed_routed`: decode + resample + speech checks "
         "+ language ID + embedding) vs SpeechBrain's bare `classify_batch` + `encode_batch` on "
         "pre-decoded audio, interleaved clip by clip. Stage times are per clip. "
         "Four child processes, A/B/A/B, with and without the malloc environment.",

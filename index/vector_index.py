@@ -1,5 +1,9 @@
 """An inner-product index over int64 ids (exact or approximate), and its crash-safe snapshot file.
 
+(Longer than the ~400 lines a module here usually gets, on purpose: the index and its snapshot
+file are one unit — the snapshot is the index's own serialisation, validated against it — and
+the flat and HNSW variants share the id map, tombstones and input checks.)
+
 ``VectorIndex`` wraps ``faiss.IndexIDMap2(faiss.IndexFlatIP(dim))`` by default: exact search
 (profiles are unit vectors, so inner product = cosine similarity), arbitrary int64 ids, and
 ``reconstruct`` by id (the "2" keeps a reverse map). It knows vectors and ids only — never
@@ -141,7 +145,7 @@ class VectorIndex:
     (``spec.kind == "flat"``, the default) or HNSW (see the module docstring).
 
     Not thread-safe for concurrent modification: callers serialise writes against searches
-    (``service.gallery.Gallery`` holds a lock).
+    (``service.search.gallery.Gallery`` holds a lock).
     """
 
     def __init__(

@@ -2,40 +2,31 @@
 
 Start-up order matters: models first (slowest, and a missing one only degrades the service),
 then the database schema (migrations are the only way it changes), then the per-space indexes
-(loaded from snapshots and caught up from the database, or rebuilt from it).
+(loaded from snapshots and caught up from the database, or rebuilt from it). The building
+blocks are ``service.bootstrap``'s, shared with the CLI.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from filelock import FileLock
-from sqlalchemy import Engine
 
-from index.vector_index import IndexSpec
 from service import __version__
-from service.api import audit as audit_api
-from service.api import calibration as calibration_api
-from service.api import health, matching, speakers, voice
+from service.api.auth import KeyRing, log_auth_state
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import BodySizeLimitMiddleware
-from service.auth import KeyRing, log_auth_state
-from service.gallery import Gallery
-from service.models import ModelRegistry
-from service.routing import LanguageRouter
-from service.settings import Settings
-from service.usecases import VoiceSearch
-from storage.db import make_engine, make_session_factory
-from storage.migrate import upgrade_to_head
-from storage.repository import SpeakerStore
+from service.api.routes import audit as audit_api
+from service.api.routes import calibration as calibration_api
+from service.api.routes import health, matching, speakers, voice
+from service.bootstrap import build_voicesearch, load_models, open_database
+from service.core.settings import Settings
+from service.pipeline.registry import ModelRegistry
 
 log = logging.getLogger("voicesearch")
 
@@ -46,110 +37,6 @@ The spoken language is detected (VoxLingua107) or given, and routes the clip to 
 CN-Celeb ECAPA for Chinese, Japanese, Korean, Thai and Vietnamese, VoxCeleb ECAPA otherwise.
 Every error is `{"success": false, "error": {"code", "message", "details"}}`.
 """
-
-
-def open_database(settings: Settings) -> Engine:
-    """Upgrade the schema to head, then connect.
-
-    Several workers start at once; the file lock makes exactly one of them run the migrations
-    while the others wait and then find nothing left to do.
-    """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(settings.data_dir / ".migrate.lock")):
-        upgrade_to_head(settings.resolved_database_url)
-    return make_engine(settings.resolved_database_url)
-
-
-def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine) -> VoiceSearch:
-    """Open storage and indexes for already-loaded models (also used by the CLI)."""
-    identities = {space: enc.identity for space, enc in models.encoders.items()}
-    store = SpeakerStore(
-        make_session_factory(engine),
-        identities,
-        min_profile_speech_s=settings.min_enroll_speech_s,
-    )
-    gallery = Gallery(
-        store,
-        settings.data_dir / "index",
-        dims={space: enc.dim for space, enc in models.encoders.items()},
-        model_identities=identities,
-        index_spec=IndexSpec(
-            kind=settings.index_type,
-            hnsw_m=settings.index_hnsw_m,
-            ef_construction=settings.index_hnsw_ef_construction,
-            ef_search=settings.index_hnsw_ef_search,
-        ),
-    )
-    for space, how in gallery.open().items():
-        log.info("index %s: %s", space, how)
-    return VoiceSearch(
-        settings,
-        models,
-        LanguageRouter(settings.cnceleb_languages),
-        store,
-        gallery,
-        **quality_and_calibration(settings, engine, gallery, identities),
-    )
-
-
-def quality_and_calibration(
-    settings: Settings, engine: Engine, gallery: Gallery, identities: dict[str, str]
-) -> dict:
-    """The VAD (loaded once), the decision policy (stored calibrations) and AS-norm."""
-    from service.calibration import DecisionPolicy
-    from service.normalization import AsNorm
-    from service.quality import QualityAssessor
-    from storage.calibration import CalibrationStore
-
-    return {
-        "quality": QualityAssessor.from_settings(settings),
-        "policy": DecisionPolicy(
-            settings, CalibrationStore(make_session_factory(engine)), identities
-        ),
-        "normalizer": AsNorm.from_settings(settings, gallery) if settings.asnorm_spaces else None,
-    }
-
-
-@contextmanager
-def temporary_voicesearch(
-    settings: Settings, models: ModelRegistry, **overrides: object
-) -> Iterator[VoiceSearch]:
-    """A VoiceSearch on a throwaway data directory, removed afterwards: `eval` and `calibrate`
-    measure through the real pipeline, store and index without touching the operator's data."""
-    with tempfile.TemporaryDirectory(prefix="voicesearch-tmp-") as tmp:
-        fresh = settings.model_copy(
-            update={
-                "data_dir": Path(tmp),
-                "database_url": None,
-                "model_cache_dir": settings.resolved_model_cache_dir,
-                **overrides,
-            }
-        )
-        # model_copy copies cached_property values too: drop the ones derived from data_dir.
-        for name in ("resolved_database_url", "resolved_model_cache_dir"):
-            fresh.__dict__.pop(name, None)
-        engine = open_database(fresh)
-        try:
-            yield build_voicesearch(fresh, models, engine)
-        finally:
-            engine.dispose()
-
-
-def load_models(settings: Settings) -> ModelRegistry:
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
-    models = ModelRegistry.load(
-        settings.model_sources,
-        cache_dir=settings.resolved_model_cache_dir,
-        device=settings.device,
-    )
-    # Failures are already logged, with their reason, by ModelRegistry.load.
-    for role, status in models.statuses.items():
-        if status.loaded:
-            log.info("model %s loaded from %s in %.1fs", role, status.source, status.load_seconds)
-    return models
 
 
 def form_limits(settings: Settings) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Audit log: who changed which enrolled voice, and when (table ``audit_log``).
 
-Writers of speaker data (:class:`storage.repository.SpeakerStore`) accept an optional
+Writers of speaker data (:class:`storage.speakers.SpeakerStore`) accept an optional
 :class:`AuditRecord` and add its row in the *same transaction* as the change: a committed change
 always has its audit row, and a rolled-back one never does. Operator actions that are not a
 single transaction (``voicesearch index rebuild``) are recorded right after with

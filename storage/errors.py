@@ -1,6 +1,6 @@
 """Exceptions raised by the storage layer.
 
-They know nothing of HTTP: the use-case layer translates them into ``service.errors`` types
+They know nothing of HTTP: the search layer translates them into ``service.core.errors`` types
 (``SpeakerNotFoundError`` → 404, ``DuplicateExternalIdError`` → 409, ``StorageBusyError`` → 503).
 """
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.models import ModelRegistry
+from service.pipeline.registry import ModelRegistry
 from tests.model_factory import build_langid_model, build_speaker_model
 
 

@@ -18,15 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import service.audio as audio_module
-from service.audio import (
-    TARGET_SAMPLE_RATE,
-    DecodedAudio,
-    decode_audio,
-    ensure_speech,
-    speech_seconds,
-)
-from service.errors import (
+import service.pipeline.audio as audio_module
+from service.core.errors import (
     AudioTooLong,
     AudioTooShort,
     EmptyAudio,
@@ -34,6 +27,8 @@ from service.errors import (
     ServiceError,
     UndecodableAudio,
 )
+from service.pipeline.audio import TARGET_SAMPLE_RATE, DecodedAudio, decode_audio
+from service.pipeline.speech import ensure_speech, speech_seconds
 from tests.audio_factory import FORMATS, encode_audio, synth_voice, wav_bytes
 
 LIMITS = {"max_duration_s": 60.0, "min_duration_s": 0.5}

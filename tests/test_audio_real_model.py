@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from service.audio import TARGET_SAMPLE_RATE, decode_audio
+from service.pipeline.audio import TARGET_SAMPLE_RATE, decode_audio
 from tests.audio_factory import encode_audio, wav_bytes
 from tests.paths import DEV_SPEECH_DIR, REAL_VOXCELEB_DIR, requires_real_model
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.auth import ApiKeyConfigError, KeyRing, parse_key_entries
 from service.app import create_app
-from service.auth import ApiKeyConfigError, KeyRing, parse_key_entries
-from service.models import ModelRegistry
-from service.settings import Settings
+from service.core.settings import Settings
+from service.pipeline.registry import ModelRegistry
 from tests.api.conftest import assert_error, make_settings
 from tests.audio_factory import synth_voice, wav_bytes
 from tests.paths import REPO_ROOT

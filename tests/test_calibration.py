@@ -12,8 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.calibration import DecisionPolicy, SpaceScores, fit_space
-from service.models import ModelRegistry
+from service.decisions.policy import DecisionPolicy
+from service.evaluation.calibrate import SpaceScores, fit_space
+from service.pipeline.registry import ModelRegistry
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationStore
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
@@ -116,10 +117,10 @@ def test_policy_ignores_calibration_of_other_score_type(tmp_path: Path) -> None:
     store = _store(url)
     _add(store, "m@1", 0.6)
     settings = make_settings(tmp_path / "d", {"langid": "x", "voxceleb": "y", "cnceleb": "z"})
-    policy = DecisionPolicy(settings, store, {VOX: "m@1"})
+    policy = DecisionPolicy(settings.decisions(), store, {VOX: "m@1"})
     assert policy.decision(VOX).source == "calibrated"
     asnorm = settings.model_copy(update={"asnorm_spaces": [VOX]})
-    policy = DecisionPolicy(asnorm, store, {VOX: "m@1"})
+    policy = DecisionPolicy(asnorm.decisions(), store, {VOX: "m@1"})
     decision = policy.decision(VOX)
     assert decision.source == "default" and decision.score_type == SCORE_ASNORM
 

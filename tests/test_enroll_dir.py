@@ -54,8 +54,8 @@ def test_enroll_dir_enrolls_each_folder_and_reports_rate(
     assert main(["enroll-dir", str(root), "--no-progress", "--add"]) == 0
     assert "added to 3" in capsys.readouterr().out
 
-    from service.app import build_voicesearch, load_models, open_database
-    from service.settings import Settings
+    from service.bootstrap import build_voicesearch, load_models, open_database
+    from service.core.settings import Settings
 
     settings = Settings()
     engine = open_database(settings)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import evaluation
 from service.cli import main
+from service.evaluation import evaluate, trials
 from tests.audio_factory import encode_audio, synth_voice, wav_bytes
 from tests.paths import DEV_SPEECH_DIR, REAL_VOXCELEB_DIR, REPO_ROOT, requires_real_model
 
@@ -53,7 +53,7 @@ def test_eval_command_end_to_end(
     assert main(["eval", str(manifest), "--json", str(json_path), "--out", str(out)]) == 0
 
     figures = json.loads(json_path.read_text())
-    for key in evaluation.KEYS:
+    for key in evaluate.KEYS:
         assert key in figures and key in figures["reference"], key
     assert figures["closed_set_probes"] == 3 and figures["open_set_probes"] == 1
     assert figures["genuine_trials"] == 3 and figures["impostor_trials"] == 3 * 2 + 3
@@ -69,21 +69,21 @@ def test_manifest_validation(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("path,speaker,role\na.wav,x,train\n")
     with pytest.raises(ValueError, match="role"):
-        evaluation.read_manifest(bad)
+        trials.read_manifest(bad)
     missing = tmp_path / "missing.csv"
     missing.write_text("path,speaker,role\nnope.wav,x,enroll\n")
     with pytest.raises(FileNotFoundError):
-        evaluation.read_manifest(missing)
+        trials.read_manifest(missing)
 
 
 def test_metrics_on_known_scores() -> None:
-    result = evaluation.SystemResult(
+    result = evaluate.SystemResult(
         scores=np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.6], [0.1, 0.2]]),
         speakers=["a", "b"],
         probe_speakers=["a", "b", "a", "z"],
         threshold=0.5,
     )
-    m = evaluation.compute_metrics(result)
+    m = evaluate.compute_metrics(result)
     assert m["top1"] == pytest.approx(2 / 3) and m["top5"] == 1.0
     assert m["genuine_trials"] == 3 and m["impostor_trials"] == 5
     assert m["frr_at_threshold"] == pytest.approx(1 / 3)  # 0.3 < 0.5
@@ -93,8 +93,8 @@ def test_metrics_on_known_scores() -> None:
 
 @requires_real_model
 def test_real_model_dev_speech_top1(tmp_path: Path) -> None:
-    from service.models import ModelRegistry
-    from service.settings import Settings
+    from service.core.settings import Settings
+    from service.pipeline.registry import ModelRegistry
 
     settings = Settings(
         data_dir=tmp_path / "data",
@@ -104,8 +104,8 @@ def test_real_model_dev_speech_top1(tmp_path: Path) -> None:
     models = ModelRegistry.load(
         {"voxceleb": str(REAL_VOXCELEB_DIR)}, cache_dir=tmp_path / "cache", device="cpu"
     )
-    rows = evaluation.read_manifest(MANIFEST, DEV_SPEECH_DIR)
-    result = evaluation.evaluate(settings, models, rows, MANIFEST)
+    rows = trials.read_manifest(MANIFEST, DEV_SPEECH_DIR)
+    result = evaluate.evaluate(settings, models, rows, MANIFEST)
     assert result.service.metrics["top1"] == 1.0
     assert result.reference.metrics["top1"] == 1.0
     assert np.max(np.abs(result.service.scores - result.reference.scores)) < 0.05

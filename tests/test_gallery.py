@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 from sqlalchemy import event
 
+from bench.synthetic import bulk_insert_synthetic
 from index.vector_index import IndexSpec, VectorIndex
-from service.errors import UnknownSpace
-from service.gallery import Gallery
+from service.core.errors import UnknownSpace
+from service.search.gallery import Gallery
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
-from storage.repository import SpeakerStore, UtteranceInput
+from storage.records import UtteranceInput
+from storage.speakers import SpeakerStore
 
 VOX, CN = "voxceleb", "cnceleb"
 DIM = 8
@@ -211,7 +213,7 @@ def test_corrupt_snapshot_is_rebuilt_with_a_logged_reason(
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
 
-    caplog.set_level(logging.INFO, logger="service.gallery")
+    caplog.set_level(logging.INFO, logger="service.search.gallery")
     _, reopened = make_worker(open_=False)
     how = reopened.open()
     assert "corrupt snapshot" in how[VOX] and "checksum" in how[VOX]
@@ -264,7 +266,7 @@ def test_rebuild_bumps_generation_and_other_workers_reload(
     assert progress[0] == (0, 6) and progress[-1] == (6, 6)
     assert store1.change_cursor().generation(VOX) == 1
 
-    caplog.set_level(logging.INFO, logger="service.gallery")
+    caplog.set_level(logging.INFO, logger="service.search.gallery")
     assert top(gallery2, people[0][1], 1) == [people[0][0]]  # reloaded on its next search
     assert "generation changed" in caplog.text and "loaded snapshot" in caplog.text
     assert gallery2._spaces[VOX].generation == 1
@@ -281,13 +283,13 @@ def test_large_backlog_is_rebuilt_instead_of_replayed(
     gallery.rebuild_backlog = 10
     gallery.replay_chunk = 7
     vectors = np.stack([unit(rng) for _ in range(40)])
-    store.bulk_insert_synthetic(VOX, vectors)
+    bulk_insert_synthetic(store, VOX, vectors)
     assert gallery.size(VOX) == 40
     hits = gallery.search(VOX, vectors[5:6], 1)[0]
     assert hits[0].score == pytest.approx(1, abs=1e-5)
     # And a small backlog replayed in several chunks.
     gallery.rebuild_backlog = 10_000
-    store.bulk_insert_synthetic(VOX, vectors[:20])
+    bulk_insert_synthetic(store, VOX, vectors[:20])
     assert gallery.size(VOX) == 60
     assert gallery.verify()[VOX].ok
 
@@ -400,8 +402,8 @@ def test_hnsw_snapshot_records_type_and_a_type_change_rebuilds(
 
 
 def test_index_type_setting_reaches_every_space(tiny_registry: Any, tmp_path: Path) -> None:
-    from service.app import build_voicesearch, open_database
-    from service.settings import Settings
+    from service.bootstrap import build_voicesearch, open_database
+    from service.core.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data", index_type="hnsw", index_hnsw_m=8)
     engine = open_database(settings)

@@ -22,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.models import ModelRegistry
+from service.pipeline.registry import ModelRegistry
 from tests.api.conftest import make_settings
 from tests.audio_factory import encode_audio, synth_voice, wav_bytes
 from tests.server import ServerProcess, server_env

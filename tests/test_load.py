@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-import service.app
+import service.bootstrap
 from bench.bench_soak import run_load
 from service.app import create_app
-from service.models import ModelRegistry
+from service.pipeline.registry import ModelRegistry
 from storage.db import make_engine
 from tests.api.conftest import make_settings
 from tests.audio_factory import synth_voice, wav_bytes
@@ -78,7 +78,7 @@ def test_locked_database_is_retried_then_503_never_500(
     """Another process holding SQLite's write lock: a short lock is waited out (retries), a
     lock held through every retry is a clean ``503 storage_busy`` — never a 500."""
     monkeypatch.setattr(
-        service.app, "make_engine", functools.partial(make_engine, busy_timeout_ms=100)
+        service.bootstrap, "make_engine", functools.partial(make_engine, busy_timeout_ms=100)
     )
     settings = make_settings(tmp_path / "data", tiny_model_dirs)
     clip = wav_bytes(synth_voice(1.5, seed=2), 16_000)

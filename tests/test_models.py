@@ -1,4 +1,5 @@
-"""service.models with tiny random models in the official SpeechBrain layout (fast, no network)."""
+"""service.pipeline's models with tiny random models in the official SpeechBrain layout (fast,
+no network)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from service import errors
-from service.models import (
+from service.core import errors
+from service.core.settings import SPACE_CNCELEB, SPACE_VOXCELEB, Settings
+from service.pipeline.encoders import SpeakerEncoder
+from service.pipeline.language import (
     LanguageCandidate,
     LanguageIdentifier,
-    ModelRegistry,
-    SpeakerEncoder,
-    resolve_device,
+    LanguageRouter,
     split_language_label,
 )
-from service.routing import LanguageRouter
-from service.settings import SPACE_CNCELEB, SPACE_VOXCELEB, Settings
+from service.pipeline.loading import resolve_device
+from service.pipeline.registry import ModelRegistry
 from tests.audio_factory import synth_voice
 from tests.model_factory import build_langid_model, build_speaker_model
 
@@ -460,7 +461,7 @@ def _fake_hub(monkeypatch: pytest.MonkeyPatch, upstream: dict[str, Path]) -> lis
         return str(target)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
-    monkeypatch.setattr("service.models._probe_hub", lambda source: None)
+    monkeypatch.setattr("service.pipeline.loading._probe_hub", lambda source: None)
     return downloads
 
 
@@ -477,7 +478,8 @@ def test_hub_model_is_downloaded_once_then_loads_offline(
     assert any((cache / "huggingface").rglob("embedding_model.ckpt"))
 
     downloads.clear()
-    monkeypatch.setattr("service.models._probe_hub", pytest.fail)  # must not go online again
+    # must not go online again
+    monkeypatch.setattr("service.pipeline.loading._probe_hub", pytest.fail)
     second = ModelRegistry.load({SPACE_CNCELEB: repo}, cache_dir=cache)
     assert second.all_loaded, second.statuses
     assert downloads == []

@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from service.models import ModelRegistry
-from service.settings import SPACE_VOXCELEB
+from service.core.settings import SPACE_VOXCELEB
+from service.pipeline.registry import ModelRegistry
 from tests.paths import DEV_SPEECH_DIR, REAL_VOXCELEB_DIR, requires_real_model
 
 pytestmark = [requires_real_model, pytest.mark.real_model]
@@ -21,8 +21,8 @@ pytestmark = [requires_real_model, pytest.mark.real_model]
 
 def _read_mp3(path: Path) -> np.ndarray:
     try:
-        from service.audio import decode_audio
-    except ImportError:  # pragma: no cover - service/audio.py is optional for this test
+        from service.pipeline.audio import decode_audio
+    except ImportError:  # pragma: no cover - service/pipeline/audio.py is optional for this test
         return _read_with_pyav(path)
     return decode_audio(path.read_bytes(), max_duration_s=300.0, min_duration_s=0.1).samples
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.gallery import Gallery
-from service.normalization import AsNorm
-from service.scoring import as_norm, top_k_stats
+from service.decisions.normalization import AsNorm
+from service.decisions.scoring import as_norm, top_k_stats
+from service.search.gallery import Gallery
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
-from storage.repository import SpeakerStore, UtteranceInput
+from storage.records import UtteranceInput
+from storage.speakers import SpeakerStore
 
 VOX = "voxceleb"
 DIM = 16

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.audio import decode_audio
-from service.quality import QualityAssessor
+from service.pipeline.audio import decode_audio
+from service.pipeline.quality import QualityAssessor
 from tests.audio_factory import synth_voice
 from tests.paths import DEV_SPEECH_DIR, HAS_DEV_SPEECH
 

@@ -1,11 +1,11 @@
-"""Language → encoder space (service/routing.py): a pure table, no models needed."""
+"""Language → encoder space (service/pipeline/language.py): a pure table, no models needed."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.routing import LANGUAGE_ALIASES, LanguageRouter, normalise_language
-from service.settings import DEFAULT_CNCELEB_LANGUAGES, SPACE_CNCELEB, SPACE_VOXCELEB, Settings
+from service.core.settings import DEFAULT_CNCELEB_LANGUAGES, SPACE_CNCELEB, SPACE_VOXCELEB, Settings
+from service.pipeline.language import LANGUAGE_ALIASES, LanguageRouter, normalise_language
 from tests.paths import FIXTURES_DIR
 
 

@@ -1,4 +1,5 @@
-"""service.scoring: hand-computed cases plus brute force on random scores; and the DET plot."""
+"""service.decisions.scoring: hand-computed cases plus brute force on random scores; and the DET
+plot."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.det_plot import save_det_plot
-from service.scoring import (
+from service.decisions.scoring import (
     ErrorRates,
     LogisticCalibration,
     as_norm,
@@ -25,6 +25,7 @@ from service.scoring import (
     threshold_for_far,
     top_k_stats,
 )
+from service.evaluation.det_plot import save_det_plot
 
 
 def brute_rates(genuine: np.ndarray, impostor: np.ndarray, t: float) -> tuple[float, float]:
@@ -390,7 +391,7 @@ def test_det_plot_writes_png(tmp_path: Path) -> None:
 def test_imports_are_cheap() -> None:
     # scoring is NumPy only; det_plot loads matplotlib only when a plot is drawn.
     code = (
-        "import sys, service.scoring, service.det_plot; "
+        "import sys, service.decisions.scoring, service.evaluation.det_plot; "
         "heavy = {'torch', 'scipy', 'matplotlib'} & set(sys.modules); "
         "assert not heavy, heavy"
     )

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, event
 
+from bench.synthetic import bulk_insert_synthetic
 from storage.db import make_engine, make_session_factory
 from storage.errors import (
     DuplicateExternalIdError,
@@ -24,7 +25,8 @@ from storage.errors import (
     StorageBusyError,
 )
 from storage.migrate import upgrade_to_head
-from storage.repository import SpeakerStore, UtteranceInput
+from storage.records import UtteranceInput
+from storage.speakers import SpeakerStore
 
 VOX, CN = "voxceleb", "cnceleb"
 IDENTITIES = {VOX: "vox-model@aaaa", CN: "cn-model@bbbb"}
@@ -366,7 +368,7 @@ def test_iter_profiles_batches_and_bulk_insert(
     store.delete("real")  # the highest id so far is deleted: bulk ids must go above it
     vectors = np.stack([unit(rng) for _ in range(7)])
     before = store.change_cursor().seq
-    store.bulk_insert_synthetic(VOX, vectors, name_prefix="bench")
+    bulk_insert_synthetic(store, VOX, vectors, name_prefix="bench")
     batches = list(store.iter_profiles(VOX, batch_size=3))
     assert [len(ids) for ids, _ in batches] == [3, 3, 1]
     ids = np.concatenate([ids for ids, _ in batches])
@@ -377,7 +379,7 @@ def test_iter_profiles_batches_and_bulk_insert(
     assert total == 7 and len({r.external_id for r in records}) == 7
     assert [i for i, _ in store.changes_since(VOX, before)[1]] == list(range(2, 9))
     with pytest.raises(InvalidEmbeddingError):
-        store.bulk_insert_synthetic("unknown", vectors)
+        bulk_insert_synthetic(store, "unknown", vectors)
 
 
 def test_bump_generation(store: SpeakerStore) -> None:

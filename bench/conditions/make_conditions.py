@@ -33,7 +33,7 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
-from service.audio import decode_audio
+from service.pipeline.audio import decode_audio
 
 REPO = Path(__file__).resolve().parents[2]
 SR = 16_000

@@ -1,9 +1,10 @@
 """Decisions under harder conditions: raw default threshold vs calibrated, with and without AS-norm.
 
 Runs the service's own pipeline (decode → Silero VAD → ECAPA → gallery, AS-norm where on; via
-``service.calibration.measure_scores``) on every condition built by ``make_conditions``. The
-calibrated thresholds come from the ``clean`` condition at ``--target-far`` (what an operator
-would do once on their clean data) and are then applied unchanged to every condition.
+``service.evaluation.calibrate.measure_scores``) on every condition built by
+``make_conditions``. The calibrated thresholds come from the ``clean`` condition at
+``--target-far`` (what an operator would do once on their clean data) and are then applied
+unchanged to every condition.
 
 Usage: python -m bench.conditions.run_conditions [--out bench/out/conditions]
            [--results bench/results/conditions.md] [--model DIR]
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from service.calibration import SpaceScores, fit_space, measure_scores
-from service.evaluation import read_manifest
-from service.models import ModelRegistry
-from service.scoring import eer
-from service.settings import Settings
+from service.core.settings import Settings
+from service.decisions.scoring import eer
+from service.evaluation.calibrate import SpaceScores, fit_space, measure_scores
+from service.evaluation.trials import read_manifest
+from service.pipeline.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 VOX = "voxceleb"

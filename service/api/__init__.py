@@ -1,0 +1,1 @@
+"""HTTP: routes, request/response schemas, auth, middleware, error rendering."""

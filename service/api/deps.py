@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, UploadFile
 
-from service import errors
-from service.settings import Settings
-from service.usecases import VoiceSearch
+from service.core import errors
+from service.core.settings import Settings
+from service.search.voicesearch import VoiceSearch
 
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 

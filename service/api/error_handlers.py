@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -11,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import ServiceError
+from service.core.errors import ServiceError, error_body
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +24,6 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     422: "validation_error",
 }
-
-
-def _body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if details:
-        error["details"] = details
-    return {"success": False, "error": error}
 
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
@@ -54,21 +46,23 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     first = problems[0] if problems else {"location": [], "message": "invalid request"}
     where = ".".join(first["location"][1:] or first["location"])
     message = f"{where}: {first['message']}" if where else first["message"]
-    return JSONResponse(_body("validation_error", message, {"errors": problems}), status_code=422)
+    return JSONResponse(
+        error_body("validation_error", message, {"errors": problems}), status_code=422
+    )
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return JSONResponse(
-        _body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
     )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Never leak internals; log the traceback for the operator.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(_body("internal_error", "internal server error"), status_code=500)
+    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

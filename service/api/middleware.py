@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.core.errors import error_body
+
 
 class RequestTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
@@ -27,14 +29,11 @@ class RequestTooLarge(HTTPException):
 
 def too_large_response(limit: int) -> JSONResponse:
     return JSONResponse(
-        {
-            "success": False,
-            "error": {
-                "code": "payload_too_large",
-                "message": f"request body is larger than {limit} bytes",
-                "details": {"max_bytes": limit},
-            },
-        },
+        error_body(
+            "payload_too_large",
+            f"request body is larger than {limit} bytes",
+            {"max_bytes": limit},
+        ),
         status_code=413,
         headers={"Connection": "close"},
     )

@@ -1,5 +1,6 @@
-"""Operator commands beyond serve/db/index, one module each.
+"""The ``voicesearch`` subcommands, one module each (``service.cli`` lists and dispatches them).
 
 Each module exposes ``add_parser(subparsers) -> None`` (registering one subcommand whose
-``set_defaults(handler=run)``) and ``run(args, settings) -> int``. ``service.cli`` lists them.
+``set_defaults(handler=run)``) and ``run(args, settings) -> int``. ``serve`` is the exception:
+``run(args, argv)``, because its workers read the settings themselves.
 """

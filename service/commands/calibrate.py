@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,9 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from service.app import load_models, open_database
-    from service.calibration import calibrate, store_calibrations
-    from service.evaluation import read_manifest
+    from service.bootstrap import load_models, open_database
+    from service.evaluation.calibrate import calibrate, store_calibrations
+    from service.evaluation.trials import read_manifest
     from storage.calibration import CalibrationStore
     from storage.db import make_session_factory
 

@@ -14,8 +14,14 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from service.settings import Settings
+from service.core.settings import Settings
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from service.search.voicesearch import VoiceSearch
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".webm", ".sph"}
 
@@ -48,9 +54,14 @@ def speaker_folders(directory: Path) -> list[tuple[str, list[Path]]]:
 
 
 async def enroll_all(
-    voicesearch, folders: list[tuple[str, list[Path]]], *, language: str | None, add: bool, bar
+    voicesearch: VoiceSearch,
+    folders: list[tuple[str, list[Path]]],
+    *,
+    language: str | None,
+    add: bool,
+    bar: tqdm,
 ) -> dict[str, int]:
-    from service import errors
+    from service.core import errors
 
     limit = voicesearch.settings.max_files_per_enrollment
     counts = {"enrolled": 0, "added": 0, "skipped": 0, "failed": 0, "files": 0}
@@ -88,7 +99,7 @@ async def enroll_all(
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from service.app import build_voicesearch, load_models, open_database
+    from service.bootstrap import build_voicesearch, load_models, open_database
 
     if not args.directory.is_dir():
         print(f"error: {args.directory} is not a directory", file=sys.stderr)

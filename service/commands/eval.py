@@ -1,5 +1,5 @@
 """`voicesearch eval MANIFEST [--root DIR] [--json FILE] [--out DIR]`: accuracy of the service on a
-labelled manifest, next to SpeechBrain used directly (see ``service.evaluation``)."""
+labelled manifest, next to SpeechBrain used directly (see ``service.evaluation.evaluate``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,8 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from service.app import load_models
-    from service.evaluation import evaluate, markdown, read_manifest, write_outputs
+    from service.bootstrap import load_models
+    from service.evaluation.evaluate import evaluate, markdown, write_outputs
+    from service.evaluation.trials import read_manifest
 
     rows = read_manifest(args.manifest, args.root)
     if args.language:

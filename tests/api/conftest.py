@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.models import ModelRegistry
-from service.settings import Settings
+from service.core.settings import Settings
+from service.pipeline.registry import ModelRegistry
 from tests.audio_factory import synth_voice, wav_bytes
 
 

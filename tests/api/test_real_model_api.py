@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.audio import decode_audio
-from service.models import ModelRegistry
+from service.pipeline.audio import decode_audio
+from service.pipeline.registry import ModelRegistry
 from tests.api.conftest import make_settings
 from tests.audio_factory import encode_audio, wav_bytes
 from tests.paths import DEV_SPEECH_DIR, REAL_VOXCELEB_DIR, requires_real_model

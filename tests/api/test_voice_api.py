@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.models import ModelRegistry
+from service.pipeline.registry import ModelRegistry
 from tests.api.conftest import assert_error, make_settings
 from tests.audio_factory import encode_audio, synth_voice, wav_bytes
 

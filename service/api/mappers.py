@@ -1,0 +1,202 @@
+"""Domain results → response bodies (``service.api.schemas``): the one place that knows both.
+
+The application layer (``service.search``) answers in records and dataclasses; the routers
+return what these functions build, so the JSON shapes clients parse are decided here and in
+the schemas, nowhere else.
+"""
+
+from __future__ import annotations
+
+from service.api.schemas import (
+    AuditEntryOut,
+    CalibrationResponse,
+    CalibrationSpaceOut,
+    CompareVoicesResponse,
+    DetectLanguageResponse,
+    EnrollmentResponse,
+    ExtractEmbeddingResponse,
+    FindMatchResponse,
+    HealthResponse,
+    LanguageCandidateOut,
+    MatchOut,
+    ModelHealth,
+    QualityOut,
+    SpaceHealth,
+    SpeakerOut,
+    UtteranceOut,
+)
+from service.pipeline.clip import EmbeddedClip
+from service.pipeline.quality import QualityReport
+from service.search.enrollment import EnrollmentResult
+from service.search.matching import Comparison, Match, MatchResult
+from service.search.voicesearch import DetectedLanguage, Health, SpaceCalibration
+from storage.audit import AuditRow
+from storage.records import SpeakerRecord, UtteranceRecord
+
+
+def quality_out(report: QualityReport) -> QualityOut:
+    return QualityOut(**report.to_dict())
+
+
+def speaker_out(record: SpeakerRecord, required_speech_s: float | None = None) -> SpeakerOut:
+    return SpeakerOut(
+        id=record.external_id,
+        name=record.name,
+        metadata=record.metadata,
+        utterance_count=record.utterance_count,
+        spaces=record.spaces,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        speech_seconds=round(record.speech_s, 3),
+        required_speech_seconds=required_speech_s,
+        # Searchable means "has a profile in the index"; an incomplete enrollment has none.
+        searchable=bool(record.spaces),
+    )
+
+
+def utterance_out(record: UtteranceRecord) -> UtteranceOut:
+    return UtteranceOut(
+        id=record.id,
+        language=record.language,
+        confidence=record.language_confidence,
+        duration_s=round(record.duration_s, 3),
+        spaces=record.spaces,
+        created=record.created,
+        created_at=record.created_at,
+        speech_s=None if record.speech_s is None else round(record.speech_s, 3),
+    )
+
+
+def enrollment_out(result: EnrollmentResult) -> EnrollmentResponse:
+    required = result.required_speech_s
+    out = speaker_out(result.speaker, required)
+    return EnrollmentResponse(
+        speaker=out,
+        utterances=[
+            utterance_out(u).model_copy(update={"quality": quality_out(r)})
+            for u, r in zip(result.utterances, result.reports, strict=True)
+        ],
+        speech_seconds=out.speech_seconds,
+        required_speech_seconds=required,
+        missing_speech_seconds=round(max(0.0, required - result.speaker.speech_s), 3),
+        searchable=out.searchable,
+    )
+
+
+def match_out(match: Match) -> MatchOut:
+    return MatchOut(**vars(match))  # the same fields, by design
+
+
+def find_match_out(result: MatchResult) -> FindMatchResponse:
+    top = [match_out(m) for m in result.matches]
+    best = top[0] if top else None
+    return FindMatchResponse(
+        best_match=best,
+        top_matches=top,
+        threshold=result.decision.threshold,
+        space=result.space,
+        language=result.language,
+        confidence=result.confidence,
+        language_source=result.language_source,
+        searched=result.searched,
+        decision=result.verdict,
+        match=best if result.match is not None else None,
+        reason=result.reason,
+        score_type=result.decision.score_type,
+        threshold_source=result.decision.source,
+        quality=quality_out(result.quality) if result.quality is not None else None,
+    )
+
+
+def comparison_out(comparison: Comparison) -> CompareVoicesResponse:
+    return CompareVoicesResponse(**vars(comparison))  # the same fields, by design
+
+
+def extraction_out(clip: EmbeddedClip) -> ExtractEmbeddingResponse:
+    routed = clip.routed
+    return ExtractEmbeddingResponse(
+        embedding=clip.vector.tolist(),
+        embedding_size=int(clip.vector.shape[0]),
+        language=routed.language or "unknown",
+        confidence=routed.confidence if routed.confidence is not None else 0.0,
+        language_source=routed.source or "unknown",
+        space=routed.space,
+        model=clip.model,
+        duration_s=round(clip.audio.duration_s, 3),
+    )
+
+
+def language_out(found: DetectedLanguage) -> DetectLanguageResponse:
+    detection = found.detection
+    return DetectLanguageResponse(
+        language=detection.language,
+        name=detection.name,
+        confidence=detection.confidence,
+        candidates=[LanguageCandidateOut(**vars(c)) for c in detection.candidates],
+        space=found.space,
+        duration_s=round(found.duration_s, 3),
+    )
+
+
+def health_out(health: Health, *, version: str, auth_enabled: bool) -> HealthResponse:
+    return HealthResponse(
+        status="healthy" if health.all_loaded else "degraded",
+        models_loaded=health.all_loaded,
+        models={
+            role: ModelHealth(
+                loaded=s.loaded,
+                source=s.source,
+                identity=s.identity,
+                error=s.error,
+                load_seconds=s.load_seconds,
+            )
+            for role, s in health.models.items()
+        },
+        spaces={
+            space: SpaceHealth(
+                available=s.available, indexed_speakers=s.indexed_speakers, threshold=s.threshold
+            )
+            for space, s in health.spaces.items()
+        },
+        version=version,
+        auth="enabled" if auth_enabled else "disabled",
+    )
+
+
+def calibration_out(spaces: list[SpaceCalibration]) -> CalibrationResponse:
+    out: dict[str, CalibrationSpaceOut] = {}
+    for space in spaces:
+        decision = space.decision
+        record = decision.record
+        out[space.space] = CalibrationSpaceOut(
+            space=space.space,
+            model_identity=space.model_identity,
+            threshold=decision.threshold,
+            score_type=decision.score_type,
+            source=decision.source,
+            setting=decision.setting,
+            calibrated_at=record.created_at if record else None,
+            target_far=record.target_far if record else None,
+            far=record.far if record else None,
+            frr=record.frr if record else None,
+            eer=record.eer if record else None,
+            n_genuine=record.n_genuine if record else None,
+            n_impostor=record.n_impostor if record else None,
+            n_speakers=record.n_speakers if record else None,
+            data=record.source if record else None,
+            match_probability=decision.logistic is not None,
+            asnorm=space.asnorm,
+        )
+    return CalibrationResponse(spaces=out)
+
+
+def audit_entry_out(row: AuditRow) -> AuditEntryOut:
+    return AuditEntryOut(
+        id=row.id,
+        created_at=row.created_at,
+        action=row.action,
+        speaker_id=row.speaker_external_id,
+        actor=row.actor,
+        role=row.role,
+        details=row.details,
+    )

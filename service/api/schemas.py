@@ -1,0 +1,350 @@
+"""Request and response bodies of the HTTP API.
+
+Field descriptions here are what `/docs` shows, so they are written for API users. The shapes of
+the original Flask service (`success`, `embedding`, `similarity`, `is_match`, `best_match`,
+`top_matches`, …) are kept because clients already parse them; new fields are additive.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# An embedding longer than this cannot come from any model we serve; refusing early keeps a
+# hostile body from costing memory and CPU.
+MAX_EMBEDDING_DIM = 4096
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MIN_FLOAT32_NORM = 1e-30
+
+
+def _finite_vector(values: list[float]) -> list[float]:
+    if not values:
+        raise ValueError("embedding must not be empty")
+    if len(values) > MAX_EMBEDDING_DIM:
+        raise ValueError(f"embedding has {len(values)} values; at most {MAX_EMBEDDING_DIM}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("embedding contains NaN or infinity")
+    if not any(v != 0.0 for v in values):
+        raise ValueError("embedding is all zeros; it has no direction to compare")
+    # Vectors are compared as float32: a value beyond its range becomes infinity, and a vector of
+    # only tiny values becomes all zeros; either would turn every similarity into NaN.
+    if any(abs(v) > _FLOAT32_MAX for v in values):
+        raise ValueError(f"embedding values must be within ±{_FLOAT32_MAX:.4g} (float32)")
+    norm = float(np.linalg.norm(np.asarray(values, dtype=np.float64).astype(np.float32)))
+    if not math.isfinite(norm) or norm < _MIN_FLOAT32_NORM:
+        raise ValueError("embedding has no usable float32 direction (zero or overflowing norm)")
+    return values
+
+
+Embedding = list[float]
+
+
+class StrictModel(BaseModel):
+    # Unknown fields are rejected: a misspelt `top_n` silently ignored is worse than a 422.
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- errors ----------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable error code, e.g. `audio_too_short`.")
+    message: str = Field(description="Human-readable explanation.")
+    details: dict[str, Any] | None = Field(None, description="Extra context, when useful.")
+
+
+class ErrorResponse(BaseModel):
+    success: bool = Field(False, description="Always false for errors.")
+    error: ErrorDetail
+
+
+# --- health ----------------------------------------------------------------------------------
+class ModelHealth(BaseModel):
+    loaded: bool
+    source: str = Field(description="Hub repo id or local directory the model is loaded from.")
+    identity: str | None = Field(None, description="Source plus a hash of the weights.")
+    error: str | None = Field(None, description="Why the model is not loaded.")
+    load_seconds: float | None = None
+
+
+class SpaceHealth(BaseModel):
+    available: bool = Field(description="The encoder of this space is loaded.")
+    indexed_speakers: int | None = Field(None, description="Speakers searchable in this space.")
+    threshold: float = Field(description="Cosine threshold in force for `is_match`.")
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="`healthy` when every model is loaded, else `degraded`.")
+    models_loaded: bool = Field(description="True when every configured model is loaded.")
+    models: dict[str, ModelHealth] = Field(description="Per role: `langid`, `voxceleb`, `cnceleb`.")
+    spaces: dict[str, SpaceHealth] = Field(default_factory=dict)
+    version: str
+    auth: str = Field(
+        "disabled", description="`enabled` when API keys are required, `disabled` (open API)."
+    )
+
+
+# --- language --------------------------------------------------------------------------------
+class LanguageCandidateOut(BaseModel):
+    language: str = Field(description="ISO 639 code, e.g. `zh`.")
+    name: str = Field(description="Language name, e.g. `Chinese`.")
+    confidence: float = Field(description="Model posterior probability, 0..1.")
+
+
+class DetectLanguageResponse(BaseModel):
+    success: bool = True
+    language: str = Field(description="Most likely spoken language (ISO 639 code).")
+    name: str = Field(description="Its name.")
+    confidence: float = Field(description="Posterior probability of that language, 0..1.")
+    candidates: list[LanguageCandidateOut] = Field(description="Best candidates, best first.")
+    space: str = Field(description="Encoder space this language routes to.")
+    duration_s: float = Field(description="Decoded audio duration in seconds.")
+
+
+# --- embeddings ------------------------------------------------------------------------------
+class ExtractEmbeddingResponse(BaseModel):
+    success: bool = True
+    embedding: list[float] = Field(description="L2-normalised speaker embedding.")
+    embedding_size: int
+    language: str = Field(description="Language used for routing (detected or given).")
+    confidence: float = Field(
+        description="Language-ID probability; 1.0 when the caller gave the language."
+    )
+    language_source: str = Field(description="`detected` or `caller`.")
+    space: str = Field(description="Encoder space the embedding belongs to.")
+    model: str = Field(description="Identity of the model that produced the embedding.")
+    duration_s: float
+
+
+class CompareVoicesRequest(StrictModel):
+    embedding1: Embedding = Field(description="First embedding (any scale; normalised here).")
+    embedding2: Embedding = Field(description="Second embedding, same length as the first.")
+    space: str | None = Field(
+        None, description="Encoder space whose threshold decides `is_match` (default voxceleb)."
+    )
+
+    _check = field_validator("embedding1", "embedding2")(_finite_vector)
+
+
+class CompareVoicesResponse(BaseModel):
+    success: bool = True
+    similarity: float = Field(description="Cosine similarity, -1..1.")
+    is_match: bool = Field(description="similarity ≥ the space's threshold.")
+    threshold: float
+    space: str
+    match_probability: float | None = Field(
+        None,
+        description="Calibrated probability that both are the same speaker (logistic "
+        "calibration fitted by `voicesearch calibrate`, prior 0.5); null when uncalibrated.",
+    )
+    threshold_source: str | None = Field(
+        None, description="`calibrated` (see GET /calibration) or `default` (settings)."
+    )
+
+
+# --- find-match ------------------------------------------------------------------------------
+class StoredEmbedding(StrictModel):
+    id: str = Field(description="Caller's id for this candidate.", max_length=256)
+    embedding: Embedding
+    metadata: dict[str, Any] | None = None
+
+    _check = field_validator("embedding")(_finite_vector)
+
+
+class FindMatchRequest(StrictModel):
+    """Either the stateless mode (`stored_embeddings` given) or a search of the enrolled index."""
+
+    user_embedding: Embedding = Field(description="Probe embedding.")
+    stored_embeddings: list[StoredEmbedding] | None = Field(
+        None,
+        description="Stateless mode: candidates to rank. Omit it to search enrolled speakers.",
+        max_length=100_000,
+    )
+    top_n: int = Field(5, ge=1, description="How many matches to return.")
+    space: str | None = Field(None, description="Encoder space of `user_embedding`.")
+    language: str | None = Field(
+        None, description="Alternative to `space`: the language whose space to search."
+    )
+
+    _check = field_validator("user_embedding")(_finite_vector)
+
+
+class MatchOut(BaseModel):
+    id: str = Field(description="Candidate id (the speaker's external id for index searches).")
+    similarity: float = Field(description="Raw cosine similarity, -1..1.")
+    is_match: bool = Field(description="The decision score ≥ threshold (and enough speech).")
+    name: str | None = None
+    metadata: dict[str, Any] | None = None
+    score: float | None = Field(
+        None,
+        description="The score `is_match` compares with `threshold`: the cosine, or the AS-norm "
+        "normalised score when score normalisation is on for the space.",
+    )
+    match_probability: float | None = Field(
+        None, description="Calibrated same-speaker probability (prior 0.5); null if uncalibrated."
+    )
+
+
+class QualityOut(BaseModel):
+    codes: list[str] = Field(
+        description="`ok`, or any of `too_short`, `clipped`, `too_quiet`, `low_snr` (warnings); "
+        "`no_speech` rejects the file (422)."
+    )
+    speech_s: float = Field(description="Net speech found by voice activity detection (s).")
+    duration_s: float
+    snr_db: float | None = Field(None, description="Estimated signal-to-noise ratio (dB).")
+    level_dbfs: float | None = Field(None, description="Mean level of the speech (dBFS).")
+    clipped_fraction: float = Field(description="Fraction of samples at full scale.")
+    vad: str = Field(description="Voice activity detector used.")
+
+
+class FindMatchResponse(BaseModel):
+    success: bool = True
+    best_match: MatchOut | None = Field(description="Highest-scoring candidate, or null if none.")
+    top_matches: list[MatchOut]
+    threshold: float
+    space: str | None = None
+    language: str | None = None
+    confidence: float | None = None
+    language_source: str | None = None
+    searched: int | None = Field(None, description="How many candidates were searched.")
+    decision: str | None = Field(
+        None,
+        description="`match` (best_match passes the threshold), `no_match` (open set: nobody "
+        "enrolled passes it; the closest candidates are still listed) or `undecided` (the probe "
+        "has too little speech for a decision).",
+    )
+    match: MatchOut | None = Field(
+        None, description="The matching speaker when `decision` is `match`, else null."
+    )
+    reason: str | None = Field(
+        None,
+        description="Why there is no match: `below_threshold`, `insufficient_speech`, "
+        "`empty_gallery`.",
+    )
+    score_type: str | None = Field(None, description="`cosine` or `asnorm` (what `score` is).")
+    threshold_source: str | None = Field(
+        None, description="`calibrated` (see GET /calibration) or `default` (settings)."
+    )
+    quality: QualityOut | None = Field(None, description="Speech quality of the probe audio.")
+
+
+# --- speakers --------------------------------------------------------------------------------
+class UtteranceOut(BaseModel):
+    id: int
+    language: str | None
+    confidence: float | None
+    duration_s: float
+    spaces: list[str] = Field(description="Encoder spaces the utterance was embedded in.")
+    created: bool = Field(description="False when this exact clip was already enrolled.")
+    created_at: datetime
+    speech_s: float | None = Field(None, description="Net speech in the clip (s).")
+    quality: QualityOut | None = Field(None, description="Quality feedback for this upload.")
+
+
+class SpeakerOut(BaseModel):
+    id: str = Field(description="The speaker's external id (used in every URL).")
+    name: str | None
+    metadata: dict[str, Any]
+    utterance_count: int
+    spaces: list[str] = Field(description="Spaces in which the speaker is searchable.")
+    created_at: datetime
+    updated_at: datetime
+    speech_seconds: float | None = Field(
+        None, description="Net speech over all the speaker's utterances (s)."
+    )
+    required_speech_seconds: float | None = Field(
+        None, description="Net speech needed before the speaker is searchable (s)."
+    )
+    searchable: bool | None = Field(
+        None,
+        description="False while the enrollment is incomplete (not enough speech yet): the "
+        "speaker is stored but not found by find-match until more audio is added.",
+    )
+
+
+class EnrollmentResponse(BaseModel):
+    success: bool = True
+    speaker: SpeakerOut
+    utterances: list[UtteranceOut]
+    speech_seconds: float | None = Field(None, description="Net speech enrolled so far (s).")
+    required_speech_seconds: float | None = Field(
+        None, description="Net speech needed before the speaker is searchable (s)."
+    )
+    missing_speech_seconds: float | None = Field(
+        None, description="How much more net speech to add before the speaker is searchable."
+    )
+    searchable: bool | None = Field(None, description="Whether find-match can return them.")
+
+
+class SpeakerResponse(BaseModel):
+    success: bool = True
+    speaker: SpeakerOut
+
+
+class SpeakerListResponse(BaseModel):
+    success: bool = True
+    speakers: list[SpeakerOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class SpeakerPatch(StrictModel):
+    name: str | None = Field(None, max_length=256)
+    metadata: dict[str, Any] | None = None
+
+
+class DeletedResponse(BaseModel):
+    success: bool = True
+    id: str
+    deleted: bool = True
+
+
+# --- calibration -----------------------------------------------------------------------------
+class CalibrationSpaceOut(BaseModel):
+    space: str
+    model_identity: str | None = Field(None, description="Identity of the loaded encoder.")
+    threshold: float = Field(description="Threshold in force for `is_match`.")
+    score_type: str = Field(description="`cosine` or `asnorm`: the score it applies to.")
+    source: str = Field(description="`calibrated` or `default`.")
+    setting: str | None = Field(None, description="For defaults: the setting it comes from.")
+    calibrated_at: datetime | None = None
+    target_far: float | None = None
+    far: float | None = Field(None, description="FAR measured at the threshold.")
+    frr: float | None = Field(None, description="FRR measured at the threshold.")
+    eer: float | None = None
+    n_genuine: int | None = None
+    n_impostor: int | None = None
+    n_speakers: int | None = None
+    data: str | None = Field(None, description="What it was measured on (manifest).")
+    match_probability: bool = Field(
+        False, description="Whether a logistic calibration gives `match_probability`."
+    )
+    asnorm: bool = Field(False, description="AS-norm score normalisation is on for the space.")
+
+
+class CalibrationResponse(BaseModel):
+    success: bool = True
+    spaces: dict[str, CalibrationSpaceOut]
+
+
+# --- audit -----------------------------------------------------------------------------------
+class AuditEntryOut(BaseModel):
+    id: int
+    created_at: datetime
+    action: str = Field(description="e.g. `speaker.enroll`, `speaker.delete`, `index.rebuild`.")
+    speaker_id: str | None = Field(description="External id of the speaker concerned.")
+    actor: str = Field(description="Name of the API key (never the key); `anonymous` if open.")
+    role: str | None = Field(description="Role of that key; null when access control is off.")
+    details: dict[str, Any]
+
+
+class AuditListResponse(BaseModel):
+    success: bool = True
+    entries: list[AuditEntryOut] = Field(description="Newest first.")
+    total: int
+    offset: int
+    limit: int

@@ -1,0 +1,126 @@
+"""Building the service from settings: database, models, and the VoiceSearch that uses them.
+
+Shared by the HTTP app (``service.app``), the CLI (``service.commands``) and the measurements
+that run a throwaway copy of the service (``service.evaluation``), so all of them run the very
+same wiring.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+from sqlalchemy import Engine
+
+from index.vector_index import IndexSpec
+from service.core.settings import Settings
+from service.decisions.normalization import AsNorm
+from service.decisions.policy import DecisionPolicy
+from service.pipeline.language import LanguageRouter
+from service.pipeline.quality import QualityAssessor
+from service.pipeline.registry import ModelRegistry
+from service.search.gallery import Gallery
+from service.search.voicesearch import VoiceSearch
+from storage.calibration import CalibrationStore
+from storage.db import make_engine, make_session_factory
+from storage.migrate import upgrade_to_head
+from storage.speakers import SpeakerStore
+
+log = logging.getLogger("voicesearch")
+
+
+def open_database(settings: Settings) -> Engine:
+    """Upgrade the schema to head, then connect.
+
+    Several workers start at once; the file lock makes exactly one of them run the migrations
+    while the others wait and then find nothing left to do.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(settings.data_dir / ".migrate.lock")):
+        upgrade_to_head(settings.resolved_database_url)
+    return make_engine(settings.resolved_database_url)
+
+
+def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine) -> VoiceSearch:
+    """Open storage and indexes for already-loaded models (also used by the CLI)."""
+    identities = {space: enc.identity for space, enc in models.encoders.items()}
+    store = SpeakerStore(
+        make_session_factory(engine),
+        identities,
+        min_profile_speech_s=settings.min_enroll_speech_s,
+    )
+    gallery = Gallery(
+        store,
+        settings.data_dir / "index",
+        dims={space: enc.dim for space, enc in models.encoders.items()},
+        model_identities=identities,
+        index_spec=IndexSpec(
+            kind=settings.index_type,
+            hnsw_m=settings.index_hnsw_m,
+            ef_construction=settings.index_hnsw_ef_construction,
+            ef_search=settings.index_hnsw_ef_search,
+        ),
+    )
+    for space, how in gallery.open().items():
+        log.info("index %s: %s", space, how)
+    # Speech quality (the VAD, loaded once), the decision policy (stored calibrations), AS-norm.
+    return VoiceSearch(
+        settings,
+        models,
+        LanguageRouter(settings.cnceleb_languages),
+        store,
+        gallery,
+        quality=QualityAssessor.from_settings(settings.quality()),
+        policy=DecisionPolicy(
+            settings.decisions(), CalibrationStore(make_session_factory(engine)), identities
+        ),
+        normalizer=(
+            AsNorm.from_settings(settings.asnorm(), gallery) if settings.asnorm_spaces else None
+        ),
+    )
+
+
+@contextmanager
+def temporary_voicesearch(
+    settings: Settings, models: ModelRegistry, **overrides: object
+) -> Iterator[VoiceSearch]:
+    """A VoiceSearch on a throwaway data directory, removed afterwards: `eval` and `calibrate`
+    measure through the real pipeline, store and index without touching the operator's data."""
+    with tempfile.TemporaryDirectory(prefix="voicesearch-tmp-") as tmp:
+        fresh = settings.model_copy(
+            update={
+                "data_dir": Path(tmp),
+                "database_url": None,
+                "model_cache_dir": settings.resolved_model_cache_dir,
+                **overrides,
+            }
+        )
+        # model_copy copies cached_property values too: drop the ones derived from data_dir.
+        for name in ("resolved_database_url", "resolved_model_cache_dir"):
+            fresh.__dict__.pop(name, None)
+        engine = open_database(fresh)
+        try:
+            yield build_voicesearch(fresh, models, engine)
+        finally:
+            engine.dispose()
+
+
+def load_models(settings: Settings) -> ModelRegistry:
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    models = ModelRegistry.load(
+        settings.model_sources,
+        cache_dir=settings.resolved_model_cache_dir,
+        device=settings.device,
+    )
+    # Failures are already logged, with their reason, by ModelRegistry.load.
+    for role, status in models.statuses.items():
+        if status.loaded:
+            log.info("model %s loaded from %s in %.1fs", role, status.source, status.load_seconds)
+    return models

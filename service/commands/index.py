@@ -1,0 +1,96 @@
+"""`voicesearch index rebuild [--space NAME] | verify`: rebuild the FAISS indexes from the
+database (live-safe: running workers reload), or compare them with it (non-zero if they differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from service.core.settings import Settings
+
+if TYPE_CHECKING:
+    from service.search.voicesearch import VoiceSearch
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    index = subparsers.add_parser("index", help="FAISS indexes")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    rebuild = index_sub.add_parser("rebuild", help="rebuild indexes from the database")
+    rebuild.add_argument("--space", help="only this encoder space")
+    index_sub.add_parser("verify", help="compare every index with the database")
+    index.set_defaults(handler=run)
+
+
+def _open_for_index_work(settings: Settings) -> VoiceSearch:
+    """Load the speaker encoders (not language ID: rebuilds need only model identities)."""
+    from service.bootstrap import build_voicesearch, open_database
+    from service.pipeline.registry import ModelRegistry
+
+    sources = {role: src for role, src in settings.model_sources.items() if role != "langid"}
+    models = ModelRegistry.load(
+        sources, cache_dir=settings.resolved_model_cache_dir, device=settings.device
+    )
+    for role, status in models.statuses.items():
+        if not status.loaded:
+            print(f"warning: {role} model not loaded ({status.error}); skipping its index")
+    return build_voicesearch(settings, models, open_database(settings))
+
+
+def _audit_rebuild(voicesearch: VoiceSearch, space: str, count: int, generation: int) -> None:
+    """Record an operator's index rebuild in the audit log (as the OS user who ran it)."""
+    import getpass
+
+    from storage import audit
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    record = audit.AuditRecord(
+        audit.ACTION_INDEX_REBUILD,
+        audit.Actor(f"cli:{user}", "operator"),
+        {"space": space, "speakers": count, "generation": generation},
+    )
+    audit.record(voicesearch.store.session_factory, record)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    voicesearch = _open_for_index_work(settings)
+    gallery = voicesearch.gallery
+    spaces = [args.space] if getattr(args, "space", None) else sorted(gallery.dims)
+    unknown = [s for s in spaces if s not in gallery.dims]
+    if unknown:
+        print(f"error: no loaded encoder for space(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+
+    if args.index_command == "rebuild":
+        from tqdm import tqdm
+
+        for space in spaces:
+            started = time.perf_counter()
+            with tqdm(desc=f"rebuild {space}", unit="spk", file=sys.stderr) as bar:
+
+                def progress(done: int, total: int, bar: tqdm = bar) -> None:
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
+
+                report = gallery.rebuild(space, progress=progress)
+            _audit_rebuild(voicesearch, space, report.count, report.generation)
+            print(
+                f"{space}: {report.count} speakers indexed in "
+                f"{time.perf_counter() - started:.2f}s (generation {report.generation})"
+            )
+        return 0
+
+    reports = gallery.verify()
+    failed = False
+    for space in spaces:
+        report = reports[space]
+        print(f"{space}: {report}")
+        failed |= not report.ok
+    print("index verify: " + ("MISMATCH" if failed else "ok"))
+    return 1 if failed else 0

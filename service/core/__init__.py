@@ -1,0 +1,1 @@
+"""Configuration and the error vocabulary: what every other part of the service shares."""

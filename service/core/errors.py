@@ -1,0 +1,120 @@
+"""The service's error vocabulary: one exception type, one JSON shape, one function that builds it.
+
+Every failure a client can cause or observe is raised as a :class:`ServiceError` subclass with a
+stable machine-readable ``code`` and the HTTP status that fits it. Every error response — these,
+FastAPI's own validation and HTTP errors (``service.api.error_handlers``) and the body-size
+middleware's 413 (``service.api.middleware``) — has the body :func:`error_body` builds::
+
+    {"success": false, "error": {"code": "audio_too_short", "message": "...", "details": {...}}}
+
+Lower layers (pipeline, search) raise these without knowing anything about HTTP beyond the
+status number they carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON body of every error response (``details`` only when there are any)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return {"success": False, "error": error}
+
+
+class ServiceError(Exception):
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    #: Extra response headers (e.g. ``WWW-Authenticate`` on a 401).
+    headers: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def to_body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, self.details)
+
+
+# --- audio -----------------------------------------------------------------------------------
+class EmptyAudio(ServiceError):
+    status_code = 400
+    code = "empty_audio"
+
+
+class UndecodableAudio(ServiceError):
+    status_code = 415
+    code = "undecodable_audio"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class AudioTooLong(ServiceError):
+    status_code = 413
+    code = "audio_too_long"
+
+
+class AudioTooShort(ServiceError):
+    status_code = 422
+    code = "audio_too_short"
+
+
+class NoSpeech(ServiceError):
+    status_code = 422
+    code = "no_speech"
+
+
+# --- access control --------------------------------------------------------------------------
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
+# --- request semantics -----------------------------------------------------------------------
+class InvalidInput(ServiceError):
+    status_code = 422
+    code = "validation_error"
+
+
+class UnknownLanguage(ServiceError):
+    status_code = 422
+    code = "unknown_language"
+
+
+class UnknownSpace(ServiceError):
+    status_code = 422
+    code = "unknown_space"
+
+
+# --- stored data -----------------------------------------------------------------------------
+class SpeakerNotFound(ServiceError):
+    status_code = 404
+    code = "speaker_not_found"
+
+
+class DuplicateSpeaker(ServiceError):
+    status_code = 409
+    code = "duplicate_external_id"
+
+
+# --- availability ----------------------------------------------------------------------------
+class ModelUnavailable(ServiceError):
+    status_code = 503
+    code = "model_unavailable"
+
+
+class StorageBusy(ServiceError):
+    status_code = 503
+    code = "storage_busy"

@@ -1,0 +1,352 @@
+"""All configuration in one object, read from ``VOICESEARCH_*`` environment variables and ``.env``.
+
+Every other module receives a :class:`Settings` instance, one of its typed sections
+(:class:`ClipSettings`, :class:`QualitySettings`, :class:`DecisionSettings`,
+:class:`AsNormSettings`: small frozen dataclasses built by ``Settings.clip()``, ``.quality()``,
+``.decisions()``, ``.asnorm()``) or the values it needs, as an argument; nothing reads the
+environment on its own, so tests build a ``Settings(...)`` and pass it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Languages whose speakers are better served by the CN-Celeb encoder (ISO 639 codes as the
+#: VoxLingua107 model emits them, plus the common aliases a caller may send).
+DEFAULT_CNCELEB_LANGUAGES = ("zh", "cmn", "yue", "ja", "ko", "th", "vi")
+
+# The encoder spaces the service knows. A space is "the vectors one model produces": vectors from
+# different spaces are never compared with each other.
+SPACE_VOXCELEB = "voxceleb"
+SPACE_CNCELEB = "cnceleb"
+
+#: Cosine threshold of a space that ``thresholds`` does not name.
+DEFAULT_COSINE_THRESHOLD = 0.25
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``a,b,c`` from the environment as well as a JSON list / Python list."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            import json
+
+            return json.loads(stripped)
+        return [item.strip() for item in stripped.split(",") if item.strip()]
+    return value
+
+
+def _split_mapping(value: object) -> object:
+    """Accept ``key=value,key=value`` (or ``key:value``) as well as JSON objects / dicts."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("{"):
+            import json
+
+            return json.loads(stripped)
+        mapping: dict[str, str] = {}
+        for item in stripped.split(","):
+            if not item.strip():
+                continue
+            sep = "=" if "=" in item else ":"
+            key, _, val = item.partition(sep)
+            mapping[key.strip()] = val.strip()
+        return mapping
+    return value
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """What one upload must be before it is embedded (``service.pipeline.clip``)."""
+
+    max_duration_s: float
+    min_duration_s: float
+    min_speech_s: float
+    inference_concurrency: int
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """Voice activity detection and quality codes (``service.pipeline.quality``)."""
+
+    vad: str
+    min_speech_s: float
+    min_probe_speech_s: float
+    clipped_fraction_warn: float
+    low_snr_db: float
+    too_quiet_dbfs: float
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    """Default thresholds until a calibration is stored (``service.decisions.policy``)."""
+
+    thresholds: Mapping[str, float]  # cosine threshold per space
+    asnorm_spaces: frozenset[str]  # spaces whose scores are AS-norm normalised
+    asnorm_thresholds: Mapping[str, float]  # AS-norm threshold per space
+
+    def threshold_for(self, space: str) -> float:
+        """The configured cosine threshold of ``space``."""
+        return self.thresholds.get(space, DEFAULT_COSINE_THRESHOLD)
+
+
+@dataclass(frozen=True)
+class AsNormSettings:
+    """AS-norm score normalisation (``service.decisions.normalization``)."""
+
+    spaces: tuple[str, ...]
+    top_k: int
+    cohorts: Mapping[str, str]  # space -> .npy file of cohort embeddings
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VOICESEARCH_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    # --- models -------------------------------------------------------------------------------
+    model_langid: str = Field(
+        "speechbrain/lang-id-voxlingua107-ecapa",
+        description="Language-ID model: a Hugging Face repo id or a local directory in "
+        "SpeechBrain's pretrained layout (hyperparams.yaml + *.ckpt + label_encoder.txt).",
+    )
+    model_voxceleb: str = Field(
+        "speechbrain/spkrec-ecapa-voxceleb",
+        description="Speaker encoder for the 'voxceleb' space (repo id or local directory).",
+    )
+    model_cnceleb: str = Field(
+        "LanceaKing/spkrec-ecapa-cnceleb",
+        description="Speaker encoder for the 'cnceleb' space (repo id or local directory).",
+    )
+    model_cache_dir: Path | None = Field(
+        None,
+        description="Where hub downloads and SpeechBrain's per-model working copies go. "
+        "Defaults to <data_dir>/models.",
+    )
+    device: str = Field(
+        "auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'…"
+    )
+    inference_concurrency: int = Field(
+        1,
+        ge=1,
+        description="Model inferences that may run at once per process. On a small CPU box one "
+        "inference already uses every core, so more only adds latency.",
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads; 0 keeps torch's default."
+    )
+
+    # --- routing and decisions ----------------------------------------------------------------
+    cnceleb_languages: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CNCELEB_LANGUAGES),
+        description="Languages routed to the 'cnceleb' space; every other language goes to "
+        "'voxceleb'. Comma-separated in the environment.",
+    )
+    thresholds: Annotated[dict[str, float], NoDecode] = Field(
+        # voxceleb 0.34: `voicesearch calibrate bench/manifests/dev-speech.csv --target-far 0.01`
+        # with the real model gave 0.3367 (see README, "How to calibrate for your own audio").
+        # cnceleb 0.25: not measured here (no CN-Celeb model available); calibrate it.
+        default_factory=lambda: {SPACE_VOXCELEB: 0.34, SPACE_CNCELEB: 0.25},
+        description="Cosine-similarity decision threshold per encoder space, used for is_match "
+        "until a calibration is stored (`space=value,space=value` in the environment).",
+    )
+
+    # --- HTTP ---------------------------------------------------------------------------------
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias="ALLOWED_ORIGINS",
+        description="CORS origins allowed to call the API (comma-separated). Empty: no CORS.",
+    )
+    max_upload_bytes: int = Field(
+        25 * 1024 * 1024, ge=1, description="Largest accepted audio upload, per file (bytes)."
+    )
+    max_duration_s: float = Field(
+        300.0, gt=0, description="Longest accepted decoded audio, per file (seconds)."
+    )
+    min_duration_s: float = Field(
+        0.5, ge=0, description="Shortest accepted decoded audio, per file (seconds)."
+    )
+    min_speech_s: float = Field(
+        0.5,
+        ge=0,
+        description="Least net speech (non-silent audio) a file must contain to be embedded.",
+    )
+    max_files_per_enrollment: int = Field(20, ge=1)
+    max_top_n: int = Field(100, ge=1)
+
+    # --- storage ------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("./data"), description="Database, index snapshots, model cache.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL. Default: sqlite:///<data_dir>/voicesearch.db"
+    )
+
+    # --- index (search at scale) ---------------------------------------------------------------
+    # (fields for approximate search go here)
+    index_type: Literal["flat", "hnsw"] = Field(
+        "flat",
+        description="FAISS index per space: 'flat' (exact; fine to ~100k speakers) or 'hnsw' "
+        "(approximate graph search, for ~1M; recall@10 measured in bench/RESULTS.md).",
+    )
+    index_hnsw_m: int = Field(32, ge=4, le=128, description="HNSW links per node.")
+    index_hnsw_ef_construction: int = Field(
+        80, ge=8, description="HNSW build breadth (higher: better graph, slower build)."
+    )
+    index_hnsw_ef_search: int = Field(
+        128, ge=8, description="HNSW search breadth (higher: better recall, slower search)."
+    )
+
+    # --- access control and limits (hardening) -------------------------------------------------
+    api_keys: SecretStr | None = Field(
+        None,
+        description="API keys, comma-separated, each `role:key` or `role:name:key` (role is "
+        "`admin` or `read`). Empty (and no api_keys_file): the API is open.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one `role:key` or `role:name:key` per line (# comments)."
+    )
+    public_docs: bool = Field(
+        True, description="Serve /docs, /redoc and /openapi.json without a key (False: off)."
+    )
+    max_request_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Largest request body, enforced while streaming (413 above). Default: "
+        "max_upload_bytes x max_files_per_enrollment + 1 MiB.",
+    )
+    max_json_bytes: int = Field(
+        32 * 1024 * 1024, ge=1, description="Largest application/json request body (bytes)."
+    )
+    max_metadata_bytes: int = Field(
+        16 * 1024, ge=2, description="Largest speaker metadata object, as compact JSON (bytes)."
+    )
+    max_metadata_depth: int = Field(8, ge=1, description="Deepest nesting of speaker metadata.")
+
+    # --- speech quality, calibration, score normalisation --------------------------------------
+    # (fields for VAD, enrollment minimums, calibration and AS-norm go here)
+    vad: str = Field(
+        "silero",
+        pattern="^(silero|energy)$",
+        description="Voice activity detector: 'silero' (Silero VAD, model inside its pip "
+        "package; speech is trimmed before embedding) or 'energy' (frame-energy check only, "
+        "no trimming; for synthetic test audio).",
+    )
+    min_enroll_speech_s: float = Field(
+        10.0,
+        ge=0,
+        description="Net speech a speaker's utterances must add up to before the speaker is "
+        "searchable; below it the profile is stored but incomplete.",
+    )
+    min_probe_speech_s: float = Field(
+        1.5,
+        ge=0,
+        description="Net speech a probe needs for a match decision; below it find-match ranks "
+        "candidates but answers is_match=false with reason 'insufficient_speech'.",
+    )
+    clipped_fraction_warn: float = Field(
+        0.001, ge=0, le=1, description="Fraction of full-scale samples above which 'clipped'."
+    )
+    low_snr_db: float = Field(15.0, description="Estimated SNR (dB) below which 'low_snr'.")
+    too_quiet_dbfs: float = Field(-40.0, description="Speech level (dBFS) below which 'too_quiet'.")
+    asnorm_spaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Spaces whose search scores are AS-norm normalised (comma-separated).",
+    )
+    asnorm_top_k: int = Field(100, ge=1, description="AS-norm: top-K cohort scores used.")
+    asnorm_thresholds: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="AS-norm score threshold per space until a calibration with AS-norm is "
+        "stored (`space=value,…`; default 3.0).",
+    )
+    asnorm_cohort: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Optional per-space cohort (.npy of embeddings, `space=path,…`); default "
+        "cohort is the enrolled gallery itself.",
+    )
+
+    @field_validator("cnceleb_languages", "allowed_origins", "asnorm_spaces", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("thresholds", "asnorm_cohort", "asnorm_thresholds", mode="before")
+    @classmethod
+    def _mapping(cls, value: object) -> object:
+        return _split_mapping(value)
+
+    @field_validator("cnceleb_languages")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [language.lower() for language in value]
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'voicesearch.db').resolve()}"
+
+    @cached_property
+    def resolved_model_cache_dir(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "models"
+
+    @property
+    def request_body_limit(self) -> int:
+        """Cap on a whole request body (every file of an enrollment plus form overhead)."""
+        if self.max_request_bytes:
+            return self.max_request_bytes
+        return self.max_upload_bytes * self.max_files_per_enrollment + 1024 * 1024
+
+    @property
+    def model_sources(self) -> dict[str, str]:
+        """Role → source for every model the service loads (role is a space name or 'langid')."""
+        return {
+            "langid": self.model_langid,
+            SPACE_VOXCELEB: self.model_voxceleb,
+            SPACE_CNCELEB: self.model_cnceleb,
+        }
+
+    def threshold_for(self, space: str) -> float:
+        return self.decisions().threshold_for(space)
+
+    # --- typed sections: each part of the service gets only what it reads ---------------------
+    def clip(self) -> ClipSettings:
+        return ClipSettings(
+            max_duration_s=self.max_duration_s,
+            min_duration_s=self.min_duration_s,
+            min_speech_s=self.min_speech_s,
+            inference_concurrency=self.inference_concurrency,
+        )
+
+    def quality(self) -> QualitySettings:
+        return QualitySettings(
+            vad=self.vad,
+            min_speech_s=self.min_speech_s,
+            min_probe_speech_s=self.min_probe_speech_s,
+            clipped_fraction_warn=self.clipped_fraction_warn,
+            low_snr_db=self.low_snr_db,
+            too_quiet_dbfs=self.too_quiet_dbfs,
+        )
+
+    def decisions(self) -> DecisionSettings:
+        return DecisionSettings(
+            thresholds=dict(self.thresholds),
+            asnorm_spaces=frozenset(self.asnorm_spaces),
+            asnorm_thresholds=dict(self.asnorm_thresholds),
+        )
+
+    def asnorm(self) -> AsNormSettings:
+        return AsNormSettings(
+            spaces=tuple(self.asnorm_spaces),
+            top_k=self.asnorm_top_k,
+            cohorts=dict(self.asnorm_cohort),
+        )

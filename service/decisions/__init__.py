@@ -1,0 +1,1 @@
+"""Turning scores into decisions: the math, the thresholds in force, score normalisation."""

@@ -1,0 +1,1 @@
+"""Measuring the service: accuracy on labelled audio (`voicesearch eval`) and calibration."""

@@ -1,0 +1,118 @@
+"""Trials on a labelled manifest: the one way eval and calibrate enroll and probe the service.
+
+Manifest: CSV with header ``path,speaker,role[,language]``; ``role`` is ``enroll`` or ``probe``;
+``path`` is relative to ``root`` (default: the manifest's folder). A probe whose speaker has no
+``enroll`` row is an *unenrolled* (open-set) probe: all its scores are impostor scores.
+``unknown`` or an empty language means "not given".
+
+Both ``voicesearch eval`` (``service.evaluation.evaluate``) and ``voicesearch calibrate``
+(``service.evaluation.calibrate``) run a fresh temporary service (``service.bootstrap``):
+:func:`enroll_speakers` enrolls each speaker's files through ``VoiceSearch.enroll``, and
+:func:`search_probe` sends each probe through the service's decode (decoding, resampling,
+speech checks, VAD), its encoder and the gallery's FAISS search over *every* enrolled speaker,
+so each probe yields one score per speaker and space.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.search.gallery import Hit
+from service.search.voicesearch import VoiceSearch
+
+ROLES = ("enroll", "probe")
+
+
+@dataclass(frozen=True)
+class Row:
+    path: Path
+    speaker: str
+    role: str
+    language: str | None
+
+
+def read_manifest(manifest: Path, root: Path | None = None) -> list[Row]:
+    manifest = Path(manifest)
+    base = Path(root) if root is not None else manifest.parent
+    rows: list[Row] = []
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"path", "speaker", "role"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{manifest}: missing column(s) {sorted(missing)}")
+        for line, record in enumerate(reader, start=2):
+            role = (record["role"] or "").strip().lower()
+            if role not in ROLES:
+                raise ValueError(f"{manifest}:{line}: role must be enroll or probe, got {role!r}")
+            language = (record.get("language") or "").strip() or None
+            if language and language.lower() == "unknown":
+                language = None
+            path = base / record["path"].strip()
+            if not path.is_file():
+                raise FileNotFoundError(f"{manifest}:{line}: no such file {path}")
+            rows.append(Row(path, record["speaker"].strip(), role, language))
+    if not any(r.role == "enroll" for r in rows) or not any(r.role == "probe" for r in rows):
+        raise ValueError(f"{manifest}: needs at least one enroll row and one probe row")
+    return rows
+
+
+def enroll_rows(rows: list[Row]) -> dict[str, list[Row]]:
+    """Each enrolled speaker's enroll rows, speakers in manifest order."""
+    enroll: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.role == "enroll":
+            enroll.setdefault(row.speaker, []).append(row)
+    return enroll
+
+
+def probe_rows(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r.role == "probe"]
+
+
+async def enroll_speakers(vs: VoiceSearch, rows: list[Row]) -> dict[str, int]:
+    """Enroll each speaker's files in one ``VoiceSearch.enroll`` (language: the rows' language
+    when they agree, else none); returns ``{speaker: integer id}`` in manifest order, the id
+    gallery hits carry."""
+    enroll = enroll_rows(rows)
+    for speaker, speaker_rows in enroll.items():
+        languages = {r.language for r in speaker_rows}
+        await vs.enroll(
+            [r.path.read_bytes() for r in speaker_rows],
+            external_id=speaker,
+            name=speaker,
+            metadata=None,
+            language=languages.pop() if len(languages) == 1 else None,
+        )
+    # Gallery hits carry the integer primary key; map it back to the external id.
+    return {speaker: vs.store.get(speaker).id for speaker in enroll}
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeSearch:
+    """One probe searched in one space."""
+
+    space: str
+    vector: np.ndarray  # the probe's embedding in that space
+    hits: list[Hit]  # enrolled speakers, best first
+
+
+async def search_probe(
+    vs: VoiceSearch, row: Row, k: int, *, spaces: list[str] | None = None
+) -> list[ProbeSearch]:
+    """Decode ``row``'s audio through the service's pipeline and search the top ``k`` enrolled
+    speakers in each of ``spaces``; by default in the one space its language routes to (the
+    manifest's language, else detection when the language-ID model is loaded, else voxceleb) —
+    what ``VoiceSearch.search_audio`` does before searching, minus the top_n cap."""
+    pipeline = vs.pipeline
+    audio = await pipeline.infer(pipeline.decode, row.path.read_bytes())
+    if spaces is None:
+        spaces = [(await pipeline.infer(pipeline.route_or_default, audio, row.language)).space]
+    found = []
+    for space in spaces:
+        vector = await pipeline.infer(vs.models.encoder(space).embed, audio.samples)
+        found.append(ProbeSearch(space, vector, vs.gallery.search(space, vector[None, :], k)[0]))
+    return found

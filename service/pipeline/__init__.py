@@ -1,0 +1,1 @@
+"""One clip through the models: decoding, speech detection, quality, language, embedding."""

@@ -1,0 +1,150 @@
+"""One clip through the models: decode → speech detection → language → embedding.
+
+:class:`ClipPipeline` is the one path every upload takes, whoever asks: the HTTP verbs
+(``service.search``), ``voicesearch eval`` / ``calibrate`` (``service.evaluation``) and the
+benchmarks. Each step is a public method so callers can time or reuse a step on its own:
+
+* :meth:`~ClipPipeline.decode_assessed` — bytes → 16 kHz mono (``service.pipeline.audio``), the
+  energy check (``service.pipeline.speech``: digital silence is refused without running the VAD),
+  then the VAD and quality codes (``service.pipeline.quality``); the result holds only the speech
+  (what gets embedded) and the :class:`~service.pipeline.quality.QualityReport`.
+* :meth:`~ClipPipeline.route` — the caller's language, else the detected one → encoder space.
+* :meth:`~ClipPipeline.embed_routed` — all of the above plus the routed space's encoder.
+
+These are blocking (decoding and inference). Async callers run them through
+:meth:`~ClipPipeline.infer`: a worker thread, at most ``inference_concurrency`` at once, because
+on a small CPU box one inference already uses every core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+import numpy as np
+
+from service.core import errors
+from service.core.settings import SPACE_VOXCELEB, ClipSettings
+from service.pipeline.audio import DecodedAudio, decode_audio
+from service.pipeline.language import LanguageDetection, LanguageRouter, normalise_language
+from service.pipeline.quality import QualityAssessor, QualityReport
+from service.pipeline.registry import ModelRegistry
+from service.pipeline.speech import ensure_speech
+
+T = TypeVar("T")
+
+LANGUAGE_FROM_CALLER = "caller"
+LANGUAGE_DETECTED = "detected"
+
+
+@dataclass(frozen=True)
+class RoutedLanguage:
+    language: str | None
+    confidence: float | None
+    source: str | None  # "caller", "detected", or None when unknown (no language-ID model)
+    space: str
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddedClip:
+    """A clip embedded in the space its language routes to."""
+
+    audio: DecodedAudio  # the speech that was embedded (VAD-trimmed)
+    routed: RoutedLanguage
+    vector: np.ndarray  # float32 (dim,), unit length
+    model: str  # identity of the encoder that produced ``vector``
+    quality: QualityReport
+
+
+class ClipPipeline:
+    def __init__(
+        self,
+        settings: ClipSettings,
+        models: ModelRegistry,
+        router: LanguageRouter,
+        quality: QualityAssessor,
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.router = router
+        self.quality = quality
+        self._inference_limiter = anyio.CapacityLimiter(settings.inference_concurrency)
+
+    async def infer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run model work in a thread, at most ``inference_concurrency`` at once."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._inference_limiter)
+
+    # --- steps --------------------------------------------------------------------------------
+    def decode_assessed(self, data: bytes) -> tuple[DecodedAudio, QualityReport]:
+        """Decode, check speech quality, and keep only the speech (what gets embedded)."""
+        audio = decode_audio(
+            data,
+            max_duration_s=self.settings.max_duration_s,
+            min_duration_s=self.settings.min_duration_s,
+        )
+        # Energy check first: digital silence is refused without running the VAD.
+        ensure_speech(audio, min_speech_s=self.settings.min_speech_s)
+        assessed = self.quality.assess(audio.samples)
+        report = assessed.report
+        if report.rejected:
+            raise errors.NoSpeech(
+                f"Found {report.speech_s:.2f} s of speech; at least "
+                f"{self.settings.min_speech_s:g} s is required.",
+                details={
+                    "speech_seconds": round(report.speech_s, 3),
+                    "required_seconds": self.settings.min_speech_s,
+                    "quality": report.to_dict(),
+                },
+            )
+        if assessed.samples is not audio.samples:
+            audio = DecodedAudio(
+                assessed.samples,
+                audio.source_sample_rate,
+                audio.source_channels,
+                audio.source_format,
+            )
+        return audio, report
+
+    def decode(self, data: bytes) -> DecodedAudio:
+        """:meth:`decode_assessed` without the report."""
+        return self.decode_assessed(data)[0]
+
+    def route(self, audio: DecodedAudio, language: str | None) -> RoutedLanguage:
+        """Use the caller's language, else detect it; then pick the encoder space."""
+        if language:
+            code = normalise_language(language)
+            return RoutedLanguage(code, 1.0, LANGUAGE_FROM_CALLER, self.router.space_for(code))
+        detection = self.models.require_language_identifier().detect(audio.samples)
+        return RoutedLanguage(
+            detection.language,
+            detection.confidence,
+            LANGUAGE_DETECTED,
+            self.router.space_for(detection.language),
+        )
+
+    def route_or_default(self, audio: DecodedAudio, language: str | None) -> RoutedLanguage:
+        """:meth:`route` when the language is given or can be detected; without a language-ID
+        model an unknown language (``voxceleb`` space) instead of an error. Enrollment embeds
+        in every space, so there the language is only recorded, never required."""
+        if language or self.models.language_identifier is not None:
+            return self.route(audio, language)
+        return RoutedLanguage(None, None, None, SPACE_VOXCELEB)
+
+    def detect_language(self, data: bytes) -> tuple[DecodedAudio, LanguageDetection]:
+        audio = self.decode(data)
+        return audio, self.models.require_language_identifier().detect(audio.samples)
+
+    def embed_routed(self, data: bytes, language: str | None) -> EmbeddedClip:
+        """Decode, route and embed in the routed space (``/extract-embedding``, find-match)."""
+        audio, report = self.decode_assessed(data)
+        routed = self.route(audio, language)
+        encoder = self.models.encoder(routed.space)
+        return EmbeddedClip(audio, routed, encoder.embed(audio.samples), encoder.identity, report)
+
+    def embed_everywhere(self, audio: DecodedAudio) -> dict[str, np.ndarray]:
+        """The clip's embedding in every loaded space (enrollment)."""
+        return {
+            space: encoder.embed(audio.samples) for space, encoder in self.models.encoders.items()
+        }

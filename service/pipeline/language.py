@@ -1,0 +1,148 @@
+"""Spoken language: the language-ID model, and language → encoder space routing.
+
+:class:`LanguageIdentifier` wraps SpeechBrain's VoxLingua107 classifier (labels like
+``"zh: Chinese"``); like the encoders it holds no lock at inference (see
+``service.pipeline.encoders``).
+
+Routing is a pure function of settings: the CN-Celeb encoder serves the configured
+East/South-East Asian languages, the VoxCeleb encoder everything else. It loads nothing, so the
+table can be tested and changed without any model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.core.settings import SPACE_CNCELEB, SPACE_VOXCELEB
+from service.pipeline.loading import ModelLoadError
+from service.pipeline.waveform import as_waveform, warmup_signal
+
+
+@dataclass(frozen=True)
+class LanguageCandidate:
+    language: str  # ISO code from the label, e.g. "zh" (from "zh: Chinese")
+    name: str  # "Chinese"
+    confidence: float  # the model's posterior probability, 0..1
+
+
+@dataclass(frozen=True)
+class LanguageDetection:
+    language: str
+    name: str
+    confidence: float
+    candidates: list[LanguageCandidate]  # top-k, best first, includes the best
+
+
+def split_language_label(label: str) -> tuple[str, str]:
+    """``"zh: Chinese"`` → ``("zh", "Chinese")``; a label without a colon is its own code."""
+    code, sep, name = str(label).partition(":")
+    code = code.strip()
+    name = name.strip() if sep else code
+    return code, name or code
+
+
+class LanguageIdentifier:
+    """The spoken-language classifier (VoxLingua107 label set: ``"zh: Chinese"`` …)."""
+
+    def __init__(self, classifier: Any, *, source: str, identity: str) -> None:
+        self.classifier = classifier
+        self.source = source
+        self.identity = identity
+        label_encoder = classifier.hparams.label_encoder
+        ind2lab = dict(getattr(label_encoder, "ind2lab", {}) or {})
+        if not ind2lab:
+            raise ModelLoadError("label_encoder.txt is missing or empty (no language labels)")
+        self._labels: dict[int, tuple[str, str]] = {
+            int(index): split_language_label(label) for index, label in ind2lab.items()
+        }
+        # One probe inference (classify_batch's computation, without its label decoding): the
+        # classifier's output size must match the label set before classify_batch is trusted.
+        n_outputs = self._count_outputs()
+        if n_outputs != len(self._labels) or set(self._labels) != set(range(n_outputs)):
+            raise ModelLoadError(
+                f"the classifier has {n_outputs} outputs but label_encoder.txt has "
+                f"{len(self._labels)} labels"
+            )
+        if hasattr(label_encoder, "expect_len"):
+            label_encoder.expect_len(n_outputs)  # also silences SpeechBrain's warning about it
+        self._log_posteriors(warmup_signal())
+        self.languages: list[str] = [self._labels[i][0] for i in range(n_outputs)]
+
+    def _count_outputs(self) -> int:
+        import torch
+
+        wavs = as_waveform(warmup_signal())
+        with torch.inference_mode():
+            scores = self.classifier.mods.classifier(self.classifier.encode_batch(wavs))
+        return int(scores.shape[-1])
+
+    def _log_posteriors(self, samples: np.ndarray) -> np.ndarray:
+        import torch
+
+        wavs = as_waveform(samples)
+        with torch.inference_mode():
+            out_prob, _score, _index, _text = self.classifier.classify_batch(wavs)
+        scores = out_prob.detach().reshape(-1).to("cpu", torch.float64).numpy()
+        if not np.all(np.isfinite(scores)):
+            raise RuntimeError("the language-ID model produced non-finite scores")
+        # VoxLingua107's classifier ends in log-softmax, so this log-softmax changes nothing
+        # there; a head that emits raw logits still yields proper posteriors.
+        return scores - float(np.logaddexp.reduce(scores))
+
+    def detect(self, samples: np.ndarray, top_k: int = 5) -> LanguageDetection:
+        log_probs = self._log_posteriors(samples)
+        probs = np.exp(log_probs)
+        k = max(1, min(int(top_k), probs.shape[0]))
+        # Stable sort on -p: ties keep label order, so the result is deterministic.
+        order = np.argsort(-probs, kind="stable")[:k]
+        candidates = []
+        for index in order:
+            code, name = self._labels[int(index)]
+            confidence = min(1.0, max(0.0, float(probs[index])))
+            candidates.append(LanguageCandidate(language=code, name=name, confidence=confidence))
+        best = candidates[0]
+        return LanguageDetection(
+            language=best.language,
+            name=best.name,
+            confidence=best.confidence,
+            candidates=candidates,
+        )
+
+    def __repr__(self) -> str:
+        return f"LanguageIdentifier(identity={self.identity!r}, labels={len(self._labels)})"
+
+
+# Codes a caller might reasonably send that the VoxLingua107 label set spells differently. Cantonese
+# ("yue") is a language of its own, not an alias: it is routed by the default table instead.
+LANGUAGE_ALIASES = {
+    "cmn": "zh",
+    "zh-cn": "zh",
+    "zh-tw": "zh",
+    "zh-hk": "zh",
+    "zh-hans": "zh",
+    "zh-hant": "zh",
+    "jp": "ja",
+    "kr": "ko",
+}
+
+
+def normalise_language(code: str) -> str:
+    """Canonical lower-case code: ``en-US`` → ``en``, ``zh-CN`` / ``cmn-Hans`` → ``zh``."""
+    lowered = code.strip().lower().replace("_", "-")
+    if lowered in LANGUAGE_ALIASES:
+        return LANGUAGE_ALIASES[lowered]
+    primary = lowered.split("-", 1)[0]
+    return LANGUAGE_ALIASES.get(primary, primary)
+
+
+class LanguageRouter:
+    def __init__(self, cnceleb_languages: list[str]) -> None:
+        self._cnceleb = {normalise_language(code) for code in cnceleb_languages}
+
+    def space_for(self, language: str) -> str:
+        if normalise_language(language) in self._cnceleb:
+            return SPACE_CNCELEB
+        return SPACE_VOXCELEB

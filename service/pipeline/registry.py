@@ -1,0 +1,135 @@
+"""Every model the process uses, loaded once, plus why any of them is missing.
+
+:meth:`ModelRegistry.load` never raises because one model is missing or broken: it records why
+in :attr:`ModelRegistry.statuses` and goes on, so the service can start degraded and say why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.core import errors
+from service.pipeline.encoders import SpeakerEncoder
+from service.pipeline.language import LanguageIdentifier
+from service.pipeline.loading import (
+    ModelLoadError,
+    describe_failure,
+    find_device_problem,
+    load_classifier,
+    resolve_device,
+)
+
+log = logging.getLogger(__name__)
+
+#: The role of the language-ID model in ``Settings.model_sources``; every other role is a space.
+LANGID_ROLE = "langid"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    role: str  # "langid", "voxceleb", "cnceleb"
+    source: str
+    loaded: bool
+    identity: str | None
+    error: str | None  # why it failed to load, human readable
+    load_seconds: float | None
+
+
+class ModelRegistry:
+    """Every model the process uses, loaded once, plus why any of them is missing."""
+
+    def __init__(
+        self,
+        *,
+        language_identifier: LanguageIdentifier | None = None,
+        encoders: dict[str, SpeakerEncoder] | None = None,
+        statuses: dict[str, ModelStatus] | None = None,
+    ) -> None:
+        self.language_identifier = language_identifier
+        self.encoders: dict[str, SpeakerEncoder] = dict(encoders or {})
+        if statuses is None:
+            statuses = {
+                space: ModelStatus(space, enc.source, True, enc.identity, None, None)
+                for space, enc in self.encoders.items()
+            }
+            if language_identifier is not None:
+                statuses[LANGID_ROLE] = ModelStatus(
+                    LANGID_ROLE,
+                    language_identifier.source,
+                    True,
+                    language_identifier.identity,
+                    None,
+                    None,
+                )
+        self.statuses: dict[str, ModelStatus] = dict(statuses)
+
+    @classmethod
+    def load(
+        cls, sources: Mapping[str, str], *, cache_dir: Path, device: str = "auto"
+    ) -> ModelRegistry:
+        """Load every ``role → source``; a model that fails is recorded, never raised."""
+        resolved = resolve_device(device)
+        device_problem = find_device_problem(resolved)
+        language_identifier: LanguageIdentifier | None = None
+        encoders: dict[str, SpeakerEncoder] = {}
+        statuses: dict[str, ModelStatus] = {}
+        for role, source in sources.items():
+            source = "" if source is None else str(source)
+            started = time.perf_counter()
+            try:
+                if device_problem:
+                    raise ModelLoadError(device_problem)
+                loaded = load_classifier(source, cache_dir=Path(cache_dir), device=resolved)
+                if role == LANGID_ROLE:
+                    language_identifier = LanguageIdentifier(
+                        loaded.classifier, source=source, identity=loaded.identity
+                    )
+                else:
+                    encoders[role] = SpeakerEncoder(
+                        loaded.classifier, space=role, source=source, identity=loaded.identity
+                    )
+            except Exception as exc:
+                message = str(exc) if isinstance(exc, ModelLoadError) else describe_failure(exc)
+                log.warning("model %s could not be loaded from %r: %s", role, source, message)
+                statuses[role] = ModelStatus(role, source, False, None, message, None)
+                continue
+            seconds = round(time.perf_counter() - started, 3)
+            statuses[role] = ModelStatus(role, source, True, loaded.identity, None, seconds)
+            log.info("model %s loaded from %r in %.2fs (%s)", role, source, seconds, resolved)
+        return cls(language_identifier=language_identifier, encoders=encoders, statuses=statuses)
+
+    def encoder(self, space: str) -> SpeakerEncoder:
+        found = self.encoders.get(space)
+        if found is not None:
+            return found
+        status = self.statuses.get(space)
+        if status is None or space == LANGID_ROLE:
+            known = sorted(role for role in self.statuses if role != LANGID_ROLE)
+            raise errors.UnknownSpace(
+                f"unknown encoder space {space!r}", details={"known_spaces": known}
+            )
+        raise errors.ModelUnavailable(
+            f"the {space} speaker encoder ({status.source or 'not configured'}) is not loaded: "
+            f"{status.error}",
+            details={"model": space, "source": status.source, "reason": status.error},
+        )
+
+    def require_language_identifier(self) -> LanguageIdentifier:
+        if self.language_identifier is not None:
+            return self.language_identifier
+        status = self.statuses.get(LANGID_ROLE)
+        source = status.source if status else ""
+        reason = status.error if status else "no language-ID model configured"
+        raise errors.ModelUnavailable(
+            f"the language-ID model ({source or 'not configured'}) is not loaded: {reason}; "
+            "pass the language explicitly instead",
+            details={"model": LANGID_ROLE, "source": source, "reason": reason},
+        )
+
+    @property
+    def all_loaded(self) -> bool:
+        return all(status.loaded for status in self.statuses.values())

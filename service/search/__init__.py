@@ -1,0 +1,1 @@
+"""The application: enrolled voices (gallery), matching, enrollment, the VoiceSearch facade."""

@@ -1,0 +1,288 @@
+"""Who is this? Index search, stateless ranking, pairwise comparison, and the open-set verdict.
+
+Everything here is blocking (SQLite, FAISS) and returns domain results — :class:`MatchResult`,
+:class:`Comparison` — that ``service.api.mappers`` turns into response bodies. The decision
+rule is the same in every mode: a candidate ``is_match`` when its decision score (the cosine, or
+the AS-norm score where AS-norm is on for the space) reaches the threshold in force
+(``service.decisions.policy``), and the verdict says it plainly for an open set: ``match``,
+``no_match`` (``below_threshold`` or ``empty_gallery``) or ``undecided`` (the probe has too
+little speech).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.core import errors
+from service.core.settings import SPACE_VOXCELEB, Settings
+from service.decisions.normalization import AsNorm
+from service.decisions.policy import Decision, DecisionPolicy
+from service.pipeline.language import LanguageRouter
+from service.pipeline.quality import QualityReport
+from service.pipeline.registry import ModelRegistry
+from service.search.gallery import Gallery
+from storage.calibration import SCORE_ASNORM
+from storage.speakers import SpeakerStore
+
+VERDICT_MATCH = "match"
+VERDICT_NO_MATCH = "no_match"
+VERDICT_UNDECIDED = "undecided"
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    """``vector`` as float32 with unit L2 norm; a vector without direction is the caller's error."""
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise errors.InvalidInput("embedding has no direction (zero or non-finite norm)")
+    return vector / norm
+
+
+class Candidate(Protocol):
+    """A caller-supplied candidate of the stateless mode (``StoredEmbedding`` in the API)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def embedding(self) -> list[float]: ...
+
+    @property
+    def metadata(self) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class Match:
+    id: str  # the speaker's external id (index search) or the caller's candidate id
+    similarity: float  # raw cosine
+    is_match: bool
+    name: str | None = None
+    metadata: dict[str, Any] | None = None
+    score: float | None = None  # what ``is_match`` compared with the threshold
+    match_probability: float | None = None
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """One find-match answer, whatever the mode."""
+
+    matches: list[Match]  # best first
+    decision: Decision  # threshold, score type and where the threshold comes from
+    verdict: str  # VERDICT_MATCH, VERDICT_NO_MATCH or VERDICT_UNDECIDED
+    reason: str | None  # why there is no match
+    space: str
+    searched: int  # how many candidates were searched
+    # Only for a probe given as audio:
+    language: str | None = None
+    confidence: float | None = None
+    language_source: str | None = None
+    quality: QualityReport | None = None
+
+    @property
+    def best_match(self) -> Match | None:
+        return self.matches[0] if self.matches else None
+
+    @property
+    def match(self) -> Match | None:
+        return self.matches[0] if self.verdict == VERDICT_MATCH else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    similarity: float
+    is_match: bool
+    threshold: float
+    space: str
+    match_probability: float | None
+    threshold_source: str
+
+
+class Matcher:
+    def __init__(
+        self,
+        settings: Settings,
+        models: ModelRegistry,
+        router: LanguageRouter,
+        store: SpeakerStore,
+        gallery: Gallery,
+        policy: DecisionPolicy,
+        normalizer: AsNorm | None,
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.router = router
+        self.store = store
+        self.gallery = gallery
+        self.policy = policy
+        self.normalizer = normalizer
+
+    # --- request checks -----------------------------------------------------------------------
+    def space_of_request(self, space: str | None, language: str | None) -> str:
+        """The space a request names, else the one its language routes to, else voxceleb."""
+        if space:
+            if space not in self.models.statuses:
+                known = sorted(k for k in self.models.statuses if k != "langid")
+                raise errors.UnknownSpace(
+                    f"unknown encoder space {space!r}", details={"known_spaces": known}
+                )
+            return space
+        if language:
+            return self.router.space_for(language)
+        return SPACE_VOXCELEB
+
+    def clamp_top_n(self, top_n: int) -> int:
+        if top_n > self.settings.max_top_n:
+            raise errors.InvalidInput(
+                f"top_n may be at most {self.settings.max_top_n}",
+                details={"top_n": top_n, "max_top_n": self.settings.max_top_n},
+            )
+        return top_n
+
+    def _space_unavailable(self, space: str) -> errors.ServiceError:
+        status = self.models.statuses.get(space)
+        if status is None:
+            return errors.UnknownSpace(f"unknown encoder space {space!r}")
+        return errors.ModelUnavailable(
+            f"the {space} encoder is not loaded: {status.error}", details={"space": space}
+        )
+
+    # --- verdict ------------------------------------------------------------------------------
+    def _verdict(
+        self, matches: list[Match], decision: Decision, speech_s: float | None
+    ) -> tuple[str, str | None]:
+        """Open-set wording shared by every find-match mode: the verdict and its reason."""
+        if speech_s is not None and speech_s < self.settings.min_probe_speech_s:
+            for m in matches:
+                m.is_match = False
+            return VERDICT_UNDECIDED, "insufficient_speech"
+        if not matches:
+            return VERDICT_NO_MATCH, "empty_gallery"
+        if matches[0].is_match:
+            return VERDICT_MATCH, None
+        return VERDICT_NO_MATCH, "below_threshold"
+
+    def _result(
+        self,
+        matches: list[Match],
+        decision: Decision,
+        speech_s: float | None,
+        *,
+        space: str,
+        searched: int,
+    ) -> MatchResult:
+        verdict, reason = self._verdict(matches, decision, speech_s)
+        return MatchResult(matches, decision, verdict, reason, space=space, searched=searched)
+
+    # --- the modes ----------------------------------------------------------------------------
+    def compare(self, e1: list[float], e2: list[float], space: str | None) -> Comparison:
+        if len(e1) != len(e2):
+            raise errors.InvalidInput(
+                "embeddings have different lengths",
+                details={"embedding1": len(e1), "embedding2": len(e2)},
+            )
+        space = self.space_of_request(space, None)
+        similarity = float(np.dot(unit(np.array(e1)), unit(np.array(e2))))
+        decision = self.policy.cosine_decision(space)
+        return Comparison(
+            similarity=similarity,
+            is_match=similarity >= decision.threshold,
+            threshold=decision.threshold,
+            space=space,
+            match_probability=decision.probability(similarity),
+            threshold_source=decision.source,
+        )
+
+    def rank_candidates(
+        self,
+        probe: list[float],
+        candidates: Sequence[Candidate],
+        top_n: int,
+        space: str | None,
+        language: str | None,
+    ) -> MatchResult:
+        """The original stateless find-match: rank the caller's own candidate embeddings."""
+        space = self.space_of_request(space, language)
+        decision = self.policy.cosine_decision(space)
+        threshold = decision.threshold
+        top_n = self.clamp_top_n(top_n)
+        if not candidates:
+            return self._result([], decision, None, space=space, searched=0)
+        wrong = [c.id for c in candidates if len(c.embedding) != len(probe)]
+        if wrong:
+            raise errors.InvalidInput(
+                "stored embeddings must have the same length as user_embedding",
+                details={"expected": len(probe), "mismatched_ids": wrong[:20]},
+            )
+        matrix = np.asarray([c.embedding for c in candidates], dtype=np.float32)
+        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        scores = matrix @ unit(np.array(probe))
+        order = np.argsort(-scores, kind="stable")[:top_n]
+        matches = [
+            Match(
+                id=candidates[i].id,
+                similarity=float(scores[i]),
+                is_match=bool(scores[i] >= threshold),
+                metadata=candidates[i].metadata,
+                score=float(scores[i]),
+                match_probability=decision.probability(float(scores[i])),
+            )
+            for i in order
+        ]
+        return self._result(matches, decision, None, space=space, searched=len(candidates))
+
+    def search_index(
+        self, space: str, vector: np.ndarray, top_n: int, speech_s: float | None = None
+    ) -> MatchResult:
+        """The enrolled speakers of ``space`` nearest to ``vector`` (unit length)."""
+        dim = self.gallery.dims.get(space)
+        if dim is None:
+            raise self._space_unavailable(space)
+        if vector.shape[0] != dim:
+            raise errors.InvalidInput(
+                f"embedding has {vector.shape[0]} values; the {space} space uses {dim}",
+                details={"expected": dim, "got": int(vector.shape[0])},
+            )
+        decision = self.policy.decision(space)
+        normalizer = self.normalizer if decision.score_type == SCORE_ASNORM else None
+        # With AS-norm the probe's cohort (its top K+1) comes from this same search.
+        depth = max(top_n, normalizer.top_k + 1) if normalizer is not None else top_n
+        deep = self.gallery.search(space, vector[None, :], depth)[0]
+        hits = deep[:top_n]
+        speakers = self.store.summaries([hit.speaker_id for hit in hits])
+        # A speaker deleted between the index search and this lookup is simply skipped.
+        hits = [hit for hit in hits if hit.speaker_id in speakers]
+        cosine = self.policy.cosine_decision(space)
+        normed: list[float | None] = [hit.score for hit in hits]
+        if normalizer is not None:
+            normed = normalizer.normalise(
+                space,
+                vector,
+                [hit.speaker_id for hit in hits],
+                [hit.score for hit in hits],
+                probe_hits=deep,
+            )
+        matches = []
+        for hit, score in zip(hits, normed, strict=True):
+            # No cohort statistics (a gallery too small for AS-norm): decide on the cosine.
+            used = decision if score is not None else cosine
+            value = score if score is not None else hit.score
+            matches.append(
+                Match(
+                    id=speakers[hit.speaker_id].external_id,
+                    name=speakers[hit.speaker_id].name,
+                    metadata=speakers[hit.speaker_id].metadata,
+                    similarity=hit.score,
+                    is_match=value >= used.threshold,
+                    score=value,
+                    match_probability=used.probability(value),
+                )
+            )
+        if decision.score_type == SCORE_ASNORM:
+            matches.sort(key=lambda m: -(m.score if m.score is not None else -np.inf))
+        return self._result(
+            matches, decision, speech_s, space=space, searched=self.gallery.size(space)
+        )

@@ -1,0 +1,55 @@
+"""The speaker-list metadata filter: ``{"key": value}`` → one SQL condition per key.
+
+Every key must equal the given value with JSON equality. On SQLite that is exact JSON equality
+(same JSON kind, so ``true != 1`` and ``"1" != 1`` but ``1 == 1.0``; objects and arrays compare
+as canonical JSON); other databases use SQLAlchemy's portable JSON operators, scalars only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, and_, case, func, literal
+
+from storage.errors import InvalidMetadataFilterError
+from storage.models import Speaker
+
+
+def _json_kind(json_type: ColumnElement[Any]) -> ColumnElement[Any]:
+    """SQLite's json_type() with 'integer' and 'real' folded into 'number' (JSON has one)."""
+    return case((json_type.in_(["integer", "real"]), literal("number")), else_=json_type)
+
+
+def metadata_condition(key: str, value: Any, *, sqlite: bool) -> ColumnElement[bool]:
+    """Speakers whose metadata has ``value`` at top-level ``key``."""
+    if not key or '"' in key or "\\" in key:
+        raise InvalidMetadataFilterError(f"unsupported metadata filter key {key!r}")
+    if sqlite:
+        # JSON equality in SQLite: same JSON kind (so true != 1 and "1" != 1, but 1 == 1.0)
+        # and same value; json_extract turns objects/arrays into canonical minified text.
+        # IS is SQLite's null-safe '=' (a JSON null extracts to SQL NULL).
+        path = f'$."{key}"'
+        document = literal(json.dumps(value), String)
+        column = Speaker.meta
+        return and_(
+            _json_kind(func.json_type(column, path)).is_not_distinct_from(
+                _json_kind(func.json_type(document, "$"))
+            ),
+            func.json_extract(column, path).is_not_distinct_from(func.json_extract(document, "$")),
+        )
+    # Other databases: SQLAlchemy's portable JSON index operators, scalars only.
+    element = Speaker.meta[key]
+    if value is None:
+        return element.as_json().is_(None) | (element.as_string().is_(None))
+    if isinstance(value, bool):
+        return element.as_boolean() == value
+    if isinstance(value, int):
+        return element.as_integer() == value
+    if isinstance(value, float):
+        return element.as_float() == value
+    if isinstance(value, str):
+        return element.as_string() == value
+    raise InvalidMetadataFilterError(
+        f"metadata filter on {key!r}: only scalar values are supported on this database"
+    )

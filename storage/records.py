@@ -1,0 +1,66 @@
+"""What the stores take in and hand out: plain frozen dataclasses, never ORM rows."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+
+class Unset(enum.Enum):
+    """Sentinel type for "argument not given" where ``None`` is a meaningful value."""
+
+    UNSET = enum.auto()
+
+
+UNSET = Unset.UNSET
+
+
+@dataclass(frozen=True)
+class UtteranceInput:
+    sha256: str
+    language: str | None
+    language_confidence: float | None
+    duration_s: float
+    embeddings: dict[str, np.ndarray]  # space -> float32 (dim,) unit vector
+    speech_s: float | None = None  # net speech (VAD); None: unknown, duration_s stands in
+
+
+@dataclass(frozen=True)
+class UtteranceRecord:
+    id: int
+    sha256: str
+    language: str | None
+    language_confidence: float | None
+    duration_s: float
+    created_at: datetime
+    spaces: list[str]  # spaces holding an embedding of this clip made by the loaded model
+    created: bool  # False when the clip was already stored for this speaker (idempotent)
+    speech_s: float | None = None
+
+
+@dataclass(frozen=True)
+class SpeakerRecord:
+    id: int
+    external_id: str
+    name: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    utterance_count: int
+    spaces: list[str]  # spaces where the speaker has a profile made by the loaded model
+    speech_s: float = 0.0  # net speech over all utterances (duration_s where unknown)
+
+
+@dataclass(frozen=True)
+class ChangeCursor:
+    """Where the change log stands: the newest ``seq`` and every space's rebuild generation."""
+
+    seq: int
+    generations: dict[str, int]
+
+    def generation(self, space: str) -> int:
+        return self.generations.get(space, 0)
