@@ -16,7 +16,8 @@ from tests.audio_factory import synth_voice, wav_bytes
 from tests.paths import REPO_ROOT
 from tests.server import ServerProcess, server_env
 
-pytestmark = pytest.mark.slow
+# Real multi-worker servers, restarted several times: their own budget (see test_crash_safety).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def clip(seed: int) -> bytes:

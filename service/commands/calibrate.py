@@ -57,7 +57,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     try:
         results = calibrate(
-            settings, models, rows, args.target_far, show_progress=not args.no_progress
+            settings,
+            models,
+            rows,
+            args.target_far,
+            show_progress=not getattr(args, "no_progress", False),
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -50,7 +50,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not models.encoders:
         print("error: no speaker encoder could be loaded; see the log", file=sys.stderr)
         return 2
-    evaluation = evaluate(settings, models, rows, args.manifest, show_progress=not args.no_progress)
+    evaluation = evaluate(
+        settings, models, rows, args.manifest, show_progress=not getattr(args, "no_progress", False)
+    )
     stem = args.name or f"eval-{args.manifest.stem}"
     written = write_outputs(evaluation, args.out, args.json_path, stem)
     print(markdown(evaluation, None))
