@@ -19,10 +19,10 @@ code                      meaning / effect
 Only ``no_speech`` rejects: clipped, quiet or noisy audio still carries the speaker, and ECAPA is
 trained with noise augmentation; the warnings tell the client to re-record if it can.
 
-VAD: Silero VAD (MIT; its TorchScript model ships inside the ``silero-vad`` wheel, so nothing is
-downloaded). ``vad="energy"`` uses the frame-energy detector of ``service.pipeline.speech``
-instead (no trimming); it exists for synthetic test signals, which a real VAD rightly refuses as
-non-speech.
+VAD: Silero VAD (MIT; its model ships inside the ``silero-vad`` wheel, so nothing is
+downloaded), run on ONNX Runtime by ``service.pipeline.vad``. ``vad="energy"`` uses the
+frame-energy detector of ``service.pipeline.speech`` instead (no trimming); it exists for
+synthetic test signals, which a real VAD rightly refuses as non-speech.
 
 SNR is estimated from the VAD's own split: non-speech frames give the noise floor,
 speech frames carry speech + noise, ``SNR = 10 log10((P_speech - P_noise) / P_noise)``, clamped
@@ -33,7 +33,6 @@ of all frame powers stands in.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -41,6 +40,7 @@ import numpy as np
 from service.core.settings import QualitySettings
 from service.pipeline.audio import TARGET_SAMPLE_RATE
 from service.pipeline.speech import frame_length, speech_frames, speech_seconds
+from service.pipeline.vad import SileroVad
 
 CODE_OK = "ok"
 CODE_NO_SPEECH = "no_speech"
@@ -118,10 +118,9 @@ class QualityAssessor:
         self.low_snr_db = low_snr_db
         self.too_quiet_dbfs = too_quiet_dbfs
         self.trim = trim
-        self._lock = threading.Lock()  # the Silero model keeps recurrent state between chunks
-        self._model = None
+        self._model: SileroVad | None = None
         if vad == "silero":
-            self._model = _load_silero()
+            self._model = SileroVad()
 
     @classmethod
     def from_settings(cls, settings: QualitySettings) -> QualityAssessor:
@@ -146,19 +145,10 @@ class QualityAssessor:
         per energy run."""
         if self._model is None:
             return _runs(speech_frames(samples), _FRAME)
-        import torch
-        from silero_vad import get_speech_timestamps
-
         # Digital silence: nothing to ask the model (and saves its time).
         if not np.any(np.abs(samples) > 1e-4):
             return []
-        with self._lock, torch.inference_mode():
-            stamps = get_speech_timestamps(
-                torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)),
-                self._model,
-                sampling_rate=TARGET_SAMPLE_RATE,
-            )
-        return [(int(s["start"]), int(s["end"])) for s in stamps]
+        return self._model.speech_timestamps(samples, TARGET_SAMPLE_RATE)
 
     # ------------------------------------------------------------------ assessment
     def assess(self, samples: np.ndarray) -> Assessment:
@@ -250,21 +240,3 @@ def _runs(mask: np.ndarray, frame: int) -> list[tuple[int, int]]:
     if start is not None:
         out.append((start * frame, len(mask) * frame))
     return out
-
-
-def _load_silero() -> object:
-    """Load Silero's TorchScript VAD without letting it change the process's torch threads.
-
-    ``silero_vad.model`` calls ``torch.set_num_threads(1)`` at import time, which would silently
-    make every speaker and language-ID inference in the service single-threaded (about half the
-    speed on a 2-core box). Restore whatever the process had configured.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        from silero_vad import load_silero_vad
-
-        return load_silero_vad(onnx=False)
-    finally:
-        torch.set_num_threads(threads)
