@@ -79,8 +79,11 @@ def required() -> bool:
 
 
 class PostgresCluster:
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
+        """``durable``: keep PostgreSQL's defaults (fsync, synchronous commit) for benchmarks;
+        tests turn them off (module docstring)."""
         self.bin_dir = bin_dir
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="voicesearch-pg-"))
         self.data_dir = self.root / "data"
         self.log_path = self.root / "server.log"
@@ -133,13 +136,8 @@ class PostgresCluster:
                     "-c",
                     "listen_addresses=127.0.0.1",
                     "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
                     "max_connections=200",
+                    *self._speed_options(),
                 ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -154,6 +152,12 @@ class PostgresCluster:
             time.sleep(0.1)
         self._kill_group()
         return False
+
+    def _speed_options(self) -> list[str]:
+        if self.durable:
+            return []
+        flags = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+        return [arg for flag in flags for arg in ("-c", flag)]
 
     def _ready(self) -> bool:
         import psycopg
