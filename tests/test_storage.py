@@ -19,6 +19,14 @@ import pytest
 from sqlalchemy import Engine, event, text
 
 from bench.synthetic import bulk_insert_synthetic
+from storage.audit import (
+    ACTION_DELETE,
+    ACTION_ENROLL,
+    ANONYMOUS,
+    Actor,
+    AuditRecord,
+    list_entries,
+)
 from storage.db import make_engine, make_session_factory
 from storage.errors import (
     DuplicateExternalIdError,
@@ -180,6 +188,22 @@ def test_delete_removes_everything_and_logs_every_space(
     store.delete("keep")
     again, _ = store.create_speaker(external_id="new", name=None, metadata=None, utterances=[])
     assert again.id > keep.id
+
+
+def test_audit_rows_commit_with_their_change(store: SpeakerStore) -> None:
+    enroll = AuditRecord(ACTION_ENROLL, Actor("ops", "admin"), {"files": 0})
+    fields: dict[str, Any] = {"name": None, "metadata": None, "utterances": [], "audit": enroll}
+    store.create_speaker(external_id="au", **fields)
+    with pytest.raises(DuplicateExternalIdError):  # rolled back: no audit row
+        store.create_speaker(external_id="au", **fields)
+    store.delete("au", audit=AuditRecord(ACTION_DELETE, ANONYMOUS))
+    rows, total = list_entries(store.session_factory, limit=10)
+    assert total == 2
+    assert [(r.action, r.speaker_external_id, r.actor) for r in rows] == [
+        (ACTION_DELETE, "au", "anonymous"),
+        (ACTION_ENROLL, "au", "ops"),
+    ]
+    assert rows[1].details == {"files": 0} and rows[1].created_at.tzinfo == UTC
 
 
 # ---------------------------------------------------------------------------------- listing
