@@ -78,7 +78,9 @@ def begin_write(session: Session) -> None:
 
 def lock_for_migration(connection: Any) -> None:
     """Two processes upgrading one database at once: the second waits, then finds the schema at
-    head (Alembic reads ``alembic_version`` after this, inside the same transaction)."""
+    head (Alembic reads ``alembic_version`` after this, inside the same transaction). No
+    ``lock_timeout`` here: a node starting during a long migration waits for it to finish."""
+    connection.execute(text("SET LOCAL lock_timeout = 0"))
     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
 
 
