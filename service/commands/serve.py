@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], settings: Settings) -> in
         port=args.port,
         workers=args.workers,
         # Applied in every worker process, so N workers log exactly like one.
-        log_config=logging_config(args.log_level),
+        log_config=logging_config(args.log_level, settings.log_format),
         log_level=args.log_level,
         timeout_graceful_shutdown=30,
     )
