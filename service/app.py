@@ -26,6 +26,7 @@ from service.api.offline_docs import install_offline_docs
 from service.api.routes import audit as audit_api
 from service.api.routes import calibration as calibration_api
 from service.api.routes import health, matching, speakers, voice
+from service.api.routes import metrics as metrics_api
 from service.bootstrap import build_voicesearch, load_models, open_database
 from service.core.request_context import REQUEST_ID_HEADER
 from service.core.settings import Settings
@@ -113,4 +114,5 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         app.include_router(module.router, form_limits=form_limits(settings))
     app.include_router(audit_api.router)
     app.include_router(calibration_api.router)
+    app.include_router(metrics_api.router)
     return app

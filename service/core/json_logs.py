@@ -1,11 +1,11 @@
 """``VOICESEARCH_LOG_FORMAT=json``: one JSON object per log line, for log collectors.
 
-Every line has ``time`` (UTC, ISO 8601, milliseconds), ``level``, ``logger`` and ``message``; a
-line written while serving a request adds its ``request_id`` (``service.core.request_context``);
-fields a caller passes with ``extra={...}`` are kept as fields (the request log's ``method``,
-``route``, ``status``, ``duration_ms``…); a traceback goes in ``exception``. The message is the
-same text the plain format shows, so filters that rewrite records (the access-log scrubbing)
-apply to both formats alike.
+Every line has ``time`` (UTC, ISO 8601, milliseconds), ``level``, ``logger``, ``message`` and
+``pid`` (the worker process); a line written while serving a request adds its ``request_id``
+(``service.core.request_context``); fields a caller passes with ``extra={...}`` are kept as
+fields (the request log's ``method``, ``route``, ``status``, ``duration_ms``…); a traceback goes
+in ``exception``. The message is the same text the plain format shows, so filters that rewrite
+records (the access-log scrubbing) apply to both formats alike.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # which worker of `serve --workers N`
         }
         # A record may carry its request's id (the request log does: it can be formatted
         # later, elsewhere); else the request this line is written for, if any.

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import numpy as np
 
-from service.core import errors
+from service.core import errors, metrics
 from service.core.settings import SPACE_VOXCELEB, ClipSettings
 from service.pipeline.audio import DecodedAudio, decode_audio
 from service.pipeline.language import LanguageDetection, LanguageRouter, normalise_language
@@ -79,14 +79,16 @@ class ClipPipeline:
     # --- steps --------------------------------------------------------------------------------
     def decode_assessed(self, data: bytes) -> tuple[DecodedAudio, QualityReport]:
         """Decode, check speech quality, and keep only the speech (what gets embedded)."""
-        audio = decode_audio(
-            data,
-            max_duration_s=self.settings.max_duration_s,
-            min_duration_s=self.settings.min_duration_s,
-        )
-        # Energy check first: digital silence is refused without running the VAD.
-        ensure_speech(audio, min_speech_s=self.settings.min_speech_s)
-        assessed = self.quality.assess(audio.samples)
+        with metrics.timed(metrics.STAGE_DECODE, "audio"):
+            audio = decode_audio(
+                data,
+                max_duration_s=self.settings.max_duration_s,
+                min_duration_s=self.settings.min_duration_s,
+            )
+        with metrics.timed(metrics.STAGE_VAD, "vad"):
+            # Energy check first: digital silence is refused without running the VAD.
+            ensure_speech(audio, min_speech_s=self.settings.min_speech_s)
+            assessed = self.quality.assess(audio.samples)
         report = assessed.report
         if report.rejected:
             raise errors.NoSpeech(
@@ -132,7 +134,9 @@ class ClipPipeline:
                     "with the request",
                     details={"spaces": spaces},
                 )
-        detection = self.models.require_language_identifier().detect(audio.samples)
+        identifier = self.models.require_language_identifier()
+        with metrics.timed(metrics.STAGE_LANGUAGE_ID, LANGID_ROLE):
+            detection = identifier.detect(audio.samples)
         return RoutedLanguage(
             detection.language,
             detection.confidence,
@@ -153,17 +157,22 @@ class ClipPipeline:
         """The clip's quality report (its ``duration_s`` is the decoded clip's) and language."""
         audio, report = self.decode_assessed(data)
         identifier = self.models.require_language_identifier(for_routing=False)
-        return report, identifier.detect(audio.samples)
+        with metrics.timed(metrics.STAGE_LANGUAGE_ID, LANGID_ROLE):
+            return report, identifier.detect(audio.samples)
 
     def embed_routed(self, data: bytes, language: str | None) -> EmbeddedClip:
         """Decode, route and embed in the routed space (``/extract-embedding``, find-match)."""
         audio, report = self.decode_assessed(data)
         routed = self.route(audio, language)
         encoder = self.models.encoder(routed.space)
-        return EmbeddedClip(audio, routed, encoder.embed(audio.samples), encoder.identity, report)
+        with metrics.timed(metrics.STAGE_EMBEDDING, routed.space):
+            vector = encoder.embed(audio.samples)
+        return EmbeddedClip(audio, routed, vector, encoder.identity, report)
 
     def embed_everywhere(self, audio: DecodedAudio) -> dict[str, np.ndarray]:
         """The clip's embedding in every loaded space (enrollment)."""
-        return {
-            space: encoder.embed(audio.samples) for space, encoder in self.models.encoders.items()
-        }
+        vectors: dict[str, np.ndarray] = {}
+        for space, encoder in self.models.encoders.items():
+            with metrics.timed(metrics.STAGE_EMBEDDING, space):
+                vectors[space] = encoder.embed(audio.samples)
+        return vectors
