@@ -27,6 +27,7 @@ from service.api.routes import audit as audit_api
 from service.api.routes import calibration as calibration_api
 from service.api.routes import health, matching, speakers, voice
 from service.api.routes import metrics as metrics_api
+from service.api.routes.page import install_page
 from service.bootstrap import build_voicesearch, load_models, open_database
 from service.core.request_context import REQUEST_ID_HEADER
 from service.core.settings import Settings
@@ -115,4 +116,5 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     app.include_router(audit_api.router)
     app.include_router(calibration_api.router)
     app.include_router(metrics_api.router)
+    install_page(app)
     return app
