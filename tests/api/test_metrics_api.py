@@ -7,19 +7,16 @@ counts are compared before and after.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+import json
+import re
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.pipeline.registry import ModelRegistry
-from tests.api.conftest import make_settings
+from tests.api.conftest import ADMIN_KEY, READ_KEY
 from tests.metrics_text import value
-
-READ_KEY = "read-key-0123456789abcdef"
-ADMIN_KEY = "admin-key-0123456789abcdef"
+from tests.paths import REPO_ROOT
 
 
 def scrape(client: TestClient, **headers: str) -> str:
@@ -79,23 +76,28 @@ def test_requests_stages_and_state(client: TestClient, voice_wav: Callable[..., 
     assert value(scrape(client), "voicesearch_speakers", space=space) == 0
 
 
-@pytest.fixture
-def keyed(
-    tmp_path: Path, tiny_model_dirs: dict[str, Path], tiny_registry: ModelRegistry
-) -> Iterator[TestClient]:
-    settings = make_settings(
-        tmp_path / "data", tiny_model_dirs, api_keys=f"read:{READ_KEY},admin:{ADMIN_KEY}"
-    )
-    with TestClient(create_app(settings, models=tiny_registry)) as test_client:
-        yield test_client
-
-
-def test_metrics_need_a_read_key_when_keys_are_on(keyed: TestClient) -> None:
-    refused = keyed.get("/metrics")
+def test_metrics_need_a_read_key_when_keys_are_on(keyed_client: TestClient) -> None:
+    refused = keyed_client.get("/metrics")
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "unauthorized"
-    assert (
-        keyed.get("/metrics", headers={"X-API-Key": "wrong-key-0123456789abc"}).status_code == 401
+    wrong = {"X-API-Key": "wrong-key-0123456789abc"}
+    assert keyed_client.get("/metrics", headers=wrong).status_code == 401
+    assert "voicesearch_http_requests_total" in scrape(keyed_client, **{"X-API-Key": READ_KEY})
+    assert "voicesearch_speakers" in scrape(keyed_client, Authorization=f"Bearer {ADMIN_KEY}")
+
+
+def test_grafana_dashboard_queries_metrics_that_exist(client: TestClient) -> None:
+    dashboard = json.loads(
+        (REPO_ROOT / "docs" / "grafana" / "voicesearch-dashboard.json").read_text()
     )
-    assert "voicesearch_http_requests_total" in scrape(keyed, **{"X-API-Key": READ_KEY})
-    assert "voicesearch_speakers" in scrape(keyed, Authorization=f"Bearer {ADMIN_KEY}")
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"voicesearch_[a-z_]+", target["expr"])
+    }
+    client.get("/speakers")  # so the request series exist
+    exposed = set(re.findall(r"^# TYPE (\S+)", scrape(client), re.M))
+    # Histograms are queried by their series (_bucket), counters by their _total.
+    exposed |= {f"{name}{suffix}" for name in exposed for suffix in ("_bucket", "_total")}
+    assert used and used <= exposed, used - exposed

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from service.api.routes.page import STATIC_DIR
-from service.app import create_app
-from service.pipeline.registry import ModelRegistry
-from tests.api.conftest import make_settings
-
-KEY = "admin-key-0123456789abcdef"
 
 
-@pytest.fixture
-def keyed(
-    tmp_path: Path, tiny_model_dirs: dict[str, Path], tiny_registry: ModelRegistry
-) -> Iterator[TestClient]:
-    settings = make_settings(tmp_path / "data", tiny_model_dirs, api_keys=f"admin:{KEY}")
-    with TestClient(create_app(settings, models=tiny_registry)) as test_client:
-        yield test_client
-
-
-def test_page_and_assets_are_served_without_a_key(keyed: TestClient) -> None:
-    page = keyed.get("/")
+def test_page_and_assets_are_served_without_a_key(keyed_client: TestClient) -> None:
+    page = keyed_client.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     csp = page.headers["content-security-policy"]
@@ -36,17 +19,17 @@ def test_page_and_assets_are_served_without_a_key(keyed: TestClient) -> None:
     assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
     assert sorted(assets) == ["/static/page.css", "/static/page.js"]
     for asset in assets:
-        response = keyed.get(asset)
+        response = keyed_client.get(asset)
         assert response.status_code == 200, asset
         assert response.content == (STATIC_DIR / asset.removeprefix("/static/")).read_bytes()
-    assert keyed.get("/static/page.js").headers["content-type"].split(";")[0] in (
+    assert keyed_client.get("/static/page.js").headers["content-type"].split(";")[0] in (
         "text/javascript",
         "application/javascript",
     )
     # The data behind the page still needs the key.
-    assert keyed.get("/speakers").status_code == 401
-    assert keyed.get("/static/nothing.js").status_code == 404
-    assert keyed.get("/static/../service/app.py").status_code == 404
+    assert keyed_client.get("/speakers").status_code == 401
+    assert keyed_client.get("/static/nothing.js").status_code == 404
+    assert keyed_client.get("/static/../service/app.py").status_code == 404
 
 
 def test_the_page_loads_nothing_from_elsewhere() -> None:

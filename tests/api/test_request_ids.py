@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,10 +16,9 @@ from service.core.logs import REQUEST_LOGGER, logging_config
 from service.core.request_context import bind_request_id, request_id_for
 from service.core.settings import Settings
 from service.pipeline.registry import ModelRegistry
-from tests.api.conftest import make_settings
+from tests.api.conftest import READ_KEY
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
-KEY = "read-key-0123456789abcdef"
 
 
 def error_id(response) -> str:
@@ -85,20 +83,11 @@ def test_unhandled_error_500_carries_the_id(
     error_id(response)
 
 
-@pytest.fixture
-def keyed(
-    tmp_path: Path, tiny_model_dirs: dict[str, Path], tiny_registry: ModelRegistry
-) -> Iterator[TestClient]:
-    settings = make_settings(tmp_path / "data", tiny_model_dirs, api_keys=f"read:{KEY}")
-    with TestClient(create_app(settings, models=tiny_registry)) as test_client:
-        yield test_client
-
-
-def test_auth_errors_carry_the_id(keyed: TestClient) -> None:
-    response = keyed.get("/speakers")
+def test_auth_errors_carry_the_id(keyed_client: TestClient) -> None:
+    response = keyed_client.get("/speakers")
     assert response.status_code == 401
     error_id(response)
-    forbidden = keyed.delete("/speakers/x", headers={"X-API-Key": KEY})
+    forbidden = keyed_client.delete("/speakers/x", headers={"X-API-Key": READ_KEY})
     assert forbidden.status_code == 403
     error_id(forbidden)
 
