@@ -4,12 +4,15 @@ whichever worker answers the scrape; JSON request logs carry the ids clients rec
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.metrics_text import value
+from tests.paths import REPO_ROOT
 from tests.server import ServerProcess, server_env
 
 LISTS = 30  # GET /speakers → 200
@@ -89,3 +92,18 @@ def test_two_workers_counts_add_up(tmp_path: Path, tiny_model_dirs: dict[str, Pa
         assert entry["route"] == "/speakers" and entry["status"] == 200
         assert entry["method"] == "GET" and entry["duration_ms"] >= 0
     assert len({e["pid"] for e in lines}) == 2
+
+
+def test_the_command_line_does_not_import_prometheus_client_early() -> None:
+    """prometheus_client picks its multiprocess mode when first imported: `serve` must set
+    PROMETHEUS_MULTIPROC_DIR before that, so nothing the command line imports may import it."""
+    code = (
+        "import sys, service.cli, service.commands.serve, service.api.auth;"
+        "service.cli.build_parser();"
+        "print('prometheus_client' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
