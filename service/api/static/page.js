@@ -253,11 +253,20 @@ function speechMeter(body) {
   return box;
 }
 
+// Enrollment-level warning codes (newer servers send them in `warnings`).
+const ENROLLMENT_WORDS = {
+  enrollment_below_recommended:
+    "Less speech than recommended: add recordings for more reliable identification.",
+};
+
 function showEnrollment(body, verb) {
   const speaker = body.speaker || {};
   lastEnrolled = { id: speaker.id, name: speaker.name || speaker.id };
   const result = $("enroll-result");
   const warnings = [];
+  for (const code of Array.isArray(body.warnings) ? body.warnings : []) {
+    warnings.push(ENROLLMENT_WORDS[code] || `Warning: ${code}`);
+  }
   for (const [index, utterance] of (body.utterances || []).entries()) {
     const name = `Recording ${index + 1}`;
     if (utterance.created === false) warnings.push(`${name} was already enrolled (not counted twice).`);
