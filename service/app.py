@@ -21,11 +21,15 @@ from service import __version__
 from service.api.auth import KeyRing, log_auth_state
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import BodySizeLimitMiddleware
+from service.api.observe import RequestObserverMiddleware
 from service.api.offline_docs import install_offline_docs
 from service.api.routes import audit as audit_api
 from service.api.routes import calibration as calibration_api
 from service.api.routes import health, matching, speakers, voice
+from service.api.routes import metrics as metrics_api
+from service.api.routes.page import install_page
 from service.bootstrap import build_voicesearch, load_models, open_database
+from service.core.request_context import REQUEST_ID_HEADER
 from service.core.settings import Settings
 from service.pipeline.registry import ModelRegistry
 
@@ -101,11 +105,16 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
             CORSMiddleware,
             allow_origins=settings.allowed_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER],
         )
+    # Outermost: every request, whoever answers it, gets an id, a log line and its counts.
+    app.add_middleware(RequestObserverMiddleware)
     install_error_handlers(app)
     for module in (health, voice, matching, speakers):
         app.include_router(module.router, form_limits=form_limits(settings))
     app.include_router(audit_api.router)
     app.include_router(calibration_api.router)
+    app.include_router(metrics_api.router)
+    install_page(app)
     return app

@@ -70,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(args.log_level)
     try:
         settings = load_settings()
+        if settings.log_format != "text":  # known only now: it may come from .env
+            configure(args.log_level, settings.log_format)
         if args.command == "serve":
             from service.commands import serve
 

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.errors import ServiceError, error_body
+from service.core.request_context import REQUEST_ID_HEADER, current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,14 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Never leak internals; log the traceback for the operator.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+    # Rendered outside the request-id middleware (Starlette's outermost layer): add the header
+    # here so the client can quote the id the log line above carries.
+    request_id = current_request_id()
+    return JSONResponse(
+        error_body("internal_error", "internal server error"),
+        status_code=500,
+        headers={REQUEST_ID_HEADER: request_id} if request_id else None,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -17,10 +17,15 @@ import ipaddress
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from service.core.config_errors import ConfigurationError
 from service.core.logs import logging_config
 from service.core.settings import Settings
+
+#: prometheus_client's multiprocess folder (see service.core.metrics; this module must not
+#: import it: the variable has to be set before prometheus_client is first imported).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # glibc hands freed memory back to the OS eagerly, so every inference re-faults its activation
 # buffers: about a third of PyTorch's CPU time on a 2-core box. Keeping freed memory (these two
@@ -61,6 +66,20 @@ def check_exposure(host: str, keys_enabled: bool, allow_open: bool) -> None:
     )
 
 
+def prepare_metrics_dir(settings: Settings) -> Path:
+    """Point ``PROMETHEUS_MULTIPROC_DIR`` at an emptied folder (``<data_dir>/metrics`` unless the
+    operator chose one) before any worker starts: each worker writes its counters there and
+    ``/metrics`` sums them (``service.core.metrics``). Emptied because files left by an earlier
+    run would be summed in as if this server had counted them."""
+    chosen = os.environ.get(MULTIPROC_ENV)
+    folder = Path(chosen) if chosen else settings.data_dir / "metrics"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # only prometheus_client's files: the folder may be shared
+        stale.unlink(missing_ok=True)
+    os.environ[MULTIPROC_ENV] = str(folder.resolve())
+    return folder
+
+
 def _with_malloc_tuning(argv: Sequence[str]) -> None:
     """Re-exec this command once with the allocator settings, unless the operator set them."""
     if os.environ.get("VOICESEARCH_NO_MALLOC_TUNING") or all(k in os.environ for k in MALLOC_ENV):
@@ -74,6 +93,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], settings: Settings) -> in
 
     keyring = KeyRing.from_settings(settings)  # a bad key configuration stops here, in one line
     check_exposure(args.host, keyring.enabled, args.allow_open)
+    prepare_metrics_dir(settings)  # before the re-exec: it inherits the variable
     _with_malloc_tuning(argv)
     import uvicorn
 
@@ -88,7 +108,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], settings: Settings) -> in
         port=args.port,
         workers=args.workers,
         # Applied in every worker process, so N workers log exactly like one.
-        log_config=logging_config(args.log_level),
+        log_config=logging_config(args.log_level, settings.log_format),
         log_level=args.log_level,
         timeout_graceful_shutdown=30,
     )

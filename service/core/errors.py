@@ -5,7 +5,8 @@ stable machine-readable ``code`` and the HTTP status that fits it. Every error r
 FastAPI's own validation and HTTP errors (``service.api.error_handlers``) and the body-size
 middleware's 413 (``service.api.middleware``) — has the body :func:`error_body` builds::
 
-    {"success": false, "error": {"code": "audio_too_short", "message": "...", "details": {...}}}
+    {"success": false, "error": {"code": "audio_too_short", "message": "...", "details": {...},
+                                 "request_id": "..."}}
 
 Lower layers (pipeline, search) raise these without knowing anything about HTTP beyond the
 status number they carry.
@@ -15,12 +16,19 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from service.core.request_context import current_request_id
+
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON body of every error response (``details`` only when there are any)."""
+    """The JSON body of every error response (``details`` only when there are any;
+    ``request_id`` when built while serving a request: the id in the ``X-Request-ID`` header and
+    in that request's log lines)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if details:
         error["details"] = details
+    request_id = current_request_id()
+    if request_id is not None:
+        error["request_id"] = request_id
     return {"success": False, "error": error}
 
 

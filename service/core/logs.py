@@ -10,6 +10,12 @@ logger name.
 Third-party libraries log routine chatter at INFO (FAISS probing CPU features, Alembic naming
 its plugins, SpeechBrain listing every file it loads). They are held at WARNING unless the
 operator asks for ``debug``.
+
+``log_format="json"`` (``VOICESEARCH_LOG_FORMAT``) writes every line as a JSON object
+(``service.core.json_logs``) and replaces uvicorn's access line by the service's request log
+(``voicesearch.requests``: method, route template, status, duration and request id, written by
+``service.api.observe``); in the plain format that logger stays quiet and uvicorn's access line
+is the request log, as before.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ ACCESS_FORMAT = (
 )
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+#: The structured request log (one line per HTTP request; see ``service.api.observe``).
+REQUEST_LOGGER = "voicesearch.requests"
 
 #: Loggers held at WARNING below ``debug``: their INFO lines are noise to an operator.
 NOISY_LOGGERS = (
@@ -46,16 +55,21 @@ def level_number(level: str) -> int:
     return getattr(logging, level.upper(), logging.INFO)
 
 
-def logging_config(level: str = "info") -> dict[str, Any]:
-    """The dictConfig for ``level`` (one of :data:`LEVELS`)."""
+def logging_config(level: str = "info", log_format: str = "text") -> dict[str, Any]:
+    """The dictConfig for ``level`` (one of :data:`LEVELS`) and ``log_format``
+    (:data:`LOG_FORMATS`)."""
     number = level_number(level)
     quiet = logging.WARNING if number > logging.DEBUG else number
+    json_lines = log_format == "json"
+    json_formatter = {"()": "service.core.json_logs.JsonFormatter"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "default": {"format": LOG_FORMAT},
-            "access": {"()": "uvicorn.logging.AccessFormatter", "fmt": ACCESS_FORMAT},
+            "default": json_formatter if json_lines else {"format": LOG_FORMAT},
+            "access": json_formatter
+            if json_lines
+            else {"()": "uvicorn.logging.AccessFormatter", "fmt": ACCESS_FORMAT},
         },
         "handlers": {
             "default": {
@@ -75,17 +89,23 @@ def logging_config(level: str = "info") -> dict[str, Any]:
             # log, which has its own line format.
             "uvicorn": {"level": number, "handlers": [], "propagate": True},
             "uvicorn.error": {"level": number, "handlers": [], "propagate": True},
-            "uvicorn.access": {"level": number, "handlers": ["access"], "propagate": False},
+            # One line per request: uvicorn's access line (plain) or the request log (json).
+            "uvicorn.access": {
+                "level": logging.WARNING if json_lines else number,
+                "handlers": ["access"],
+                "propagate": False,
+            },
+            REQUEST_LOGGER: {"level": number if json_lines else logging.WARNING},
             **{name: {"level": quiet} for name in NOISY_LOGGERS},
         },
     }
 
 
-def configure(level: str = "info") -> None:
+def configure(level: str = "info", log_format: str = "text") -> None:
     """Apply :func:`logging_config` to this process (and to the processes it starts)."""
     # SpeechBrain sets every one of its module loggers to $SB_LOG_LEVEL (INFO when unset) as it
     # creates them, which overrides any level given to the "speechbrain" parent logger. Set in
     # the environment, it also reaches uvicorn's worker processes.
     if "SB_LOG_LEVEL" not in os.environ:
         os.environ["SB_LOG_LEVEL"] = "DEBUG" if level_number(level) <= logging.DEBUG else "WARNING"
-    logging.config.dictConfig(logging_config(level))
+    logging.config.dictConfig(logging_config(level, log_format))

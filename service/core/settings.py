@@ -167,6 +167,11 @@ class Settings(BaseSettings):
         validation_alias="ALLOWED_ORIGINS",
         description="CORS origins allowed to call the API (comma-separated). Empty: no CORS.",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines: 'text' (plain) or 'json' (one JSON object per line, with the "
+        "request id; one request-log line per HTTP request instead of uvicorn's access line).",
+    )
     max_upload_bytes: int = Field(
         25 * 1024 * 1024, ge=1, description="Largest accepted audio upload, per file (bytes)."
     )

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import numpy as np
 
-from service.core import errors
+from service.core import errors, metrics
 from service.core.settings import SPACE_VOXCELEB, ClipSettings
 from service.pipeline.audio import DecodedAudio, decode_audio
 from service.pipeline.language import LanguageDetection, LanguageRouter, normalise_language
@@ -78,12 +78,14 @@ class ClipPipeline:
     # --- steps --------------------------------------------------------------------------------
     def decode_assessed(self, data: bytes) -> tuple[DecodedAudio, QualityReport]:
         """Decode and assess the speech; refuse only a clip with nothing audible in it."""
-        audio = decode_audio(
-            data,
-            max_duration_s=self.settings.max_duration_s,
-            min_duration_s=self.settings.min_duration_s,
-        )
-        report = self.quality.assess(audio.samples, audio.source_sample_rate).report
+        with metrics.timed(metrics.STAGE_DECODE, "audio"):
+            audio = decode_audio(
+                data,
+                max_duration_s=self.settings.max_duration_s,
+                min_duration_s=self.settings.min_duration_s,
+            )
+        with metrics.timed(metrics.STAGE_VAD, "vad"):
+            report = self.quality.assess(audio.samples, audio.source_sample_rate).report
         if report.rejected:
             floor = self.quality.detector.audible_floor_dbfs
             raise errors.NoSpeech(
@@ -123,7 +125,9 @@ class ClipPipeline:
                     "with the request",
                     details={"spaces": spaces},
                 )
-        detection = self.models.require_language_identifier().detect(audio.samples)
+        identifier = self.models.require_language_identifier()
+        with metrics.timed(metrics.STAGE_LANGUAGE_ID, LANGID_ROLE):
+            detection = identifier.detect(audio.samples)
         return RoutedLanguage(
             detection.language,
             detection.confidence,
@@ -144,17 +148,22 @@ class ClipPipeline:
         """The clip's quality report (its ``duration_s`` is the decoded clip's) and language."""
         audio, report = self.decode_assessed(data)
         identifier = self.models.require_language_identifier(for_routing=False)
-        return report, identifier.detect(audio.samples)
+        with metrics.timed(metrics.STAGE_LANGUAGE_ID, LANGID_ROLE):
+            return report, identifier.detect(audio.samples)
 
     def embed_routed(self, data: bytes, language: str | None) -> EmbeddedClip:
         """Decode, route and embed in the routed space (``/extract-embedding``, find-match)."""
         audio, report = self.decode_assessed(data)
         routed = self.route(audio, language)
         encoder = self.models.encoder(routed.space)
-        return EmbeddedClip(audio, routed, encoder.embed(audio.samples), encoder.identity, report)
+        with metrics.timed(metrics.STAGE_EMBEDDING, routed.space):
+            vector = encoder.embed(audio.samples)
+        return EmbeddedClip(audio, routed, vector, encoder.identity, report)
 
     def embed_everywhere(self, audio: DecodedAudio) -> dict[str, np.ndarray]:
         """The clip's embedding in every loaded space (enrollment)."""
-        return {
-            space: encoder.embed(audio.samples) for space, encoder in self.models.encoders.items()
-        }
+        vectors: dict[str, np.ndarray] = {}
+        for space, encoder in self.models.encoders.items():
+            with metrics.timed(metrics.STAGE_EMBEDDING, space):
+                vectors[space] = encoder.embed(audio.samples)
+        return vectors

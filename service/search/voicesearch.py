@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -59,6 +60,16 @@ class Health:
     models: dict[str, ModelStatus]  # every configured model, loaded or not
     all_loaded: bool
     spaces: dict[str, SpaceHealth]
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """One space's index, for operators (``/metrics``)."""
+
+    space: str
+    vectors: int  # one profile per searchable speaker
+    index_type: str  # flat or hnsw
+    snapshot_age_s: float | None  # since the snapshot file was written; None: none yet
 
 
 @dataclass(frozen=True)
@@ -274,6 +285,23 @@ class VoiceSearch:
             for space, status in self.models.statuses.items()
             if space != LANGID_ROLE
         ]
+
+    async def index_stats(self) -> list[IndexStats]:
+        """Per loaded space: index size and type, and how old its snapshot file is."""
+
+        def read() -> list[IndexStats]:
+            now = time.time()
+            stats = []
+            for space in self.gallery.dims:
+                try:
+                    age = max(0.0, now - self.gallery.snapshot_path(space).stat().st_mtime)
+                except FileNotFoundError:
+                    age = None
+                size = self.gallery.size(space)
+                stats.append(IndexStats(space, size, self.gallery.index_spec.kind, age))
+            return stats
+
+        return await self._io(read)
 
     async def audit_entries(
         self, *, offset: int, limit: int, speaker: str | None

@@ -42,6 +42,22 @@ def client(settings: Settings, tiny_registry: ModelRegistry) -> Iterator[TestCli
         yield test_client
 
 
+#: Keys of ``keyed_client``.
+READ_KEY = "read-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-0123456789abcdef"
+
+
+@pytest.fixture
+def keyed_client(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], tiny_registry: ModelRegistry
+) -> Iterator[TestClient]:
+    """Like ``client``, with API keys on: ``READ_KEY`` (read) and ``ADMIN_KEY`` (admin)."""
+    keys = f"read:{READ_KEY},admin:{ADMIN_KEY}"
+    settings = make_settings(tmp_path / "data", tiny_model_dirs, api_keys=keys)
+    with TestClient(create_app(settings, models=tiny_registry)) as test_client:
+        yield test_client
+
+
 @pytest.fixture
 def voice_wav() -> Callable[..., bytes]:
     """A speech-like WAV clip; different seeds/pitches give different "voices"."""
