@@ -47,16 +47,16 @@ def cut(data: bytes, excerpt: Excerpt, settings: ClipSettings) -> bytes:
     if excerpt.whole:
         return data
     audio = decode_audio(data, max_duration_s=settings.max_duration_s, min_duration_s=0.0)
-    start = round((excerpt.start_s or 0.0) * TARGET_SAMPLE_RATE)
-    if start >= audio.samples.shape[0]:
+    # Compared in seconds first: a huge float (1e308) must be "past the end", not an overflow.
+    if (excerpt.start_s or 0.0) >= audio.duration_s:
         raise errors.InvalidInput(
             f"start ({excerpt.start_s:g} s) is past the end of the audio "
             f"({audio.duration_s:.2f} s)",
             details={"start": excerpt.start_s, "duration_s": round(audio.duration_s, 3)},
         )
-    end = audio.samples.shape[0]
-    if excerpt.end_s is not None:
-        end = min(end, round(excerpt.end_s * TARGET_SAMPLE_RATE))
+    start = round((excerpt.start_s or 0.0) * TARGET_SAMPLE_RATE)
+    end_s = audio.duration_s if excerpt.end_s is None else min(excerpt.end_s, audio.duration_s)
+    end = min(audio.samples.shape[0], round(end_s * TARGET_SAMPLE_RATE))
     buffer = io.BytesIO()
     sf.write(buffer, audio.samples[start:end], TARGET_SAMPLE_RATE, format="WAV", subtype="FLOAT")
     return buffer.getvalue()

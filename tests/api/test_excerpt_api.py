@@ -60,6 +60,8 @@ def test_bad_spans_are_refused_and_store_nothing(client: TestClient) -> None:
     past_end = client.post("/speakers", files=files(data), data={"external_id": "b", "start": "30"})
     details = assert_error(past_end, 422, "validation_error")["error"]["details"]
     assert details["duration_s"] == pytest.approx(7.0, abs=0.01)
+    huge = client.post("/speakers", files=files(data), data={"external_id": "b", "start": "1e308"})
+    assert_error(huge, 422, "validation_error")
     assert_error(
         client.post("/speakers", files=files(data), data={"external_id": "b", "start": "-1"}),
         422,
