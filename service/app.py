@@ -27,11 +27,13 @@ from service.api.routes import audit as audit_api
 from service.api.routes import calibration as calibration_api
 from service.api.routes import health, matching, speakers, voice
 from service.api.routes import metrics as metrics_api
+from service.api.routes import recordings as recordings_api
 from service.api.routes.page import install_page
 from service.bootstrap import build_voicesearch, load_models, open_database
 from service.core.request_context import REQUEST_ID_HEADER
 from service.core.settings import Settings
 from service.pipeline.registry import ModelRegistry
+from service.recordings.identify import RecordingIdentifier
 
 log = logging.getLogger("voicesearch")
 
@@ -68,6 +70,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         engine = await anyio.to_thread.run_sync(open_database, settings)
         voicesearch = await anyio.to_thread.run_sync(build_voicesearch, settings, registry, engine)
         app.state.voicesearch = voicesearch
+        app.state.identifier = RecordingIdentifier(voicesearch, settings.recordings())
         log.info(
             "voicesearch %s ready in %.1fs (%s)",
             __version__,
@@ -113,6 +116,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     install_error_handlers(app)
     for module in (health, voice, matching, speakers):
         app.include_router(module.router, form_limits=form_limits(settings))
+    app.include_router(recordings_api.router, form_limits=form_limits(settings))
     app.include_router(audit_api.router)
     app.include_router(calibration_api.router)
     app.include_router(metrics_api.router)

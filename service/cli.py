@@ -4,6 +4,7 @@ voicesearch serve [--host H] [--port P] [--workers N]
 voicesearch doctor [--json]
 voicesearch db upgrade | current
 voicesearch index rebuild [--space NAME] | verify
+voicesearch identify FILE [--language L] [--num-speakers N | --max-speakers N]
 
 Each subcommand is a module of ``service.commands`` (see its docstring); this module only parses
 the command line, sets up logging, reads the settings and dispatches. ``--log-level`` is accepted
@@ -23,7 +24,7 @@ from service.core.config_errors import ConfigurationError, load_settings
 from service.core.logs import LEVELS, configure
 
 #: The subcommands, in the order ``--help`` lists them: service/commands/<name>.py each.
-COMMANDS = ("serve", "doctor", "db", "index", "eval", "enroll_dir", "calibrate")
+COMMANDS = ("serve", "doctor", "db", "index", "eval", "enroll_dir", "calibrate", "identify")
 
 #: Exit status of a configuration mistake (like argparse's usage errors).
 EXIT_CONFIG = 2

@@ -7,6 +7,11 @@ the schemas, nowhere else.
 
 from __future__ import annotations
 
+from service.api.recording_schemas import (
+    FoundSpeakerOut,
+    IdentifySpeakersResponse,
+    TimelineSegmentOut,
+)
 from service.api.schemas import (
     AuditEntryOut,
     CalibrationResponse,
@@ -27,6 +32,7 @@ from service.api.schemas import (
 )
 from service.pipeline.clip import EmbeddedClip
 from service.pipeline.quality import QualityReport
+from service.recordings.identify import RecordingResult
 from service.search.enrollment import EnrollmentResult
 from service.search.enrollment_amount import EnrollmentAmount, EnrollmentPolicy
 from service.search.matching import Comparison, Match, MatchResult
@@ -221,4 +227,48 @@ def audit_entry_out(row: AuditRow) -> AuditEntryOut:
         actor=row.actor,
         role=row.role,
         details=row.details,
+    )
+
+
+def identify_speakers_out(result: RecordingResult) -> IdentifySpeakersResponse:
+    decision = result.speakers[0].result.decision if result.speakers else None
+    speakers = []
+    for found in result.speakers:
+        best = found.result.best_match
+        speakers.append(
+            FoundSpeakerOut(
+                speaker=found.label,
+                enrolled=found.result.match is not None,
+                name=found.result.match.name if found.result.match is not None else None,
+                decision=found.result.verdict,
+                reason=found.result.reason,
+                score=None if best is None else best.score,
+                match_probability=None if best is None else best.match_probability,
+                speech_s=round(found.speech_s, 3),
+                segments=found.segments,
+                candidates=[match_out(m) for m in found.result.matches],
+            )
+        )
+    routed = result.routed
+    return IdentifySpeakersResponse(
+        duration_s=round(result.duration_s, 3),
+        speech_s=round(result.speech_s, 3),
+        space=routed.space,
+        language=routed.language,
+        language_confidence=routed.confidence,
+        language_source=routed.source,
+        threshold=decision.threshold if decision is not None else 0.0,
+        score_type=decision.score_type if decision is not None else "cosine",
+        threshold_source=decision.source if decision is not None else "default",
+        num_speakers=len(speakers),
+        speakers=speakers,
+        segments=[
+            TimelineSegmentOut(
+                start=round(s.start, 3),
+                end=round(s.end, 3),
+                speaker=s.speaker,
+                score=round(s.score, 4),
+            )
+            for s in result.segments
+        ],
     )

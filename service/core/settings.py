@@ -105,6 +105,18 @@ class AsNormSettings:
     cohorts: Mapping[str, str]  # space -> .npy file of cohort embeddings
 
 
+@dataclass(frozen=True)
+class RecordingSettings:
+    """Identify-speakers in a recording (``service.recordings``)."""
+
+    window_s: float
+    hop_s: float
+    min_window_s: float
+    bridge_gap_s: float
+    cluster_threshold: float
+    max_speakers: int
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VOICESEARCH_",
@@ -288,6 +300,24 @@ class Settings(BaseSettings):
         "cohort is the enrolled gallery itself.",
     )
 
+    # --- recordings (identify-speakers) ----------------------------------------------------------
+    identify_window_s: float = Field(
+        1.5, ge=0.5, le=10, description="Identify-speakers: length of each embedded window (s)."
+    )
+    identify_hop_s: float = Field(
+        0.75, ge=0.1, le=10, description="Identify-speakers: step between windows (s)."
+    )
+    identify_cluster_threshold: float = Field(
+        0.45,
+        ge=-1,
+        le=1,
+        description="Identify-speakers: least average cosine similarity of two groups of "
+        "windows for them to be one speaker, when the number of speakers is not given.",
+    )
+    identify_max_speakers: int = Field(
+        20, ge=1, le=100, description="Largest num_speakers / max_speakers a request may ask."
+    )
+
     @field_validator("cnceleb_languages", "allowed_origins", "asnorm_spaces", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
@@ -355,6 +385,16 @@ class Settings(BaseSettings):
             thresholds=dict(self.thresholds),
             asnorm_spaces=frozenset(self.asnorm_spaces),
             asnorm_thresholds=dict(self.asnorm_thresholds),
+        )
+
+    def recordings(self) -> RecordingSettings:
+        return RecordingSettings(
+            window_s=self.identify_window_s,
+            hop_s=self.identify_hop_s,
+            min_window_s=min(0.5, self.identify_window_s),
+            bridge_gap_s=0.5,
+            cluster_threshold=self.identify_cluster_threshold,
+            max_speakers=self.identify_max_speakers,
         )
 
     def asnorm(self) -> AsNormSettings:

@@ -8,11 +8,15 @@ bounds how many run at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from service.pipeline.waveform import as_waveform, warmup_signal
+
+#: Equal-length clips per encoder call in :meth:`SpeakerEncoder.embed_many`.
+BATCH = 32
 
 
 class SpeakerEncoder:
@@ -34,7 +38,30 @@ class SpeakerEncoder:
         wavs = as_waveform(samples)
         with torch.inference_mode():
             embedding = self.classifier.encode_batch(wavs)
-        vector = embedding.detach().reshape(-1).to("cpu", torch.float32).numpy()
+        return self._unit(embedding.detach().reshape(-1).to("cpu", torch.float32).numpy())
+
+    def embed_many(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`embed` of each clip, in order. Clips of equal length (identify-speakers'
+        windows) go through the model together, up to :data:`BATCH` per call, so the per-call
+        overhead is paid once per batch rather than once per window."""
+        import torch
+
+        checked = [as_waveform(c) for c in clips]  # the same checks as one clip; (1, n) each
+        out: list[np.ndarray] = [np.empty(0, np.float32)] * len(checked)
+        by_length: dict[int, list[int]] = {}
+        for i, wav in enumerate(checked):
+            by_length.setdefault(int(wav.shape[1]), []).append(i)
+        for indices in by_length.values():
+            for lo in range(0, len(indices), BATCH):
+                chunk = indices[lo : lo + BATCH]
+                with torch.inference_mode():
+                    rows = self.classifier.encode_batch(torch.cat([checked[i] for i in chunk]))
+                vectors = rows.detach().reshape(len(chunk), -1).to("cpu", torch.float32).numpy()
+                for i, vector in zip(chunk, vectors, strict=True):
+                    out[i] = self._unit(vector)
+        return out
+
+    def _unit(self, vector: np.ndarray) -> np.ndarray:
         vector = np.array(vector, dtype=np.float32, copy=True)
         norm = float(np.linalg.norm(vector))
         if not math.isfinite(norm) or norm == 0.0:

@@ -10,6 +10,7 @@ from service.api.auth import AdminActor, RequireRead
 from service.api.deps import SettingsDep, VoiceSearchDep, parse_metadata, read_upload
 from service.api.docs import AUDIO_ERRORS, error_responses
 from service.api.mappers import enrollment_out, speaker_out
+from service.api.routes.recordings import IdentifierDep
 from service.api.schemas import (
     DeletedResponse,
     EnrollmentResponse,
@@ -17,6 +18,8 @@ from service.api.schemas import (
     SpeakerPatch,
     SpeakerResponse,
 )
+from service.recordings.excerpts import Excerpt
+from service.recordings.identify import RecordingIdentifier
 from service.search.enrollment_amount import EnrollmentPolicy
 from service.search.fields import EXTERNAL_ID_PATTERN, MAX_EXTERNAL_ID_LENGTH, MAX_OFFSET
 
@@ -38,11 +41,28 @@ LanguageField = Annotated[
         description="Spoken language of every file; detected per file when omitted.", max_length=16
     ),
 ]
+StartField = Annotated[
+    float | None,
+    Form(ge=0, description="Use each file only from this second on (part of a recording)."),
+]
+EndField = Annotated[
+    float | None,
+    Form(gt=0, description="Use each file only up to this second (past its end: to the end)."),
+]
 SpeakerId = Annotated[str, Path(description="The speaker's external id.", max_length=256)]
 
 
-async def _read_all(files: list[UploadFile], max_bytes: int) -> list[bytes]:
-    return [await read_upload(f, max_bytes) for f in files]
+async def _read_all(
+    files: list[UploadFile],
+    max_bytes: int,
+    identifier: RecordingIdentifier,
+    start: float | None,
+    end: float | None,
+) -> list[bytes]:
+    """The uploads, each cut to ``start``..``end`` when either is given."""
+    excerpt = Excerpt(start, end)
+    excerpt.check()  # before reading megabytes for nothing
+    return await identifier.cut([await read_upload(f, max_bytes) for f in files], excerpt)
 
 
 @router.post(
@@ -55,6 +75,7 @@ async def _read_all(files: list[UploadFile], max_bytes: int) -> list[bytes]:
 async def enroll_speaker(
     actor: AdminActor,
     voice: VoiceSearchDep,
+    identifier: IdentifierDep,
     settings: SettingsDep,
     audio: AudioFiles,
     external_id: Annotated[
@@ -71,9 +92,11 @@ async def enroll_speaker(
         str | None, Form(description="Free-form JSON object stored with the speaker.")
     ] = None,
     language: LanguageField = None,
+    start: StartField = None,
+    end: EndField = None,
 ) -> EnrollmentResponse:
     meta = parse_metadata(metadata)
-    data = await _read_all(audio, settings.max_upload_bytes)
+    data = await _read_all(audio, settings.max_upload_bytes, identifier, start, end)
     return enrollment_out(
         await voice.enroll(
             data, external_id=external_id, name=name, metadata=meta, language=language, actor=actor
@@ -91,12 +114,15 @@ async def enroll_speaker(
 async def add_utterances(
     actor: AdminActor,
     voice: VoiceSearchDep,
+    identifier: IdentifierDep,
     settings: SettingsDep,
     speaker_id: SpeakerId,
     audio: AudioFiles,
     language: LanguageField = None,
+    start: StartField = None,
+    end: EndField = None,
 ) -> EnrollmentResponse:
-    data = await _read_all(audio, settings.max_upload_bytes)
+    data = await _read_all(audio, settings.max_upload_bytes, identifier, start, end)
     return enrollment_out(await voice.add_utterances(speaker_id, data, language, actor))
 
 
