@@ -31,7 +31,6 @@ from service.core.settings import RecordingSettings
 from service.pipeline.audio import DecodedAudio, decode_audio
 from service.pipeline.clip import RoutedLanguage
 from service.pipeline.encoders import SpeakerEncoder
-from service.pipeline.speech import ensure_speech
 from service.recordings.clustering import ClusterSettings, centroids, cluster
 from service.recordings.excerpts import Excerpt, cut
 from service.recordings.segmentation import (
@@ -143,9 +142,19 @@ class RecordingIdentifier:
         self.clustering = ClusterSettings(threshold=settings.cluster_threshold)
 
     # --- blocking steps -----------------------------------------------------------------------
-    def speech_regions(self, samples: np.ndarray) -> list[Region]:
-        segments = self.voicesearch.pipeline.quality.segments(samples)
-        return merge_regions(segments, max_gap_s=0.0, total=samples.shape[0])
+    def speech_regions(self, audio: DecodedAudio) -> list[Region]:
+        """The speech of a recording, found by the same detector as a clip's (gain-normalised
+        Silero at the upload's band); a recording with nothing audible is refused."""
+        detection = self.voicesearch.pipeline.quality.detector.detect(
+            audio.samples, audio.source_sample_rate
+        )
+        if not detection.audible:
+            raise errors.NoSpeech(
+                f"Nothing audible: the recording's level is {detection.level_dbfs:.0f} dBFS "
+                "(silence or dither).",
+                details={"speech_seconds": 0.0, "level_dbfs": detection.level_dbfs},
+            )
+        return merge_regions(detection.segments, max_gap_s=0.0, total=audio.samples.shape[0])
 
     def check(self, options: IdentifyOptions) -> int:
         """Refuse impossible options before any decoding; the ``top_n`` to use."""
@@ -162,9 +171,8 @@ class RecordingIdentifier:
         audio = decode_audio(
             data, max_duration_s=clip.max_duration_s, min_duration_s=clip.min_duration_s
         )
-        ensure_speech(audio, min_speech_s=clip.min_speech_s)
         samples = audio.samples
-        regions = self.speech_regions(samples)
+        regions = self.speech_regions(audio)
         speech_s = sum(r.seconds for r in regions)
         # Windows may bridge a short pause (a breath is not a turn); frames are still
         # labelled only inside the VAD's regions.
@@ -176,9 +184,10 @@ class RecordingIdentifier:
             ),
             self.plan,
         )
-        if speech_s < clip.min_speech_s or not windows:
+        if not windows:
+            # Nothing to cluster: not one analysis window of speech was found.
             raise errors.NoSpeech(
-                f"Found {speech_s:.2f} s of speech; at least {clip.min_speech_s:g} s is required.",
+                f"Found {speech_s:.2f} s of speech: too little to tell voices apart.",
                 details={"speech_seconds": round(speech_s, 3)},
             )
         speech = np.concatenate([samples[r.start : r.end] for r in regions])
