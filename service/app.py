@@ -18,12 +18,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.api.access import AccessControlMiddleware
+from service.api.access_log import scrub_access_log
 from service.api.auth import KeyRing, log_auth_state
+from service.api.docs import add_body_schemas
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import BodySizeLimitMiddleware
 from service.api.routes import audit as audit_api
 from service.api.routes import calibration as calibration_api
 from service.api.routes import health, matching, speakers, voice
+from service.api.schemas import CompareVoicesRequest, FindMatchRequest, SpeakerPatch
 from service.bootstrap import build_voicesearch, load_models, open_database
 from service.core.settings import Settings
 from service.pipeline.registry import ModelRegistry
@@ -55,6 +59,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     settings = settings or Settings()
     keyring = KeyRing.from_settings(settings)  # a bad key configuration fails here, loudly
     log_auth_state(keyring)
+    scrub_access_log()  # keys sent in a query string (refused) must not be logged either
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,10 +94,18 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     )
     app.state.settings = settings
     app.state.keyring = keyring
+    routers = (health, voice, matching, speakers, audit_api, calibration_api)
+    # Middleware order, outermost first: CORS (preflights need no key), access control (401/403
+    # from the headers, before any body byte), body size (413 while streaming), the routes.
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.request_body_limit,
         max_json_bytes=settings.max_json_bytes,
+    )
+    app.add_middleware(
+        AccessControlMiddleware,
+        keyring=keyring,
+        routes=[route for module in routers for route in module.router.routes],
     )
     if settings.allowed_origins:
         app.add_middleware(
@@ -102,8 +115,8 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
             allow_headers=["Authorization", "Content-Type", "X-API-Key"],
         )
     install_error_handlers(app)
-    for module in (health, voice, matching, speakers):
+    for module in routers:
         app.include_router(module.router, form_limits=form_limits(settings))
-    app.include_router(audit_api.router)
-    app.include_router(calibration_api.router)
+    # JSON bodies the routes parse themselves, off the event loop (service.api.deps).
+    add_body_schemas(app, [FindMatchRequest, CompareVoicesRequest, SpeakerPatch])
     return app

@@ -62,6 +62,7 @@ async def enroll_all(
     bar: tqdm,
 ) -> dict[str, int]:
     from service.core import errors
+    from storage.errors import DuplicateExternalIdError, StorageError
 
     limit = voicesearch.settings.max_files_per_enrollment
     counts = {"enrolled": 0, "added": 0, "skipped": 0, "failed": 0, "files": 0}
@@ -77,7 +78,7 @@ async def enroll_all(
                     language=language,
                 )
                 counts["enrolled"] += 1
-            except errors.DuplicateSpeaker:
+            except DuplicateExternalIdError:
                 if not add:
                     counts["skipped"] += 1
                     bar.update(1)
@@ -89,9 +90,10 @@ async def enroll_all(
             for chunk in chunks[1:]:
                 await voicesearch.add_utterances(speaker, [p.read_bytes() for p in chunk], language)
             counts["files"] += len(files)
-        except errors.ServiceError as exc:
+        except (errors.ServiceError, StorageError) as exc:
             counts["failed"] += 1
-            bar.write(f"{speaker}: not enrolled: {exc.code}: {exc}")
+            code = exc.code if isinstance(exc, errors.ServiceError) else type(exc).__name__
+            bar.write(f"{speaker}: not enrolled: {code}: {exc}")
         bar.update(1)
     return counts
 

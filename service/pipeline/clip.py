@@ -13,7 +13,9 @@ benchmarks. Each step is a public method so callers can time or reuse a step on 
 
 These are blocking (decoding and inference). Async callers run them through
 :meth:`~ClipPipeline.infer`: a worker thread, at most ``inference_concurrency`` at once, because
-on a small CPU box one inference already uses every core.
+on a small CPU box one inference already uses every core; the request they belong to is first
+admitted by :attr:`~ClipPipeline.queue` (``service.pipeline.inference_queue``: bounded, 503
+beyond the bound).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import anyio
 import numpy as np
 
 from service.core import errors
 from service.core.settings import SPACE_VOXCELEB, ClipSettings
 from service.pipeline.audio import DecodedAudio, decode_audio
+from service.pipeline.inference_queue import InferenceQueue
 from service.pipeline.language import LanguageDetection, LanguageRouter, normalise_language
 from service.pipeline.quality import QualityAssessor, QualityReport
 from service.pipeline.registry import ModelRegistry
@@ -51,7 +53,7 @@ class RoutedLanguage:
 class EmbeddedClip:
     """A clip embedded in the space its language routes to."""
 
-    audio: DecodedAudio  # the speech that was embedded (VAD-trimmed)
+    audio: DecodedAudio  # the speech that was embedded (VAD-trimmed; ``upload_sha256``: all)
     routed: RoutedLanguage
     vector: np.ndarray  # float32 (dim,), unit length
     model: str  # identity of the encoder that produced ``vector``
@@ -70,11 +72,12 @@ class ClipPipeline:
         self.models = models
         self.router = router
         self.quality = quality
-        self._inference_limiter = anyio.CapacityLimiter(settings.inference_concurrency)
+        self.queue = InferenceQueue(settings.inference_concurrency, settings.max_inference_queue)
 
     async def infer(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run model work in a thread, at most ``inference_concurrency`` at once."""
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._inference_limiter)
+        """Run one step of model work in a thread, at most ``inference_concurrency`` at once,
+        first come first served (admit the request first: ``queue.admitted()``)."""
+        return await self.queue.run(fn, *args)
 
     # --- steps --------------------------------------------------------------------------------
     def decode_assessed(self, data: bytes) -> tuple[DecodedAudio, QualityReport]:
@@ -99,12 +102,8 @@ class ClipPipeline:
                 },
             )
         if assessed.samples is not audio.samples:
-            audio = DecodedAudio(
-                assessed.samples,
-                audio.source_sample_rate,
-                audio.source_channels,
-                audio.source_format,
-            )
+            # Keeps the upload's hash: duplicate detection must not depend on the VAD.
+            audio = audio.trimmed(assessed.samples)
         return audio, report
 
     def decode(self, data: bytes) -> DecodedAudio:
