@@ -44,7 +44,14 @@ def server_env(data_dir: Path, model_dirs: dict[str, Path], **extra: str) -> dic
 
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str], *, workers: int = 1, log_path: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        workers: int = 1,
+        log_path: Path,
+        log_level: str = "warning",  # "info" also writes uvicorn's access log
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -55,7 +62,7 @@ class ServerProcess:
                 "-m",
                 "service.cli",
                 "--log-level",
-                "warning",
+                log_level,
                 "serve",
                 "--port",
                 str(self.port),

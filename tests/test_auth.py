@@ -10,10 +10,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.access import AccessControlMiddleware
+from service.api.access_log import QuerySecretFilter, scrub_url
 from service.api.auth import ApiKeyConfigError, KeyRing, parse_key_entries
 from service.app import create_app
 from service.core.settings import Settings
@@ -260,3 +263,66 @@ def test_cli_index_rebuild_is_audited(tmp_path: Path, tiny_model_dirs: dict[str,
     assert (action, role) == ("index.rebuild", "operator")
     assert actor.startswith("cli:")
     assert json.loads(details) == {"space": "voxceleb", "speakers": 0, "generation": 1}
+
+
+# --- issue 10: keys checked before the body, secrets kept out of the access log ------------------
+def test_every_route_with_a_body_is_guarded_on_its_headers(keyed: TestClient) -> None:
+    """The access-control middleware knows the role of every route that accepts a body (so it
+    can refuse before reading it); the role comes from the route's own dependencies."""
+    app: Any = keyed.app
+    [middleware] = [m for m in app.user_middleware if m.cls is AccessControlMiddleware]
+    guard = AccessControlMiddleware(
+        app, keyring=app.state.keyring, routes=middleware.kwargs["routes"]
+    )
+    roles = {
+        (method, route.path): role for route, role in guard.guarded for method in route.methods
+    }
+    assert roles[("POST", "/speakers")] == "admin"
+    assert roles[("POST", "/speakers/{speaker_id}/utterances")] == "admin"
+    assert roles[("PATCH", "/speakers/{speaker_id}")] == "admin"
+    assert roles[("GET", "/audit")] == "admin"
+    for path in ("/find-match", "/compare-voices", "/extract-embedding", "/detect-language"):
+        assert roles[("POST", path)] == "read"
+    assert roles[("GET", "/health")] is None
+    bodies = [key for key in roles if key[0] in {"POST", "PATCH", "PUT"}]
+    assert bodies and all(roles[key] for key in bodies), roles
+
+
+def test_a_refusal_before_the_body_closes_the_connection(keyed: TestClient) -> None:
+    response = keyed.post("/speakers", files=audio_files(), data={"external_id": "a"})
+    assert_error(response, 401, "unauthorized")
+    assert response.headers["connection"] == "close"
+    assert response.headers["www-authenticate"] == "Bearer"
+    response = keyed.post("/speakers", files=audio_files(), headers=bearer(READ_KEY))
+    assert_error(response, 403, "forbidden")
+    assert response.headers["connection"] == "close"
+    assert keyed.get("/speakers", headers=bearer(ADMIN_KEY)).json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("logged", "scrubbed"),
+    [
+        ("/speakers?api_key=abc123", "/speakers?api_key=[redacted]"),
+        ("/x?name=a&key=s3cr3t&limit=2", "/x?name=a&key=[redacted]&limit=2"),
+        (
+            "/x?X-API-Key=s&token=t;access_token=u",
+            "/x?X-API-Key=[redacted]&token=[redacted];access_token=[redacted]",
+        ),
+        ("/x?api%5Fkey=s&password=p", "/x?api%5Fkey=[redacted]&password=[redacted]"),
+        ("/speakers?name=keyboard-less&limit=3", "/speakers?name=keyboard-less&limit=3"),
+        ("/health", "/health"),
+    ],
+)
+def test_query_string_secrets_are_scrubbed(logged: str, scrubbed: str) -> None:
+    assert scrub_url(logged) == scrubbed
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:1", "GET", logged, "1.1", 401),
+        None,
+    )
+    QuerySecretFilter().filter(record)
+    assert record.getMessage() == f'127.0.0.1:1 - "GET {scrubbed} HTTP/1.1" 401'

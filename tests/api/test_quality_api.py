@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -23,22 +24,6 @@ def voice(seconds: float = 2.0, seed: int = 1) -> np.ndarray:
 
 def files(*clips: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("audio", (f"c{i}.wav", c, "audio/wav")) for i, c in enumerate(clips)]
-
-
-@pytest.fixture
-def make_client(tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry):
-    clients: list[TestClient] = []
-
-    def factory(**overrides: object) -> TestClient:
-        settings = make_settings(tmp_path / f"data{len(clients)}", tiny_model_dirs, **overrides)
-        client = TestClient(create_app(settings, models=tiny_registry))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield factory
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 @pytest.mark.parametrize(
@@ -152,3 +137,50 @@ def test_product_defaults_with_silero_on_real_speech(make_client) -> None:
     assert_error(client.post("/find-match", files=files(short)), 422, "no_speech")
     found = client.post("/find-match", files=files(clips[4])).json()
     assert found["best_match"]["id"] == "spk1" and found["quality"]["codes"] == ["ok"]
+
+
+def test_duplicate_detection_does_not_depend_on_the_vad(
+    tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry
+) -> None:
+    """The same clip uploaded again is one utterance, whatever the VAD keeps of it. The hash
+    was of the VAD-trimmed samples, so a VAD (or Silero version) change stored it again and
+    counted it twice in the profile (issue 10, item 12)."""
+    silence = np.zeros(SR, np.float32)
+    padded = wav_bytes(np.concatenate([silence, voice(3.0), silence]), SR)
+    data_dir = tmp_path / "data"
+
+    def client_with(vad: str) -> TestClient:
+        settings = make_settings(data_dir, tiny_model_dirs, vad=vad)
+        return TestClient(create_app(settings, models=tiny_registry))
+
+    with client_with("silero") as silero:
+        first = silero.post("/speakers", files=files(padded), data={"external_id": "a"}).json()
+        assert first["utterances"][0]["quality"]["vad"] == "silero"
+        assert first["utterances"][0]["quality"]["speech_s"] < 3.0  # silence was trimmed
+    with client_with("energy") as energy:  # another VAD: nothing is trimmed now
+        again = energy.post("/speakers/a/utterances", files=files(padded))
+        assert again.status_code == 201, again.text
+        assert again.json()["utterances"][0]["created"] is False
+        assert again.json()["speaker"]["utterance_count"] == 1
+
+
+def test_clips_enrolled_by_earlier_releases_are_still_recognised(
+    tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry
+) -> None:
+    """Rows stored before the fix hold the hash of the trimmed samples (no migration can
+    recompute the upload's without the audio); while the VAD trims the same way, the same clip
+    uploaded again is still found through that hash."""
+    silence = np.zeros(SR, np.float32)
+    padded = wav_bytes(np.concatenate([silence, voice(3.0, seed=2), silence]), SR)
+    settings = make_settings(tmp_path / "data", tiny_model_dirs, vad="silero")
+    with TestClient(create_app(settings, models=tiny_registry)) as client:
+        created = client.post("/speakers", files=files(padded), data={"external_id": "a"})
+        assert created.status_code == 201, created.text
+        pipeline = client.app.state.voicesearch.pipeline
+        audio, _ = pipeline.decode_assessed(padded)
+        assert audio.trimmed_from is not None and audio.sha256 != audio.upload_sha256
+        with sqlite3.connect(settings.data_dir / "voicesearch.db") as conn:  # as an old row
+            conn.execute("UPDATE utterances SET sha256 = ?", (audio.sha256,))
+        again = client.post("/speakers/a/utterances", files=files(padded)).json()
+        assert again["utterances"][0]["created"] is False
+        assert again["speaker"]["utterance_count"] == 1
