@@ -18,7 +18,7 @@ from filelock import FileLock
 from sqlalchemy import Engine
 
 from index.vector_index import IndexSpec
-from service.core.settings import AsNormSettings, Settings
+from service.core.settings import SPACE_CNCELEB, AsNormSettings, Settings
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import DecisionPolicy
 from service.pipeline.language import LanguageRouter
@@ -113,7 +113,10 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
     return VoiceSearch(
         settings,
         models,
-        LanguageRouter(settings.cnceleb_languages),
+        LanguageRouter(
+            settings.cnceleb_languages,
+            cnceleb_enabled=SPACE_CNCELEB in models.enabled_spaces(),
+        ),
         store,
         gallery,
         quality=QualityAssessor.from_settings(settings.quality()),

@@ -73,10 +73,19 @@ class ErrorResponse(BaseModel):
 
 # --- health ----------------------------------------------------------------------------------
 class ModelHealth(BaseModel):
+    enabled: bool = Field(
+        True, description="False when switched off by configuration (source `off`)."
+    )
     loaded: bool
     source: str = Field(description="Hub repo id or local directory the model is loaded from.")
     identity: str | None = Field(None, description="Source plus a hash of the weights.")
     error: str | None = Field(None, description="Why the model is not loaded.")
+    error_kind: str | None = Field(
+        None,
+        description="What kind of problem: `dependency` (torch/torchaudio/speechbrain do not "
+        "import), `files_missing`, `hub_unreachable`, `bad_checkpoint`, `device`, `config`, "
+        "`other`. `voicesearch doctor` explains each.",
+    )
     load_seconds: float | None = None
 
 
@@ -99,9 +108,16 @@ class InferenceHealth(BaseModel):
 class HealthResponse(BaseModel):
     """With API keys configured, a caller without a valid key gets `status` and `auth` only."""
 
-    status: str = Field(description="`healthy` when every model is loaded, else `degraded`.")
+    status: str = Field(
+        description="`healthy` when every model that is switched on is loaded, else `degraded`."
+    )
     models_loaded: bool | None = Field(
-        None, description="True when every configured model is loaded."
+        None,
+        description="True when every model that is switched on is loaded (switched-off models "
+        "do not count); `loaded_models` lists what is loaded either way.",
+    )
+    loaded_models: list[str] | None = Field(
+        None, description='Roles whose model is loaded, e.g. `["voxceleb"]`.'
     )
     models: dict[str, ModelHealth] | None = Field(
         None, description="Per role: `langid`, `voxceleb`, `cnceleb`."
@@ -137,13 +153,16 @@ class ExtractEmbeddingResponse(BaseModel):
     embedding: list[float] = Field(description="L2-normalised speaker embedding.")
     embedding_size: int
     language: str = Field(description="Language used for routing (detected or given).")
-    confidence: float = Field(
+    language_confidence: float = Field(
         description="Language-ID probability; 1.0 when the caller gave the language."
+    )
+    confidence: float = Field(
+        description="Deprecated: the same value as `language_confidence` (kept for old clients)."
     )
     language_source: str = Field(description="`detected` or `caller`.")
     space: str = Field(description="Encoder space the embedding belongs to.")
     model: str = Field(description="Identity of the model that produced the embedding.")
-    duration_s: float
+    duration_s: float = Field(description="Decoded audio duration in seconds.")
 
 
 class CompareVoicesRequest(StrictModel):
@@ -241,8 +260,17 @@ class FindMatchResponse(BaseModel):
     top_matches: list[MatchOut]
     threshold: float
     space: str | None = None
-    language: str | None = None
-    confidence: float | None = None
+    language: str | None = Field(None, description="Language of the probe (detected or given).")
+    language_confidence: float | None = Field(
+        None,
+        description="Language-ID probability of `language` (1.0 when the caller gave it). Not "
+        "about the match: see `decision`, `best_match.score` and `match_probability`.",
+    )
+    confidence: float | None = Field(
+        None,
+        description="Deprecated: the same value as `language_confidence` (kept for old "
+        "clients; it never was the match confidence).",
+    )
     language_source: str | None = None
     searched: int | None = Field(None, description="How many candidates were searched.")
     decision: str | None = Field(
