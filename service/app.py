@@ -18,7 +18,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.api.access import AccessControlMiddleware
+from service.api.access_log import scrub_access_log
 from service.api.auth import KeyRing, log_auth_state
+from service.api.docs import add_body_schemas
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import BodySizeLimitMiddleware
 from service.api.observe import RequestObserverMiddleware
@@ -29,6 +32,7 @@ from service.api.routes import health, matching, speakers, voice
 from service.api.routes import metrics as metrics_api
 from service.api.routes import recordings as recordings_api
 from service.api.routes.page import install_page
+from service.api.schemas import CompareVoicesRequest, FindMatchRequest, SpeakerPatch
 from service.bootstrap import build_voicesearch, load_models, open_database
 from service.core.request_context import REQUEST_ID_HEADER
 from service.core.settings import Settings
@@ -62,6 +66,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     settings = settings or Settings()
     keyring = KeyRing.from_settings(settings)  # a bad key configuration fails here, loudly
     log_auth_state(keyring)
+    scrub_access_log()  # keys sent in a query string (refused) must not be logged either
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,10 +103,28 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         install_offline_docs(app)
     app.state.settings = settings
     app.state.keyring = keyring
+    # Every router whose routes need a key: the access-control middleware learns their roles.
+    routers = (
+        health,
+        voice,
+        matching,
+        speakers,
+        recordings_api,
+        audit_api,
+        calibration_api,
+        metrics_api,
+    )
+    # Middleware order, outermost first: CORS (preflights need no key), access control (401/403
+    # from the headers, before any body byte), body size (413 while streaming), the routes.
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.request_body_limit,
         max_json_bytes=settings.max_json_bytes,
+    )
+    app.add_middleware(
+        AccessControlMiddleware,
+        keyring=keyring,
+        routes=[route for module in routers for route in module.router.routes],
     )
     if settings.allowed_origins:
         app.add_middleware(
@@ -114,11 +137,9 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     # Outermost: every request, whoever answers it, gets an id, a log line and its counts.
     app.add_middleware(RequestObserverMiddleware)
     install_error_handlers(app)
-    for module in (health, voice, matching, speakers):
+    for module in routers:
         app.include_router(module.router, form_limits=form_limits(settings))
-    app.include_router(recordings_api.router, form_limits=form_limits(settings))
-    app.include_router(audit_api.router)
-    app.include_router(calibration_api.router)
-    app.include_router(metrics_api.router)
     install_page(app)
+    # JSON bodies the routes parse themselves, off the event loop (service.api.deps).
+    add_body_schemas(app, [FindMatchRequest, CompareVoicesRequest, SpeakerPatch])
     return app

@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from filelock import FileLock
 from sqlalchemy import Engine
 
 from index.vector_index import IndexSpec
-from service.core.settings import SPACE_CNCELEB, Settings
+from service.core.settings import SPACE_CNCELEB, AsNormSettings, Settings
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import DecisionPolicy
 from service.pipeline.language import LanguageRouter
@@ -45,9 +46,43 @@ def open_database(settings: Settings) -> Engine:
     return make_engine(settings.resolved_database_url)
 
 
+class CohortConfigError(ValueError):
+    """An AS-norm cohort file (``VOICESEARCH_ASNORM_COHORT``) cannot be used with the loaded
+    encoder: start-up stops with the reason, instead of every search of that space failing."""
+
+
+def load_cohorts(settings: AsNormSettings, dims: dict[str, int]) -> dict[str, np.ndarray]:
+    """The configured cohort matrices, each checked against the encoder of its space: 2-D,
+    at least 2 rows, as many columns as the encoder's embeddings, finite, no all-zero row."""
+    cohorts: dict[str, np.ndarray] = {}
+    for space, path in settings.cohorts.items():
+        where = f"AS-norm cohort of {space!r} ({path})"
+        if space not in dims:
+            log.warning("%s: no encoder is loaded for this space; cohort not used", where)
+            continue
+        try:
+            matrix = np.load(Path(path), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise CohortConfigError(f"{where}: cannot be read as a .npy array: {exc}") from None
+        if matrix.ndim != 2 or matrix.shape[0] < 2 or matrix.shape[1] != dims[space]:
+            raise CohortConfigError(
+                f"{where}: need a (n >= 2, {dims[space]}) matrix of {space} embeddings, "
+                f"got shape {matrix.shape}"
+            )
+        if not np.issubdtype(matrix.dtype, np.number):
+            raise CohortConfigError(f"{where}: not numbers ({matrix.dtype})")
+        matrix = matrix.astype(np.float32)
+        norms = np.linalg.norm(matrix, axis=1)
+        if not np.isfinite(matrix).all() or not (norms > 0).all():
+            raise CohortConfigError(f"{where}: has NaN/infinite values or an all-zero row")
+        cohorts[space] = matrix
+    return cohorts
+
+
 def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine) -> VoiceSearch:
     """Open storage and indexes for already-loaded models (also used by the CLI)."""
     identities = {space: enc.identity for space, enc in models.encoders.items()}
+    dims = {space: enc.dim for space, enc in models.encoders.items()}
     store = SpeakerStore(
         make_session_factory(engine),
         identities,
@@ -56,7 +91,7 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
     gallery = Gallery(
         store,
         settings.data_dir / "index",
-        dims={space: enc.dim for space, enc in models.encoders.items()},
+        dims=dims,
         model_identities=identities,
         index_spec=IndexSpec(
             kind=settings.index_type,
@@ -65,6 +100,13 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
             ef_search=settings.index_hnsw_ef_search,
         ),
     )
+    # Checked before the indexes open: a bad cohort file stops start-up with its reason.
+    normalizer = None
+    if settings.asnorm_spaces:
+        asnorm = settings.asnorm()
+        normalizer = AsNorm(
+            gallery, asnorm.spaces, top_k=asnorm.top_k, cohorts=load_cohorts(asnorm, dims)
+        )
     for space, how in gallery.open().items():
         log.info("index %s: %s", space, how)
     # Speech quality (the VAD, loaded once), the decision policy (stored calibrations), AS-norm.
@@ -81,9 +123,7 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
         policy=DecisionPolicy(
             settings.decisions(), CalibrationStore(make_session_factory(engine)), identities
         ),
-        normalizer=(
-            AsNorm.from_settings(settings.asnorm(), gallery) if settings.asnorm_spaces else None
-        ),
+        normalizer=normalizer,
     )
 
 

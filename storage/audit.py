@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.models import AuditEntry, utcnow
+from storage.tx import Transactions
 
 ACTION_ENROLL = "speaker.enroll"
 ACTION_ADD_UTTERANCES = "speaker.add_utterances"
@@ -76,9 +77,9 @@ def record(
     speaker_external_id: str | None = None,
 ) -> None:
     """Write one audit row in its own transaction (for actions that are not one transaction)."""
-    with session_factory() as session:
-        session.add(audit.entry(speaker_external_id))
-        session.commit()
+    Transactions(session_factory).write_transaction(
+        lambda session: session.add(audit.entry(speaker_external_id))
+    )
 
 
 def list_entries(
@@ -88,8 +89,9 @@ def list_entries(
     offset: int = 0,
     speaker_external_id: str | None = None,
 ) -> tuple[list[AuditRow], int]:
-    """Newest first."""
-    with session_factory() as session:
+    """Newest first. Retried while SQLite is busy, then ``StorageBusyError`` (a 503)."""
+
+    def read(session: Session) -> tuple[list[AuditRow], int]:
         query = select(AuditEntry)
         count = select(func.count()).select_from(AuditEntry)
         if speaker_external_id is not None:
@@ -111,3 +113,5 @@ def list_entries(
             )
             for r in rows
         ], total
+
+    return Transactions(session_factory).read_transaction(read)

@@ -1,7 +1,8 @@
 """Exceptions raised by the storage layer.
 
-They know nothing of HTTP: the search layer translates them into ``service.core.errors`` types
-(``SpeakerNotFoundError`` → 404, ``DuplicateExternalIdError`` → 409, ``StorageBusyError`` → 503).
+They know nothing of HTTP: the app's one handler (``service.api.error_handlers.STORAGE_ERRORS``)
+answers them as ``service.core.errors`` types (``SpeakerNotFoundError`` → 404,
+``DuplicateExternalIdError`` → 409, the ``Invalid*`` errors → 422, ``StorageBusyError`` → 503).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ class DuplicateExternalIdError(StorageError):
 
 class InvalidEmbeddingError(StorageError, ValueError):
     """An embedding has the wrong shape/dtype/values, or names a space without a loaded model."""
+
+
+class InvalidMetadataError(StorageError, ValueError):
+    """Speaker metadata that cannot be stored as JSON (not an object, or a non-finite number:
+    SQLite's JSON functions refuse ``NaN``/``Infinity``, and one such row broke every filter)."""
 
 
 class InvalidMetadataFilterError(StorageError, ValueError):

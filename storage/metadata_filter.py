@@ -3,6 +3,10 @@
 Every key must equal the given value with JSON equality. On SQLite that is exact JSON equality
 (same JSON kind, so ``true != 1`` and ``"1" != 1`` but ``1 == 1.0``; objects and arrays compare
 as canonical JSON); PostgreSQL compares as jsonb with the same rules (``storage.dialects``).
+
+A row SQLite cannot parse (``NaN`` written by an older version, or anything written by hand)
+is read as ``{}`` by the filter, so it matches nothing instead of failing the whole query with
+``malformed JSON`` (migration ``0004`` repairs such rows; this keeps the filter safe anyway).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, and_, case, func, literal
+from sqlalchemy import ColumnElement, String, and_, case, func, literal, type_coerce
 
 from storage import dialects
 from storage.errors import InvalidMetadataFilterError
@@ -31,8 +35,16 @@ def metadata_condition(key: str, value: Any, *, sqlite: bool) -> ColumnElement[b
         # and same value; json_extract turns objects/arrays into canonical minified text.
         # IS is SQLite's null-safe '=' (a JSON null extracts to SQL NULL).
         path = f'$."{key}"'
-        document = literal(json.dumps(value), String)
-        column = Speaker.meta
+        try:
+            document = literal(json.dumps(value, allow_nan=False), String)
+        except ValueError:
+            raise InvalidMetadataFilterError(
+                f"metadata filter on {key!r}: NaN and Infinity are not JSON"
+            ) from None
+        # CASE, not AND: SQLite evaluates only the branch it takes, so json_type/json_extract
+        # never see text that json_valid refused.
+        text = type_coerce(Speaker.meta, String)
+        column = case((func.json_valid(text) == 1, text), else_=literal("{}", String))
         return and_(
             _json_kind(func.json_type(column, path)).is_not_distinct_from(
                 _json_kind(func.json_type(document, "$"))

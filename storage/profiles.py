@@ -94,6 +94,7 @@ def prepare_utterances(
                 duration_s=float(utt.duration_s),
                 embeddings=embeddings,
                 speech_s=None if utt.speech_s is None else float(utt.speech_s),
+                legacy_sha256=utt.legacy_sha256,
             )
         )
     return prepared
@@ -156,9 +157,13 @@ def store_utterances(
     model_identities: Mapping[str, str],
 ) -> tuple[list[UtteranceRecord], set[str]]:
     """Insert new clips and their embeddings; returns the records and the spaces whose
-    profile must be recomputed. A clip already stored for this speaker (same sha256) is not
-    duplicated; its embedding is only (re)written when missing or made by another model."""
-    shas = sorted({u.sha256 for u in utterances})
+    profile must be recomputed. A clip already stored for this speaker (same sha256, or a row
+    of an older version with its ``legacy_sha256``) is not duplicated; its embedding is only
+    (re)written when missing or made by another model."""
+    shas = sorted(
+        {u.sha256 for u in utterances}
+        | {u.legacy_sha256 for u in utterances if u.legacy_sha256 is not None}
+    )
     stored: dict[str, Utterance] = {
         u.sha256: u
         for u in session.scalars(
@@ -176,6 +181,8 @@ def store_utterances(
     order: list[tuple[int, bool]] = []
     for utt_in in utterances:
         utt = stored.get(utt_in.sha256)
+        if utt is None and utt_in.legacy_sha256 is not None:
+            utt = stored.get(utt_in.legacy_sha256)
         created = utt is None
         if utt is None:
             utt = Utterance(

@@ -21,12 +21,15 @@ UNSET = Unset.UNSET
 
 @dataclass(frozen=True)
 class UtteranceInput:
-    sha256: str
+    sha256: str  # of the clip as uploaded (decoded, before speech trimming): identifies re-uploads
     language: str | None
     language_confidence: float | None
     duration_s: float
     embeddings: dict[str, np.ndarray]  # space -> float32 (dim,) unit vector
     speech_s: float | None = None  # net speech (VAD); None: unknown, duration_s stands in
+    #: The hash earlier releases stored for the same clip (of its speech-trimmed samples), so a
+    #: clip they enrolled is still recognised when uploaded again. None when nothing was trimmed.
+    legacy_sha256: str | None = None
 
 
 @dataclass(frozen=True)

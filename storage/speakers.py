@@ -13,6 +13,7 @@ Invariants this module keeps:
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -26,6 +27,7 @@ from storage.audit import AuditRecord
 from storage.audit import add as add_audit
 from storage.change_log import ChangeLog
 from storage.errors import DuplicateExternalIdError, SpeakerNotFoundError
+from storage.metadata import readable_metadata, storable_metadata
 from storage.metadata_filter import metadata_condition
 from storage.models import OP_DELETE, Embedding, IndexChange, Profile, Speaker, Utterance, utcnow
 from storage.profiles import (
@@ -36,6 +38,11 @@ from storage.profiles import (
     utterance_records,
 )
 from storage.records import UNSET, SpeakerRecord, Unset, UtteranceInput, UtteranceRecord
+
+
+def _json_text(value: Any) -> str:
+    # allow_nan: a row written by an older version may hold NaN; it compares as different.
+    return json.dumps(value, separators=(",", ":"), allow_nan=True)
 
 
 class SpeakerStore(ChangeLog):
@@ -97,7 +104,7 @@ class SpeakerStore(ChangeLog):
             id=speaker.id,
             external_id=speaker.external_id,
             name=speaker.name,
-            metadata=dict(speaker.meta or {}),
+            metadata=readable_metadata(speaker.meta),
             created_at=speaker.created_at,
             updated_at=speaker.updated_at,
             utterance_count=int(n or 0),
@@ -141,7 +148,7 @@ class SpeakerStore(ChangeLog):
     ) -> tuple[SpeakerRecord, list[UtteranceRecord]]:
         prepared = prepare_utterances(utterances, self.model_identities, self.dims)
         ext = external_id if external_id is not None else f"spk_{uuid.uuid4().hex}"
-        meta = dict(metadata or {})
+        meta = storable_metadata(metadata)
 
         def tx(session: Session) -> tuple[SpeakerRecord, list[UtteranceRecord]]:
             # Under BEGIN IMMEDIATE no other writer can insert between this check and ours.
@@ -198,18 +205,30 @@ class SpeakerStore(ChangeLog):
         metadata: dict[str, Any] | Unset = UNSET,
         audit: AuditRecord | None = None,
     ) -> SpeakerRecord:
-        """Change name and/or replace metadata (whole object). Profiles are not touched."""
+        """Change name and/or replace metadata (whole object; ``None`` empties it). Profiles
+        are not touched.
+
+        Only what actually differs is written: a call that changes nothing (no fields, or the
+        values already stored) leaves ``updated_at`` alone and writes no audit row; the audit
+        row of a real change lists the fields that changed (``fields``), never their values."""
+        meta = UNSET if isinstance(metadata, Unset) else storable_metadata(metadata)
 
         def tx(session: Session) -> SpeakerRecord:
             speaker_id = self._speaker_id(session, external_id)
             speaker = session.get_one(Speaker, speaker_id)
-            if not isinstance(name, Unset):
+            changed = []
+            if not isinstance(name, Unset) and name != speaker.name:
                 speaker.name = name
-            if not isinstance(metadata, Unset):
-                speaker.meta = dict(metadata)
-            speaker.updated_at = utcnow()
-            session.flush()
-            add_audit(session, audit, external_id)
+                changed.append("name")
+            # Compared as JSON text: in Python 1 == 1.0 == True, as metadata they differ.
+            if not isinstance(meta, Unset) and _json_text(meta) != _json_text(speaker.meta):
+                speaker.meta = meta
+                changed.append("metadata")
+            if changed:
+                speaker.updated_at = utcnow()
+                session.flush()
+                if audit is not None:
+                    session.add(audit.entry(external_id, fields=sorted(changed)))
             return self._record_by_id(session, speaker_id)
 
         return self.write_transaction(tx)

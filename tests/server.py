@@ -82,7 +82,7 @@ class ServerProcess:
         *,
         workers: int = 1,
         log_path: Path,
-        log_level: str = "warning",
+        log_level: str = "warning",  # "info" also writes uvicorn's access log
     ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"

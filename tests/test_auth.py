@@ -10,10 +10,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.access import AccessControlMiddleware
+from service.api.access_log import QuerySecretFilter, scrub_url
 from service.api.auth import ApiKeyConfigError, KeyRing, parse_key_entries
 from service.app import create_app
 from service.core.settings import Settings
@@ -260,3 +264,144 @@ def test_cli_index_rebuild_is_audited(tmp_path: Path, tiny_model_dirs: dict[str,
     assert (action, role) == ("index.rebuild", "operator")
     assert actor.startswith("cli:")
     assert json.loads(details) == {"space": "voxceleb", "speakers": 0, "generation": 1}
+
+
+# --- issue 10: keys checked before the body, secrets kept out of the access log ------------------
+def test_every_route_with_a_body_is_guarded_on_its_headers(keyed: TestClient) -> None:
+    """The access-control middleware knows the role of every route that accepts a body (so it
+    can refuse before reading it); the role comes from the route's own dependencies."""
+    app: Any = keyed.app
+    [middleware] = [m for m in app.user_middleware if m.cls is AccessControlMiddleware]
+    guard = AccessControlMiddleware(
+        app, keyring=app.state.keyring, routes=middleware.kwargs["routes"]
+    )
+    roles = {
+        (method, route.path): role for route, role in guard.guarded for method in route.methods
+    }
+    assert roles[("POST", "/speakers")] == "admin"
+    assert roles[("POST", "/speakers/{speaker_id}/utterances")] == "admin"
+    assert roles[("PATCH", "/speakers/{speaker_id}")] == "admin"
+    assert roles[("GET", "/audit")] == "admin"
+    for path in ("/find-match", "/compare-voices", "/extract-embedding", "/detect-language"):
+        assert roles[("POST", path)] == "read"
+    assert roles[("GET", "/health")] is None
+    bodies = [key for key in roles if key[0] in {"POST", "PATCH", "PUT"}]
+    assert bodies and all(roles[key] for key in bodies), roles
+
+
+def test_a_refusal_before_the_body_closes_the_connection(keyed: TestClient) -> None:
+    response = keyed.post("/speakers", files=audio_files(), data={"external_id": "a"})
+    assert_error(response, 401, "unauthorized")
+    assert response.headers["connection"] == "close"
+    assert response.headers["www-authenticate"] == "Bearer"
+    response = keyed.post("/speakers", files=audio_files(), headers=bearer(READ_KEY))
+    assert_error(response, 403, "forbidden")
+    assert response.headers["connection"] == "close"
+    assert keyed.get("/speakers", headers=bearer(ADMIN_KEY)).json()["total"] == 0
+
+
+def call_without_body(
+    app: Any, method: str, path: str, content_type: str, headers: list[tuple[bytes, bytes]]
+) -> Any:
+    """Run one request through the ASGI app whose client announced 10 MB and sent no body byte.
+
+    ``receive`` behaves like that client: it never delivers a byte. A refusal must come from
+    the headers alone; an app that asks for the body fails the test (at once, or after 2 s of
+    waiting). Returns the response start message (status and headers)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", content_type.encode()),
+            (b"content-length", b"10000000"),
+            *headers,
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    sent: list[dict[str, Any]] = []
+    asked: list[bool] = []
+
+    async def receive() -> dict[str, Any]:
+        asked.append(True)
+        await anyio.sleep_forever()  # the body never comes
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        with anyio.move_on_after(2):  # a refusal that waited for the body would hang here
+            await app(scope, receive, send)
+
+    anyio.run(run)
+    assert not asked, f"{method} {path}: the app asked for the body before refusing"
+    [start] = [m for m in sent if m["type"] == "http.response.start"]
+    return start
+
+
+def test_no_body_byte_is_read_before_a_refusal(keyed: TestClient) -> None:
+    """Issue 10 item 4: headers announcing a body, and no body at all, get their 401/403 at once;
+    the app never asks for a byte of the body (measured on a real server in
+    tests/test_hostile_input.py, test_uploads_without_a_valid_key_are_refused_before_the_body)."""
+    form, json_ = "multipart/form-data; boundary=B", "application/json"
+    routes = [
+        ("POST", "/speakers", form, "admin"),
+        ("POST", "/speakers/x/utterances", form, "admin"),
+        ("PATCH", "/speakers/x", json_, "admin"),
+        ("POST", "/find-match", form, "read"),
+        ("POST", "/find-match", json_, "read"),
+        ("POST", "/compare-voices", json_, "read"),
+        ("POST", "/extract-embedding", form, "read"),
+        ("POST", "/detect-language", form, "read"),
+    ]
+    cases: list[tuple[list[tuple[bytes, bytes]], str, int]] = [
+        ([], "any", 401),
+        ([(b"authorization", b"Bearer wrong-key-0123456789")], "any", 401),
+        ([(b"x-api-key", READ_KEY.encode())], "admin", 403),
+    ]
+    for method, path, content_type, role in routes:
+        for headers, applies_to, status in cases:
+            if applies_to not in ("any", role):
+                continue
+            start = call_without_body(keyed.app, method, path, content_type, headers)
+            assert start["status"] == status, (method, path, content_type, headers)
+            assert (b"connection", b"close") in start["headers"], (method, path)
+
+
+@pytest.mark.parametrize(
+    ("logged", "scrubbed"),
+    [
+        ("/speakers?api_key=abc123", "/speakers?api_key=[redacted]"),
+        ("/x?name=a&key=s3cr3t&limit=2", "/x?name=a&key=[redacted]&limit=2"),
+        (
+            "/x?X-API-Key=s&token=t;access_token=u",
+            "/x?X-API-Key=[redacted]&token=[redacted];access_token=[redacted]",
+        ),
+        ("/x?api%5Fkey=s&password=p", "/x?api%5Fkey=[redacted]&password=[redacted]"),
+        ("/speakers?name=keyboard-less&limit=3", "/speakers?name=keyboard-less&limit=3"),
+        ("/health", "/health"),
+    ],
+)
+def test_query_string_secrets_are_scrubbed(logged: str, scrubbed: str) -> None:
+    assert scrub_url(logged) == scrubbed
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:1", "GET", logged, "1.1", 401),
+        None,
+    )
+    QuerySecretFilter().filter(record)
+    assert record.getMessage() == f'127.0.0.1:1 - "GET {scrubbed} HTTP/1.1" 401'

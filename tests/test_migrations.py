@@ -4,6 +4,7 @@ The tests taking ``database_url`` run on SQLite and on PostgreSQL (``tests/conft
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -172,3 +173,74 @@ def test_table_rebuilding_migration_does_not_cascade(tmp_path: Path) -> None:
         assert "note" in [r[1] for r in conn.execute("PRAGMA table_info(speakers)")]
     finally:
         conn.close()
+
+
+def test_0004_repairs_rows_older_versions_wrote(tmp_path: Path) -> None:
+    """A real SQLite file at revision 0003 holding what older versions could write (by raw SQL,
+    as they left it): NaN/Infinity in metadata (SQLite: "malformed JSON", and every filtered
+    list failed), and external ids that are not NFC. Upgrading repairs them, keeping the rest."""
+    from alembic import command
+    from sqlalchemy import select
+
+    from storage.metadata_filter import metadata_condition
+    from storage.migrate import alembic_config
+    from storage.models import Speaker
+
+    path = tmp_path / "vs.db"
+    url = sqlite_url(path)
+    command.upgrade(alembic_config(url), "0003")
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    rows = [
+        (1, "nan", '{"team": "red", "score": NaN, "deep": {"x": [1, Infinity, -Infinity]}}'),
+        (2, "fine", '{"team": "red"}'),
+        (3, "garbage", "{not json"),
+        (4, "array", "[1, 2]"),
+        (5, nfd, '{"team": "blue"}'),  # alone: renamed to its NFC form
+        (6, "zoe\u0308", "{}"),  # "zoë", decomposed…
+        (7, "zo\u00eb", "{}"),  # …and composed: a look-alike pair
+    ]
+    conn = sqlite3.connect(path)
+    with conn:
+        for speaker_id, external_id, meta in rows:
+            conn.execute(
+                "INSERT INTO speakers (id, external_id, metadata, created_at, updated_at) "
+                "VALUES (?, ?, ?, '2024-01-01', '2024-01-01')",
+                (speaker_id, external_id, meta),
+            )
+        conn.execute(
+            "INSERT INTO audit_log (created_at, action, speaker_external_id, actor, details) "
+            "VALUES ('2024-01-01', 'speaker.enroll', ?, 'anonymous', '{}')",
+            (nfd,),
+        )
+        with pytest.raises(sqlite3.OperationalError, match="malformed JSON"):
+            conn.execute("SELECT id FROM speakers WHERE json_extract(metadata, '$.team') = 'x'")
+    conn.close()
+
+    upgrade_to_head(url)
+
+    conn = sqlite3.connect(path)
+    try:
+        stored = dict(conn.execute("SELECT id, metadata FROM speakers"))
+        ids = dict(conn.execute("SELECT id, external_id FROM speakers"))
+        audited = [r[0] for r in conn.execute("SELECT speaker_external_id FROM audit_log")]
+        valid = conn.execute("SELECT count(*) FROM speakers WHERE json_valid(metadata)").fetchone()
+    finally:
+        conn.close()
+    assert valid[0] == len(rows)
+    assert json.loads(stored[1]) == {"team": "red", "score": None, "deep": {"x": [1, None, None]}}
+    assert json.loads(stored[2]) == {"team": "red"}
+    assert json.loads(stored[3]) == {} and json.loads(stored[4]) == {}
+    assert ids[5] == nfc and audited == [nfc]
+    assert ids[7] == "zo\u00eb" and ids[6] == "zo\u00eb~6"
+    assert ids[1] == "nan" and ids[2] == "fine"
+
+    # And the list filter works on the repaired file.
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            red = connection.execute(
+                select(Speaker.id).where(metadata_condition("team", "red", sqlite=True))
+            )
+            assert sorted(r[0] for r in red) == [1, 2]
+    finally:
+        engine.dispose()

@@ -17,6 +17,12 @@ the audit log and the logs name the key (its name and role) instead.
 
 With no key configured the API is open (``/health`` says ``auth: "disabled"`` and start-up logs
 a warning); every caller is then the ``anonymous`` actor.
+
+Two places enforce the same rules with the same functions (:meth:`KeyRing.actor_for`,
+:func:`check_role`): ``service.api.access.AccessControlMiddleware`` on the request headers,
+before any byte of a body is read (FastAPI reads and parses a body *before* it runs a route's
+dependencies), and the dependencies below, which also hand routes the :class:`Actor` and
+document the headers in the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -118,6 +124,19 @@ class KeyRing:
     def enabled(self) -> bool:
         return bool(self.keys)
 
+    def actor_for(self, presented: str | None) -> Actor:
+        """Who presented this key (``anonymous`` when auth is off); 401 for none or a wrong one."""
+        if not self.enabled:
+            return ANONYMOUS
+        if not presented:
+            raise errors.Unauthorized(
+                "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+            )
+        key = self.identify(presented)
+        if key is None:
+            raise errors.Unauthorized("invalid API key")
+        return key.actor
+
     def identify(self, presented: str) -> ApiKey | None:
         digest = _digest(presented)
         found = None
@@ -153,6 +172,25 @@ _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API 
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: <API key>`")
 
 
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request carries: ``Authorization: Bearer <key>``, else ``X-API-Key``
+    (``headers``: case-insensitive, as Starlette's ``Headers``)."""
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return headers.get("x-api-key") or None
+
+
+def check_role(actor: Actor, role: str) -> Actor:
+    """``actor`` if its role grants ``role`` (everyone does when auth is off); else 403."""
+    if actor.role is not None and role not in _GRANTS.get(actor.role, set()):
+        raise errors.Forbidden(
+            f"this operation needs the {role!r} role; the key {actor.name!r} has {actor.role!r}",
+            details={"required_role": role, "key_role": actor.role},
+        )
+    return actor
+
+
 def get_keyring(request: Request) -> KeyRing:
     return request.app.state.keyring
 
@@ -162,29 +200,22 @@ async def authenticate(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_header)],
 ) -> Actor:
-    keyring = get_keyring(request)
-    if not keyring.enabled:
-        return ANONYMOUS
-    presented = bearer.credentials if bearer is not None else header_key
-    if not presented:
-        raise errors.Unauthorized(
-            "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
-        )
-    key = keyring.identify(presented)
-    if key is None:
-        raise errors.Unauthorized("invalid API key")
-    return key.actor
+    # `bearer`/`header_key` are declared for the OpenAPI schema; the key is read the one way.
+    return get_keyring(request).actor_for(presented_key(request.headers))
+
+
+async def optional_actor(request: Request) -> Actor | None:
+    """The caller when it presents a valid key (``anonymous`` when auth is off), else None:
+    for public endpoints that show more to a known caller (``/health``)."""
+    try:
+        return get_keyring(request).actor_for(presented_key(request.headers))
+    except errors.Unauthorized:
+        return None
 
 
 def _require(role: str) -> Callable[[Actor], Awaitable[Actor]]:  # a FastAPI dependency factory
     async def check(actor: Annotated[Actor, Depends(authenticate)]) -> Actor:
-        if actor.role is not None and role not in _GRANTS.get(actor.role, set()):
-            raise errors.Forbidden(
-                f"this operation needs the {role!r} role; the key {actor.name!r} has "
-                f"{actor.role!r}",
-                details={"required_role": role, "key_role": actor.role},
-            )
-        return actor
+        return check_role(actor, role)
 
     check.__name__ = f"require_{role}"
     return check
@@ -199,6 +230,14 @@ RequireAdmin = Depends(require_admin)
 #: For a route parameter that also needs to know who called (audit).
 ReadActor = Annotated[Actor, Depends(require_read)]
 AdminActor = Annotated[Actor, Depends(require_admin)]
+#: For a public route that shows more to a caller with a valid key.
+OptionalActor = Annotated[Actor | None, Depends(optional_actor)]
+
+#: The dependency that requires each role: how ``service.api.access`` reads a route's role.
+ROLE_OF_DEPENDENCY: dict[Callable[..., object], str] = {
+    require_admin: ROLE_ADMIN,
+    require_read: ROLE_READ,
+}
 
 
 def log_auth_state(keyring: KeyRing) -> None:

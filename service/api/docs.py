@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from service.api.schemas import ErrorResponse
 
@@ -23,3 +28,37 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 AUDIO_ERRORS = error_responses(400, 413, 415, 422, 503)
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON body a route reads itself (``deps.parse_json_body``,
+    so it is parsed off the event loop). Add ``model`` to :func:`add_body_schemas` too."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }
+
+
+def add_body_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+    """Put the schemas of bodies that routes read themselves into the app's OpenAPI
+    components (FastAPI only collects the models of declared parameters)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        _, definitions = models_json_schema(
+            [(model, "validation") for model in models],
+            ref_template="#/components/schemas/{model}",
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in definitions.get("$defs", {}).items():
+            components.setdefault(name, definition)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,4 +1,9 @@
-"""Render every error, ours or the framework's, as the one JSON shape clients parse."""
+"""Render every error, ours or the framework's, as the one JSON shape clients parse.
+
+Storage's own exceptions (``storage.errors``) are mapped here, in one table, onto the service's
+error vocabulary: whichever layer lets one through (a search, a list, ``/health``, a write), the
+client gets the same status and code, never a 500.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.core import errors
 from service.core.errors import ServiceError, error_body
 from service.core.request_context import REQUEST_ID_HEADER, current_request_id
+from storage import errors as storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +34,44 @@ _HTTP_CODES = {
 }
 
 
-async def _service_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
+#: Every ``storage.errors`` type a client can cause or observe → the service error it is
+#: answered as (the codes clients already parse). Looked up along the exception's MRO.
+STORAGE_ERRORS: dict[type[storage_errors.StorageError], type[ServiceError]] = {
+    storage_errors.SpeakerNotFoundError: errors.SpeakerNotFound,  # 404 speaker_not_found
+    storage_errors.DuplicateExternalIdError: errors.DuplicateSpeaker,  # 409
+    storage_errors.InvalidMetadataFilterError: errors.InvalidInput,  # 422 validation_error
+    storage_errors.InvalidMetadataError: errors.InvalidInput,  # 422 validation_error
+    storage_errors.InvalidEmbeddingError: errors.InvalidInput,  # 422 validation_error
+    storage_errors.StorageBusyError: errors.StorageBusy,  # 503 storage_busy
+}
+
+
+def service_error_for(exc: storage_errors.StorageError) -> ServiceError | None:
+    """The service error a storage error is answered as (None: not one clients can cause)."""
+    for cls in type(exc).__mro__:
+        target = STORAGE_ERRORS.get(cls)
+        if target is not None:
+            return target(str(exc))
+    return None
+
+
+def _render(exc: ServiceError) -> JSONResponse:
     return JSONResponse(
         jsonable_encoder(exc.to_body()), status_code=exc.status_code, headers=exc.headers or None
     )
+
+
+async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return _render(exc)
+
+
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, storage_errors.StorageError)
+    mapped = service_error_for(exc)
+    if mapped is None:
+        return await _unexpected_error(request, exc)
+    return _render(mapped)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -75,6 +115,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(storage_errors.StorageError, _storage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -22,6 +22,7 @@ from service.api.schemas import (
     ExtractEmbeddingResponse,
     FindMatchResponse,
     HealthResponse,
+    InferenceHealth,
     LanguageCandidateOut,
     MatchOut,
     ModelHealth,
@@ -163,9 +164,20 @@ def language_out(found: DetectedLanguage) -> DetectLanguageResponse:
     )
 
 
+def _status(all_loaded: bool) -> str:
+    return "healthy" if all_loaded else "degraded"
+
+
+def health_status(all_loaded: bool, *, auth_enabled: bool) -> HealthResponse:
+    """What ``/health`` tells a caller without a key: whether it is up, and that keys are on."""
+    auth = "enabled" if auth_enabled else "disabled"
+    return HealthResponse(status=_status(all_loaded), auth=auth)
+
+
 def health_out(health: Health, *, version: str, auth_enabled: bool) -> HealthResponse:
+    depth = health.inference
     return HealthResponse(
-        status="healthy" if health.all_loaded else "degraded",
+        status=_status(health.all_loaded),
         models_loaded=health.all_loaded,
         loaded_models=[role for role, s in health.models.items() if s.loaded],
         models={
@@ -186,6 +198,13 @@ def health_out(health: Health, *, version: str, auth_enabled: bool) -> HealthRes
             )
             for space, s in health.spaces.items()
         },
+        inference=InferenceHealth(
+            running=depth.running,
+            waiting=depth.waiting,
+            admitted=depth.admitted,
+            concurrency=depth.concurrency,
+            max_queue=depth.max_waiting,
+        ),
         version=version,
         auth="enabled" if auth_enabled else "disabled",
     )

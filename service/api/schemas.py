@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.search.fields import MAX_LANGUAGE_LENGTH
+from storage.metadata import has_non_finite
+
 # An embedding longer than this cannot come from any model we serve; refusing early keeps a
 # hostile body from costing memory and CPU.
 MAX_EMBEDDING_DIM = 4096
@@ -40,7 +43,15 @@ def _finite_vector(values: list[float]) -> list[float]:
     return values
 
 
+def _finite_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and has_non_finite(value):
+        raise ValueError("metadata must not contain NaN or Infinity (they are not JSON numbers)")
+    return value
+
+
 Embedding = list[float]
+#: Encoder space names are short words (`voxceleb`, `cnceleb`).
+MAX_SPACE_LENGTH = 32
 
 
 class StrictModel(BaseModel):
@@ -84,20 +95,36 @@ class SpaceHealth(BaseModel):
     threshold: float = Field(description="Cosine threshold in force for `is_match`.")
 
 
+class InferenceHealth(BaseModel):
+    running: int = Field(description="Inference steps running now.")
+    waiting: int = Field(description="Inference steps waiting for a slot.")
+    admitted: int = Field(description="Requests admitted for inference (running or queued).")
+    concurrency: int = Field(description="Inference steps that may run at once.")
+    max_queue: int = Field(
+        description="Requests that may wait beyond the running ones; more get 503 `overloaded`."
+    )
+
+
 class HealthResponse(BaseModel):
+    """With API keys configured, a caller without a valid key gets `status` and `auth` only."""
+
     status: str = Field(
         description="`healthy` when every model that is switched on is loaded, else `degraded`."
     )
-    models_loaded: bool = Field(
+    models_loaded: bool | None = Field(
+        None,
         description="True when every model that is switched on is loaded (switched-off models "
-        "do not count); `loaded_models` lists what is loaded either way."
+        "do not count); `loaded_models` lists what is loaded either way.",
     )
-    loaded_models: list[str] = Field(
-        default_factory=list, description='Roles whose model is loaded, e.g. `["voxceleb"]`.'
+    loaded_models: list[str] | None = Field(
+        None, description='Roles whose model is loaded, e.g. `["voxceleb"]`.'
     )
-    models: dict[str, ModelHealth] = Field(description="Per role: `langid`, `voxceleb`, `cnceleb`.")
-    spaces: dict[str, SpaceHealth] = Field(default_factory=dict)
-    version: str
+    models: dict[str, ModelHealth] | None = Field(
+        None, description="Per role: `langid`, `voxceleb`, `cnceleb`."
+    )
+    spaces: dict[str, SpaceHealth] | None = None
+    inference: InferenceHealth | None = Field(None, description="The inference queue.")
+    version: str | None = None
     auth: str = Field(
         "disabled", description="`enabled` when API keys are required, `disabled` (open API)."
     )
@@ -142,7 +169,9 @@ class CompareVoicesRequest(StrictModel):
     embedding1: Embedding = Field(description="First embedding (any scale; normalised here).")
     embedding2: Embedding = Field(description="Second embedding, same length as the first.")
     space: str | None = Field(
-        None, description="Encoder space whose threshold decides `is_match` (default voxceleb)."
+        None,
+        description="Encoder space whose threshold decides `is_match` (default voxceleb).",
+        max_length=MAX_SPACE_LENGTH,
     )
 
     _check = field_validator("embedding1", "embedding2")(_finite_vector)
@@ -171,6 +200,7 @@ class StoredEmbedding(StrictModel):
     metadata: dict[str, Any] | None = None
 
     _check = field_validator("embedding")(_finite_vector)
+    _check_metadata = field_validator("metadata")(_finite_json)
 
 
 class FindMatchRequest(StrictModel):
@@ -183,9 +213,13 @@ class FindMatchRequest(StrictModel):
         max_length=100_000,
     )
     top_n: int = Field(5, ge=1, description="How many matches to return.")
-    space: str | None = Field(None, description="Encoder space of `user_embedding`.")
+    space: str | None = Field(
+        None, description="Encoder space of `user_embedding`.", max_length=MAX_SPACE_LENGTH
+    )
     language: str | None = Field(
-        None, description="Alternative to `space`: the language whose space to search."
+        None,
+        description="Alternative to `space`: the language whose space to search.",
+        max_length=MAX_LANGUAGE_LENGTH,
     )
 
     _check = field_validator("user_embedding")(_finite_vector)

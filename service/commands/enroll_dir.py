@@ -119,6 +119,7 @@ async def enroll_all(
     report: EnrollReport | None = None,
 ) -> dict[str, int]:
     from service.core import errors
+    from storage.errors import DuplicateExternalIdError, StorageError
 
     report = report if report is not None else EnrollReport()
     limit = voicesearch.settings.max_files_per_enrollment
@@ -135,7 +136,7 @@ async def enroll_all(
                     language=language,
                 )
                 counts["enrolled"] += 1
-            except errors.DuplicateSpeaker:
+            except DuplicateExternalIdError:
                 if not add:
                     counts["skipped"] += 1
                     report.skipped.append(speaker)
@@ -151,9 +152,10 @@ async def enroll_all(
                 )
             counts["files"] += len(files)
             report.add(speaker, result.amount)
-        except errors.ServiceError as exc:
+        except (errors.ServiceError, StorageError) as exc:
             counts["failed"] += 1
-            bar.write(f"{speaker}: not enrolled: {exc.code}: {exc}")
+            code = exc.code if isinstance(exc, errors.ServiceError) else type(exc).__name__
+            bar.write(f"{speaker}: not enrolled: {code}: {exc}")
         bar.update(1)
     return counts
 

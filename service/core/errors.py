@@ -35,13 +35,21 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
 class ServiceError(Exception):
     status_code: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
-    #: Extra response headers (e.g. ``WWW-Authenticate`` on a 401).
-    headers: ClassVar[dict[str, str]] = {}
+    #: Response headers every error of this type carries (e.g. ``WWW-Authenticate`` on a 401).
+    default_headers: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or {}
+        #: Extra response headers: the type's defaults plus this instance's (``Retry-After``).
+        self.headers = {**self.default_headers, **(headers or {})}
 
     def to_body(self) -> dict[str, Any]:
         return error_body(self.code, self.message, self.details)
@@ -82,7 +90,7 @@ class NoSpeech(ServiceError):
 class Unauthorized(ServiceError):
     status_code = 401
     code = "unauthorized"
-    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+    default_headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(ServiceError):
@@ -131,3 +139,11 @@ class ModelUnavailable(ServiceError):
 class StorageBusy(ServiceError):
     status_code = 503
     code = "storage_busy"
+
+
+class Overloaded(ServiceError):
+    """More requests are waiting for model inference than the queue allows
+    (``VOICESEARCH_MAX_INFERENCE_QUEUE``); sent with ``Retry-After``."""
+
+    status_code = 503
+    code = "overloaded"

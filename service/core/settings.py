@@ -69,6 +69,7 @@ class ClipSettings:
     max_duration_s: float
     min_duration_s: float
     inference_concurrency: int
+    max_inference_queue: int
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Model inferences that may run at once per process. On a small CPU box one "
         "inference already uses every core, so more only adds latency.",
+    )
+    max_inference_queue: int = Field(
+        16,
+        ge=0,
+        description="Requests per process that may wait for model inference beyond the ones "
+        "running; more are refused at once with 503 `overloaded` and `Retry-After` instead of "
+        "queueing for tens of seconds.",
     )
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads; 0 keeps torch's default."
@@ -368,6 +376,7 @@ class Settings(BaseSettings):
             max_duration_s=self.max_duration_s,
             min_duration_s=self.min_duration_s,
             inference_concurrency=self.inference_concurrency,
+            max_inference_queue=self.max_inference_queue,
         )
 
     def quality(self) -> QualitySettings:

@@ -102,6 +102,9 @@ class DecodedAudio:
     source_sample_rate: int
     source_channels: int
     source_format: str  # container as FFmpeg names it, e.g. "wav", "mov,mp4,m4a,3gp,3g2,mj2"
+    #: When ``samples`` is a part of the upload (the speech a VAD kept): the :attr:`sha256` of
+    #: the whole decoded upload. None when ``samples`` is the decoded upload itself.
+    trimmed_from: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -109,9 +112,25 @@ class DecodedAudio:
 
     @cached_property
     def sha256(self) -> str:
-        """Hex sha256 of the decoded samples: the same audio in any container hashes the same
-        only if it decodes identically, so this identifies re-uploads of the same file."""
+        """Hex sha256 of these samples: the same audio in any container hashes the same only if
+        it decodes identically."""
         return hashlib.sha256(self.samples.tobytes()).hexdigest()
+
+    @property
+    def upload_sha256(self) -> str:
+        """Hex sha256 of the decoded upload, before any trimming: identifies re-uploads of the
+        same file whatever a VAD (or its version) keeps of it."""
+        return self.trimmed_from or self.sha256
+
+    def trimmed(self, samples: np.ndarray) -> DecodedAudio:
+        """The same upload, keeping only ``samples`` (a part of it) to embed."""
+        return DecodedAudio(
+            samples,
+            self.source_sample_rate,
+            self.source_channels,
+            self.source_format,
+            trimmed_from=self.upload_sha256,
+        )
 
 
 def decode_audio(data: bytes, *, max_duration_s: float, min_duration_s: float) -> DecodedAudio:

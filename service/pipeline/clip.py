@@ -13,7 +13,9 @@ benchmarks. Each step is a public method so callers can time or reuse a step on 
 
 These are blocking (decoding and inference). Async callers run them through
 :meth:`~ClipPipeline.infer`: a worker thread, at most ``inference_concurrency`` at once, because
-on a small CPU box one inference already uses every core.
+on a small CPU box one inference already uses every core; the request they belong to is first
+admitted by :attr:`~ClipPipeline.queue` (``service.pipeline.inference_queue``: bounded, 503
+beyond the bound).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import anyio
 import numpy as np
 
 from service.core import errors, metrics
 from service.core.settings import SPACE_VOXCELEB, ClipSettings
 from service.pipeline.audio import DecodedAudio, decode_audio
+from service.pipeline.inference_queue import InferenceQueue
 from service.pipeline.language import LanguageDetection, LanguageRouter, normalise_language
 from service.pipeline.quality import QualityAssessor, QualityReport
 from service.pipeline.registry import LANGID_ROLE, ModelRegistry
@@ -69,11 +71,12 @@ class ClipPipeline:
         self.models = models
         self.router = router
         self.quality = quality
-        self._inference_limiter = anyio.CapacityLimiter(settings.inference_concurrency)
+        self.queue = InferenceQueue(settings.inference_concurrency, settings.max_inference_queue)
 
     async def infer(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run model work in a thread, at most ``inference_concurrency`` at once."""
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._inference_limiter)
+        """Run one step of model work in a thread, at most ``inference_concurrency`` at once,
+        first come first served (admit the request first: ``queue.admitted()``)."""
+        return await self.queue.run(fn, *args)
 
     # --- steps --------------------------------------------------------------------------------
     def decode_assessed(self, data: bytes) -> tuple[DecodedAudio, QualityReport]:

@@ -3,8 +3,13 @@
 Every file is decoded first (any bad file fails the whole request before anything is stored,
 and its error names the file), then each clip is embedded in every loaded space (the whole
 decoded clip; the VAD only measures its net speech) and all of it is written in one
-transaction. Blocking; ``service.search.voicesearch`` runs :meth:`Enrollment.embed_files` under
-the inference limiter and the writes in a worker thread.
+transaction. Blocking, one file per call: ``service.search.voicesearch`` runs
+:meth:`Enrollment.decode_file` and :meth:`Enrollment.embed_decoded` as separate inference steps
+(so searches interleave with a 20-file enrollment) and the writes in a worker thread.
+
+A clip is identified by the hash of its decoded samples (``DecodedAudio.upload_sha256``):
+uploading the same file again is a no-op. Rows stored by releases that trimmed silence hold the
+hash of the trimmed samples (``legacy_sha256`` is matched too when a trimmed copy exists).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from service.pipeline.clip import ClipPipeline
 from service.pipeline.quality import QualityReport
 from service.search.enrollment_amount import EnrollmentAmount, EnrollmentPolicy
 from service.search.fields import check_external_id, check_name
-from service.search.speakers import check_speaker_metadata, translate_storage_errors
+from service.search.speakers import check_speaker_metadata
 from storage import audit
 from storage.audit import Actor, AuditRecord
 from storage.records import SpeakerRecord, UtteranceInput, UtteranceRecord
@@ -63,41 +68,38 @@ class Enrollment:
         check_name(name)
         check_speaker_metadata(self.settings, metadata)
 
-    # --- inference ----------------------------------------------------------------------------
-    def embed_files(
-        self, files: list[bytes], language: str | None
-    ) -> list[tuple[UtteranceInput, QualityReport]]:
-        """Decode every file first, then embed each utterance in every loaded space."""
+    # --- inference, one file per step ---------------------------------------------------------
+    def require_encoders(self) -> None:
         if not self.pipeline.models.encoders:
             raise errors.ModelUnavailable(
                 "no speaker encoder is loaded; see /health",
                 details={r: s.error for r, s in self.pipeline.models.statuses.items() if s.error},
             )
-        decoded: list[tuple[DecodedAudio, QualityReport]] = []
-        for position, data in enumerate(files):
-            try:
-                decoded.append(self.pipeline.decode_assessed(data))
-            except errors.ServiceError as exc:
-                exc.details = {**exc.details, "file_index": position}
-                raise
-        inputs = []
-        for audio, report in decoded:
-            routed = self.pipeline.route_or_default(audio, language)
-            embeddings = self.pipeline.embed_everywhere(audio)
-            inputs.append(
-                (
-                    UtteranceInput(
-                        sha256=audio.sha256,
-                        language=routed.language,
-                        language_confidence=routed.confidence,
-                        duration_s=report.duration_s,
-                        embeddings=embeddings,
-                        speech_s=report.speech_s,
-                    ),
-                    report,
-                )
-            )
-        return inputs
+
+    def decode_file(self, position: int, data: bytes) -> tuple[DecodedAudio, QualityReport]:
+        """Decode and assess one uploaded file; an error names the file (``file_index``)."""
+        try:
+            return self.pipeline.decode_assessed(data)
+        except errors.ServiceError as exc:
+            exc.details = {**exc.details, "file_index": position}
+            raise
+
+    def embed_decoded(
+        self, audio: DecodedAudio, report: QualityReport, language: str | None
+    ) -> tuple[UtteranceInput, QualityReport]:
+        """One decoded clip's language and its embedding in every loaded space."""
+        routed = self.pipeline.route_or_default(audio, language)
+        embeddings = self.pipeline.embed_everywhere(audio)
+        utterance = UtteranceInput(
+            sha256=audio.upload_sha256,
+            language=routed.language,
+            language_confidence=routed.confidence,
+            duration_s=report.duration_s,
+            embeddings=embeddings,
+            speech_s=report.speech_s,
+            legacy_sha256=audio.sha256 if audio.trimmed_from is not None else None,
+        )
+        return utterance, report
 
     # --- writes -------------------------------------------------------------------------------
     def _result(
@@ -125,14 +127,13 @@ class Enrollment:
         actor: Actor,
     ) -> EnrollmentResult:
         record = AuditRecord(audit.ACTION_ENROLL, actor, {"files": len(assessed)})
-        with translate_storage_errors():
-            written = self.store.create_speaker(
-                external_id=external_id,
-                name=name,
-                metadata=metadata,
-                utterances=[utt for utt, _ in assessed],
-                audit=record,
-            )
+        written = self.store.create_speaker(
+            external_id=external_id,
+            name=name,
+            metadata=metadata,
+            utterances=[utt for utt, _ in assessed],
+            audit=record,
+        )
         return self._result(written, assessed)
 
     def add(
@@ -142,8 +143,5 @@ class Enrollment:
         actor: Actor,
     ) -> EnrollmentResult:
         record = AuditRecord(audit.ACTION_ADD_UTTERANCES, actor, {"files": len(assessed)})
-        with translate_storage_errors():
-            written = self.store.add_utterances(
-                external_id, [utt for utt, _ in assessed], audit=record
-            )
+        written = self.store.add_utterances(external_id, [utt for utt, _ in assessed], audit=record)
         return self._result(written, assessed)

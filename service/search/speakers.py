@@ -1,36 +1,21 @@
-"""Speaker management: get, list, update, delete; and storage errors in the service's words.
+"""Speaker management: get, list, update, delete.
 
 Blocking (SQLite); ``service.search.voicesearch`` runs these in worker threads. Records are
 returned as they are (``storage.records.SpeakerRecord``); ``service.api.mappers`` renders them.
+Storage's exceptions pass through untranslated: the app answers every one of them in one place
+(``service.api.error_handlers.STORAGE_ERRORS``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from service.core import errors
 from service.core.settings import Settings
 from service.search.fields import check_metadata, check_name
 from storage import audit
-from storage import errors as storage_errors
 from storage.audit import Actor, AuditRecord
 from storage.records import UNSET, SpeakerRecord
 from storage.speakers import SpeakerStore
-
-
-class translate_storage_errors:
-    """Map storage's own exceptions onto the service's error vocabulary."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, storage_errors.SpeakerNotFoundError):
-            raise errors.SpeakerNotFound(str(exc)) from exc
-        if isinstance(exc, storage_errors.DuplicateExternalIdError):
-            raise errors.DuplicateSpeaker(str(exc)) from exc
-        if isinstance(exc, storage_errors.StorageBusyError):
-            raise errors.StorageBusy(str(exc)) from exc
 
 
 def check_speaker_metadata(settings: Settings, metadata: dict[str, Any] | None) -> None:
@@ -48,8 +33,7 @@ class Speakers:
         self.store = store
 
     def get(self, external_id: str) -> SpeakerRecord:
-        with translate_storage_errors():
-            return self.store.get(external_id)
+        return self.store.get(external_id)
 
     def list(
         self, *, offset: int, limit: int, name: str | None, metadata: dict[str, Any] | None
@@ -61,16 +45,14 @@ class Speakers:
         check_speaker_metadata(self.settings, changes.get("metadata"))
 
     def update(self, external_id: str, changes: dict[str, Any], actor: Actor) -> SpeakerRecord:
-        # Which fields changed, never their values (metadata may be personal data).
-        record = AuditRecord(audit.ACTION_UPDATE, actor, {"fields": sorted(changes)})
-        with translate_storage_errors():
-            return self.store.update(
-                external_id,
-                name=changes.get("name", UNSET),
-                metadata=changes.get("metadata", UNSET),
-                audit=record,
-            )
+        # The store writes the audit row only when something changed, naming the fields that
+        # did (never their values: metadata may be personal data).
+        return self.store.update(
+            external_id,
+            name=changes.get("name", UNSET),
+            metadata=changes.get("metadata", UNSET),
+            audit=AuditRecord(audit.ACTION_UPDATE, actor),
+        )
 
     def delete(self, external_id: str, actor: Actor) -> None:
-        with translate_storage_errors():
-            self.store.delete(external_id, audit=AuditRecord(audit.ACTION_DELETE, actor))
+        self.store.delete(external_id, audit=AuditRecord(audit.ACTION_DELETE, actor))

@@ -3,9 +3,11 @@
 :class:`VoiceSearch` composes the parts — the clip pipeline (``service.pipeline.clip``), matching
 (``service.search.matching``), enrollment (``service.search.enrollment``), speaker management
 (``service.search.speakers``), the gallery and the decision policy — and does the plumbing they
-share: blocking work (decoding, inference, SQLite, FAISS) runs in worker threads so the event
-loop stays responsive, model inference additionally under the pipeline's limiter, and index
-snapshots are refreshed in the background after writes. It returns domain results;
+share: blocking work (decoding, inference, SQLite, FAISS, even the calibration refresh a
+decision may trigger) runs in worker threads so the event loop stays responsive; a request that
+needs model inference is admitted by the pipeline's bounded queue (503 ``overloaded`` beyond it)
+and runs each file as its own step; external ids are Unicode-normalised (NFC) wherever they
+enter; index snapshots are refreshed in the background after writes. It returns domain results;
 ``service.api.mappers`` turns them into response bodies.
 """
 
@@ -25,16 +27,18 @@ from service.core.settings import Settings
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import Decision, DecisionPolicy
 from service.pipeline.clip import ClipPipeline, EmbeddedClip
+from service.pipeline.inference_queue import QueueDepth
 from service.pipeline.language import LanguageDetection, LanguageRouter
-from service.pipeline.quality import QualityAssessor
+from service.pipeline.quality import QualityAssessor, QualityReport
 from service.pipeline.registry import LANGID_ROLE, ModelRegistry, ModelStatus
 from service.search.enrollment import Enrollment, EnrollmentResult
+from service.search.fields import check_language, normalise_external_id
 from service.search.gallery import Gallery
 from service.search.matching import Candidate, Comparison, Matcher, MatchResult, unit
 from service.search.speakers import Speakers
 from storage import audit
 from storage.audit import ANONYMOUS, Actor, AuditRow
-from storage.records import SpeakerRecord
+from storage.records import SpeakerRecord, UtteranceInput
 from storage.speakers import SpeakerStore
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class Health:
     models: dict[str, ModelStatus]  # every configured model, loaded or not
     all_loaded: bool
     spaces: dict[str, SpaceHealth]
+    inference: QueueDepth
 
 
 @dataclass(frozen=True)
@@ -148,19 +153,23 @@ class VoiceSearch:
 
     # --- language and embeddings --------------------------------------------------------------
     async def detect_language(self, data: bytes) -> DetectedLanguage:
-        report, detection = await self.pipeline.infer(self.pipeline.detect_language, data)
+        async with self.pipeline.queue.admitted():
+            report, detection = await self.pipeline.infer(self.pipeline.detect_language, data)
         return DetectedLanguage(
             detection, self.router.space_for(detection.language), report.duration_s
         )
 
     async def extract(self, data: bytes, language: str | None) -> EmbeddedClip:
-        return await self.pipeline.infer(self.pipeline.embed_routed, data, language)
+        check_language(language)
+        async with self.pipeline.queue.admitted():
+            return await self.pipeline.infer(self.pipeline.embed_routed, data, language)
 
-    def compare(self, e1: list[float], e2: list[float], space: str | None) -> Comparison:
-        return self.matcher.compare(e1, e2, space)
+    async def compare(self, e1: list[float], e2: list[float], space: str | None) -> Comparison:
+        # A thread: the decision may re-read stored calibrations (SQLite).
+        return await self._io(self.matcher.compare, e1, e2, space)
 
     # --- matching -----------------------------------------------------------------------------
-    def rank_candidates(
+    async def rank_candidates(
         self,
         probe: list[float],
         candidates: Sequence[Candidate],
@@ -168,8 +177,11 @@ class VoiceSearch:
         space: str | None,
         language: str | None,
     ) -> MatchResult:
-        """The original stateless find-match: rank the caller's own candidate embeddings."""
-        return self.matcher.rank_candidates(probe, candidates, top_n, space, language)
+        """The original stateless find-match: rank the caller's own candidate embeddings
+        (up to 100 000 of them: NumPy work, in a thread)."""
+        return await self._io(
+            self.matcher.rank_candidates, probe, candidates, top_n, space, language
+        )
 
     async def search_embedding(
         self, probe: list[float], top_n: int, space: str | None, language: str | None
@@ -181,7 +193,9 @@ class VoiceSearch:
 
     async def search_audio(self, data: bytes, language: str | None, top_n: int) -> MatchResult:
         top_n = self.matcher.clamp_top_n(top_n)
-        clip = await self.pipeline.infer(self.pipeline.embed_routed, data, language)
+        check_language(language)
+        async with self.pipeline.queue.admitted():
+            clip = await self.pipeline.infer(self.pipeline.embed_routed, data, language)
         routed, report = clip.routed, clip.quality
         result = await self._io(
             self.matcher.search_index, routed.space, clip.vector, top_n, report.speech_s
@@ -200,6 +214,24 @@ class VoiceSearch:
         )
 
     # --- enrollment ---------------------------------------------------------------------------
+    async def _embed_files(
+        self, files: list[bytes], language: str | None
+    ) -> list[tuple[UtteranceInput, QualityReport]]:
+        """Every file decoded first (a bad one fails the request before any embedding), then
+        embedded; each file's decoding and embedding is its own inference step, so other
+        requests' steps interleave with a long enrollment's."""
+        self.enrollment.require_encoders()
+        check_language(language)
+        async with self.pipeline.queue.admitted():
+            decoded = [
+                await self.pipeline.infer(self.enrollment.decode_file, position, data)
+                for position, data in enumerate(files)
+            ]
+            return [
+                await self.pipeline.infer(self.enrollment.embed_decoded, audio, report, language)
+                for audio, report in decoded
+            ]
+
     async def enroll(
         self,
         files: list[bytes],
@@ -210,8 +242,9 @@ class VoiceSearch:
         language: str | None,
         actor: Actor = ANONYMOUS,
     ) -> EnrollmentResult:
+        external_id = None if external_id is None else normalise_external_id(external_id)
         self.enrollment.check_new_speaker(files, external_id, name, metadata)
-        assessed = await self.pipeline.infer(self.enrollment.embed_files, files, language)
+        assessed = await self._embed_files(files, language)
 
         def write() -> EnrollmentResult:
             return self.enrollment.create(
@@ -229,16 +262,17 @@ class VoiceSearch:
         language: str | None,
         actor: Actor = ANONYMOUS,
     ) -> EnrollmentResult:
+        external_id = normalise_external_id(external_id)
         self.enrollment.check_file_count(files)
         await self.get_speaker(external_id)  # 404 before spending inference on a wrong id
-        assessed = await self.pipeline.infer(self.enrollment.embed_files, files, language)
+        assessed = await self._embed_files(files, language)
         result = await self._io(self.enrollment.add, external_id, assessed, actor)
         self._snapshot_soon()
         return result
 
     # --- speaker management -------------------------------------------------------------------
     async def get_speaker(self, external_id: str) -> SpeakerRecord:
-        return await self._io(self.speakers.get, external_id)
+        return await self._io(self.speakers.get, normalise_external_id(external_id))
 
     async def list_speakers(
         self, *, offset: int, limit: int, name: str | None, metadata: dict[str, Any] | None
@@ -251,15 +285,24 @@ class VoiceSearch:
         self, external_id: str, changes: dict[str, Any], actor: Actor = ANONYMOUS
     ) -> SpeakerRecord:
         self.speakers.check_update(changes)
-        return await self._io(self.speakers.update, external_id, changes, actor)
+        return await self._io(
+            self.speakers.update, normalise_external_id(external_id), changes, actor
+        )
 
-    async def delete_speaker(self, external_id: str, actor: Actor = ANONYMOUS) -> None:
+    async def delete_speaker(self, external_id: str, actor: Actor = ANONYMOUS) -> str:
+        """Delete a speaker; returns its (normalised) external id."""
+        external_id = normalise_external_id(external_id)
         await self._io(self.speakers.delete, external_id, actor)
         self._snapshot_soon()
+        return external_id
 
     # --- reads for operators ------------------------------------------------------------------
-    def health(self) -> Health:
-        """Which models are loaded, and per space: searchable speakers and threshold."""
+    @property
+    def models_loaded(self) -> bool:
+        """Every configured model is loaded (no I/O: safe on the event loop)."""
+        return self.models.all_loaded
+
+    def _health(self) -> Health:
         statuses = self.models.statuses
         spaces = {
             role: SpaceHealth(
@@ -270,11 +313,20 @@ class VoiceSearch:
             for role, status in statuses.items()
             if role != LANGID_ROLE
         }
-        return Health(models=dict(statuses), all_loaded=self.models.all_loaded, spaces=spaces)
+        return Health(
+            models=dict(statuses),
+            all_loaded=self.models.all_loaded,
+            spaces=spaces,
+            inference=self.pipeline.queue.depth(),
+        )
 
-    async def calibration_in_force(self) -> list[SpaceCalibration]:
-        """Per space: the decision in force, re-read from the database first."""
-        await anyio.to_thread.run_sync(self.policy.refresh)
+    async def health(self) -> Health:
+        """Which models are loaded; per space, searchable speakers and threshold; the inference
+        queue. In a thread: the index size and the threshold may read SQLite."""
+        return await self._io(self._health)
+
+    def _calibration_in_force(self) -> list[SpaceCalibration]:
+        self.policy.refresh()
         return [
             SpaceCalibration(
                 space=space,
@@ -303,11 +355,16 @@ class VoiceSearch:
 
         return await self._io(read)
 
+    async def calibration_in_force(self) -> list[SpaceCalibration]:
+        """Per space: the decision in force, re-read from the database first (in a thread)."""
+        return await self._io(self._calibration_in_force)
+
     async def audit_entries(
         self, *, offset: int, limit: int, speaker: str | None
     ) -> tuple[list[AuditRow], int]:
         """The audit log, newest first (``speaker``: only entries about that external id)."""
-        return await anyio.to_thread.run_sync(
+        speaker = None if speaker is None else normalise_external_id(speaker)
+        return await self._io(
             lambda: audit.list_entries(
                 self.store.session_factory,
                 limit=limit,

@@ -59,6 +59,26 @@ def keyed_client(
 
 
 @pytest.fixture
+def make_client(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], tiny_registry: ModelRegistry
+) -> Iterator[Callable[..., TestClient]]:
+    """Apps with setting overrides (``make_client(vad="silero")``), each on a fresh data
+    directory, closed at the end of the test."""
+    clients: list[TestClient] = []
+
+    def factory(**overrides: object) -> TestClient:
+        settings = make_settings(tmp_path / f"data{len(clients)}", tiny_model_dirs, **overrides)
+        client = TestClient(create_app(settings, models=tiny_registry))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
 def voice_wav() -> Callable[..., bytes]:
     """A speech-like WAV clip; different seeds/pitches give different "voices"."""
 

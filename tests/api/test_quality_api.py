@@ -25,22 +25,6 @@ def files(*clips: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("audio", (f"c{i}.wav", c, "audio/wav")) for i, c in enumerate(clips)]
 
 
-@pytest.fixture
-def make_client(tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry):
-    clients: list[TestClient] = []
-
-    def factory(**overrides: object) -> TestClient:
-        settings = make_settings(tmp_path / f"data{len(clients)}", tiny_model_dirs, **overrides)
-        client = TestClient(create_app(settings, models=tiny_registry))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield factory
-    for client in clients:
-        client.__exit__(None, None, None)
-
-
 @pytest.mark.parametrize(
     ("make", "code"),
     [
@@ -202,3 +186,27 @@ def test_product_defaults_with_silero_on_real_speech(make_client) -> None:
     assert body["utterances"][0]["quality"]["codes"] == ["no_speech_detected"]
     assert body["speech_seconds"] == 0 and body["searchable"] is False
     assert body["reason"] == "insufficient_enrollment_speech"
+
+
+def test_duplicate_detection_does_not_depend_on_the_vad(
+    tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry
+) -> None:
+    """The same clip uploaded again is one utterance, whatever the VAD keeps of it. The hash
+    was of the VAD-trimmed samples, so a VAD (or Silero version) change stored it again and
+    counted it twice in the profile (issue 10, item 12)."""
+    silence = np.zeros(SR, np.float32)
+    padded = wav_bytes(np.concatenate([silence, voice(3.0), silence]), SR)
+    data_dir = tmp_path / "data"
+
+    def client_with(vad: str) -> TestClient:
+        settings = make_settings(data_dir, tiny_model_dirs, vad=vad)
+        return TestClient(create_app(settings, models=tiny_registry))
+
+    with client_with("silero") as silero:
+        first = silero.post("/speakers", files=files(padded), data={"external_id": "a"}).json()
+        assert first["utterances"][0]["quality"]["vad"] == "silero"
+    with client_with("energy") as energy:  # another VAD, other speech segments
+        again = energy.post("/speakers/a/utterances", files=files(padded))
+        assert again.status_code == 201, again.text
+        assert again.json()["utterances"][0]["created"] is False
+        assert again.json()["speaker"]["utterance_count"] == 1

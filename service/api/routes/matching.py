@@ -11,16 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from service.api.auth import RequireRead
-from service.api.deps import SettingsDep, VoiceSearchDep, read_upload
-from service.api.docs import error_responses
+from service.api.deps import SettingsDep, VoiceSearchDep, is_json, parse_json_body, read_upload
+from service.api.docs import error_responses, json_body
 from service.api.mappers import find_match_out
 from service.api.schemas import FindMatchRequest, FindMatchResponse
 from service.core import errors
+from service.search.fields import MAX_LANGUAGE_LENGTH
 
 router = APIRouter(
     tags=["search"], dependencies=[RequireRead], responses=error_responses(400, 401, 403)
@@ -31,22 +30,17 @@ _MULTIPART_SCHEMA: dict[str, Any] = {
     "required": ["audio"],
     "properties": {
         "audio": {"type": "string", "format": "binary", "description": "Probe speech audio."},
-        "language": {"type": "string", "description": "Skip detection: the spoken language."},
+        "language": {
+            "type": "string",
+            "maxLength": MAX_LANGUAGE_LENGTH,
+            "description": "Skip detection: the spoken language.",
+        },
         "top_n": {"type": "integer", "minimum": 1, "default": 5},
     },
 }
 
-_OPENAPI_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {"$ref": "#/components/schemas/FindMatchRequest"},
-            },
-            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
-        },
-    }
-}
+_OPENAPI_BODY = json_body(FindMatchRequest)
+_OPENAPI_BODY["requestBody"]["content"]["multipart/form-data"] = {"schema": _MULTIPART_SCHEMA}
 
 
 def _form_int(value: object, field: str, default: int) -> int:
@@ -86,20 +80,15 @@ async def find_match(
             )
         )
 
-    if content_type and not content_type.startswith("application/json"):
+    if not is_json(content_type):
         raise errors.InvalidInput(
             "send application/json (embedding) or multipart/form-data (audio)",
             details={"content_type": content_type},
         )
-    try:
-        body = FindMatchRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
+    body = await parse_json_body(request, FindMatchRequest)
     if body.stored_embeddings is not None:
         return find_match_out(
-            voice.rank_candidates(
+            await voice.rank_candidates(
                 body.user_embedding,
                 body.stored_embeddings,
                 body.top_n,

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile, status
 
 from service.api.auth import AdminActor, RequireRead
-from service.api.deps import SettingsDep, VoiceSearchDep, parse_metadata, read_upload
-from service.api.docs import AUDIO_ERRORS, error_responses
+from service.api.deps import (
+    SettingsDep,
+    VoiceSearchDep,
+    parse_json_body,
+    parse_metadata,
+    read_upload,
+)
+from service.api.docs import AUDIO_ERRORS, error_responses, json_body
 from service.api.mappers import enrollment_out, speaker_out
 from service.api.routes.recordings import IdentifierDep
 from service.api.schemas import (
@@ -21,7 +27,12 @@ from service.api.schemas import (
 from service.recordings.excerpts import Excerpt
 from service.recordings.identify import RecordingIdentifier
 from service.search.enrollment_amount import EnrollmentPolicy
-from service.search.fields import EXTERNAL_ID_PATTERN, MAX_EXTERNAL_ID_LENGTH, MAX_OFFSET
+from service.search.fields import (
+    EXTERNAL_ID_PATTERN,
+    MAX_EXTERNAL_ID_LENGTH,
+    MAX_LANGUAGE_LENGTH,
+    MAX_OFFSET,
+)
 
 # Reads need the `read` role (router-wide); writes also take an AdminActor parameter (`admin`).
 router = APIRouter(
@@ -38,7 +49,8 @@ AudioFiles = Annotated[
 LanguageField = Annotated[
     str | None,
     Form(
-        description="Spoken language of every file; detected per file when omitted.", max_length=16
+        description="Spoken language of every file; detected per file when omitted.",
+        max_length=MAX_LANGUAGE_LENGTH,
     ),
 ]
 StartField = Annotated[
@@ -170,15 +182,20 @@ async def get_speaker(
     "/{speaker_id}",
     response_model=SpeakerResponse,
     responses=error_responses(404, 422),
+    openapi_extra=json_body(SpeakerPatch),
     summary="Change a speaker's name or metadata",
+    description="Only the fields sent change; `metadata` replaces the whole object (`null` "
+    "empties it). A request that changes nothing (no fields, or the stored values) writes "
+    "nothing: `updated_at` stays and no audit entry is added.",
 )
 async def update_speaker(
+    request: Request,
     actor: AdminActor,
     voice: VoiceSearchDep,
     settings: SettingsDep,
     speaker_id: SpeakerId,
-    body: SpeakerPatch,
 ) -> SpeakerResponse:
+    body = await parse_json_body(request, SpeakerPatch)  # off the event loop
     changes = body.model_dump(exclude_unset=True)
     record = await voice.update_speaker(speaker_id, changes, actor)
     return SpeakerResponse(speaker=speaker_out(record, EnrollmentPolicy.from_settings(settings)))
@@ -193,5 +210,4 @@ async def update_speaker(
 async def delete_speaker(
     actor: AdminActor, voice: VoiceSearchDep, speaker_id: SpeakerId
 ) -> DeletedResponse:
-    await voice.delete_speaker(speaker_id, actor)
-    return DeletedResponse(id=speaker_id)
+    return DeletedResponse(id=await voice.delete_speaker(speaker_id, actor))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from service.api.auth import RequireRead
-from service.api.deps import SettingsDep, VoiceSearchDep, read_upload
-from service.api.docs import AUDIO_ERRORS, error_responses
+from service.api.deps import SettingsDep, VoiceSearchDep, parse_json_body, read_upload
+from service.api.docs import AUDIO_ERRORS, error_responses, json_body
 from service.api.mappers import comparison_out, extraction_out, language_out
 from service.api.schemas import (
     CompareVoicesRequest,
@@ -16,6 +16,7 @@ from service.api.schemas import (
     DetectLanguageResponse,
     ExtractEmbeddingResponse,
 )
+from service.search.fields import MAX_LANGUAGE_LENGTH
 
 #: One audio file per request: a second one would be silently ignored otherwise.
 ONE_FILE = {"max_files": 1}
@@ -32,7 +33,7 @@ LanguageField = Annotated[
     str | None,
     Form(
         description="Spoken language (ISO 639, e.g. `en`, `zh`); skips language detection.",
-        max_length=16,
+        max_length=MAX_LANGUAGE_LENGTH,
     ),
 ]
 
@@ -72,9 +73,9 @@ async def detect_language(
     "/compare-voices",
     response_model=CompareVoicesResponse,
     responses=error_responses(422),
+    openapi_extra=json_body(CompareVoicesRequest),
     summary="Cosine similarity of two embeddings and the match decision",
 )
-async def compare_voices(
-    voice: VoiceSearchDep, body: CompareVoicesRequest
-) -> CompareVoicesResponse:
-    return comparison_out(voice.compare(body.embedding1, body.embedding2, body.space))
+async def compare_voices(request: Request, voice: VoiceSearchDep) -> CompareVoicesResponse:
+    body = await parse_json_body(request, CompareVoicesRequest)  # off the event loop
+    return comparison_out(await voice.compare(body.embedding1, body.embedding2, body.space))
