@@ -92,7 +92,7 @@ def state_families(
     summary="Prometheus metrics (all workers)",
 )
 async def prometheus_metrics(voice: VoiceSearchDep) -> Response:
-    health = await anyio.to_thread.run_sync(voice.health)
+    health = await voice.health()
     _, enrolled = await voice.list_speakers(offset=0, limit=1, name=None, metadata=None)
     families = state_families(
         health, enrolled, await voice.index_stats(), await voice.calibration_in_force()
