@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, rss_mb, summary_ms, table, write_json
-from index.vector_index import IndexSpec, VectorIndex
+from index.spec import IndexSpec
+from index.vector_index import VectorIndex
 
 DIM = 192
 K = 10
