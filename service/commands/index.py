@@ -34,7 +34,7 @@ def _open_for_index_work(settings: Settings) -> VoiceSearch:
         sources, cache_dir=settings.resolved_model_cache_dir, device=settings.device
     )
     for role, status in models.statuses.items():
-        if not status.loaded:
+        if status.enabled and not status.loaded:
             print(f"warning: {role} model not loaded ({status.error}); skipping its index")
     return build_voicesearch(settings, models, open_database(settings))
 
