@@ -190,6 +190,9 @@ class Gallery:
             return None, str(error)
         if index.needs_rebuild:
             return None, f"snapshot index needs a rebuild: {index.needs_rebuild}"
+        if not self.index_spec.accepts(index.spec.meta(), index.ntotal):
+            # The snapshot's kind fitted its own size; after the log it may not (auto).
+            return None, f"{index.ntotal} vectors: index type {index.spec.kind!r} no longer fits"
         if index.source is not None and index.source.pending:
             self.jobs.ask(space, "verify", lambda: self._verify_mapped(space, state))
         return state, (
