@@ -1,5 +1,10 @@
 """One in-memory index per encoder space, kept in step with SQLite across processes.
 
+(Longer than the ~400 lines a module here usually gets, on purpose: every method below takes
+the gallery lock and/or a file lock, and the lock-order rule at the end of this docstring is
+only checkable while all of them sit in one file. The work itself is in ``gallery_sync``,
+``gallery_jobs``, ``snapshots`` and ``gallery_admin``.)
+
 SQLite is the source of truth; each process holds its own ``VectorIndex`` per space and the
 ``seq`` of the last ``index_changes`` row it applied. A search checks with ONE query that no
 change it has not applied exists (:meth:`Gallery.search_briefs`: the change cursor comes back
