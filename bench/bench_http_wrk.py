@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import REPO, machine, table, write_json
+from bench.common import REPO, SHARED, machine, table, write_json
 from bench.server import Server, bench_env
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -44,7 +44,7 @@ def fill_with(repo: Path, data_dir: Path, n: int) -> None:
     subprocess.run(
         [sys.executable, "-c", code, str(data_dir), str(n)],
         cwd=repo,
-        env=bench_env(data_dir),
+        env=bench_env(data_dir, VOICESEARCH_TEST_SHARED=str(SHARED)),
         check=True,
         capture_output=True,
         timeout=900,
