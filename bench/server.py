@@ -40,7 +40,10 @@ def bench_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], *, workers: int = 1, log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], *, workers: int = 1, log: Path, repo: Path = REPO
+    ) -> None:
+        """``repo``: the checkout whose code serves (another one gives a same-run baseline)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
@@ -61,7 +64,7 @@ class Server:
                 "--workers",
                 str(workers),
             ],
-            cwd=REPO,
+            cwd=repo,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -1,13 +1,14 @@
 """The FastAPI application: built by :func:`create_app`, wired at start-up by its lifespan.
 
-Start-up order matters: models first (slowest, and a missing one only degrades the service),
-then the database schema (migrations are the only way it changes), then the per-space indexes
-(loaded from snapshots and caught up from the database, or rebuilt from it). The building
+Start-up order matters: models (slowest, and a missing one only degrades the service) and the
+database schema (migrations are the only way it changes) at the same time, then the per-space
+indexes (loaded from snapshots and caught up from the database, or rebuilt from it). The building
 blocks are ``service.bootstrap``'s, shared with the CLI.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -60,6 +61,10 @@ def form_limits(settings: Settings) -> dict[str, int]:
     }
 
 
+async def _registry(models: ModelRegistry | None, settings: Settings) -> ModelRegistry:
+    return models or await anyio.to_thread.run_sync(load_models, settings)
+
+
 def create_app(settings: Settings | None = None, *, models: ModelRegistry | None = None) -> FastAPI:
     """Build the app. Tests pass ``settings`` and already-loaded ``models``; ``voicesearch
     serve`` passes nothing and everything comes from the environment."""
@@ -71,8 +76,10 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
-        registry = models or await anyio.to_thread.run_sync(load_models, settings)
-        engine = await anyio.to_thread.run_sync(open_database, settings)
+        # Models and the database schema do not depend on each other: both at once (issue 14).
+        registry, engine = await asyncio.gather(
+            _registry(models, settings), anyio.to_thread.run_sync(open_database, settings)
+        )
         voicesearch = await anyio.to_thread.run_sync(build_voicesearch, settings, registry, engine)
         app.state.voicesearch = voicesearch
         app.state.identifier = RecordingIdentifier(voicesearch, settings.recordings())

@@ -17,7 +17,7 @@ import numpy as np
 from filelock import FileLock
 from sqlalchemy import Engine
 
-from index.vector_index import IndexSpec
+from index.spec import IndexSpec
 from service.core.settings import SPACE_CNCELEB, AsNormSettings, Settings
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import DecisionPolicy
@@ -98,6 +98,9 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
             hnsw_m=settings.index_hnsw_m,
             ef_construction=settings.index_hnsw_ef_construction,
             ef_search=settings.index_hnsw_ef_search,
+            rerank=settings.index_fastscan_rerank,
+            train_size=settings.index_fastscan_train_size,
+            auto_threshold=settings.index_auto_threshold,
         ),
     )
     # Checked before the indexes open: a bad cohort file stops start-up with its reason.

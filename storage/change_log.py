@@ -11,15 +11,29 @@ space (``model_identities``), so an index never mixes two models' vectors.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import timedelta
+from typing import Any
 
 import numpy as np
-from sqlalchemy import String, and_, cast, func, null, select, union_all
+from sqlalchemy import (
+    JSON,
+    Select,
+    String,
+    and_,
+    cast,
+    delete,
+    func,
+    literal,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import InvalidEmbeddingError
-from storage.models import IndexChange, IndexState, Profile
-from storage.records import ChangeCursor
+from storage.models import DatabaseIdentity, IndexChange, IndexState, Profile, Speaker, utcnow
+from storage.records import ChangeCursor, SpeakerBrief
 from storage.tx import Transactions
 from storage.vectors import VECTOR_DTYPE, decode_vector
 
@@ -33,30 +47,138 @@ class ChangeLog(Transactions):
         super().__init__(session_factory)
         self.model_identities: dict[str, str] = dict(model_identities)
 
-    def change_cursor(self) -> ChangeCursor:
-        """Newest change ``seq`` and every space's generation, in ONE indexed query (runs before
-        every search, so it stays on Core and a bare connection)."""
-        query = union_all(
+    def _cursor_selects(self) -> list[Select[Any]]:
+        """(kind, space, value, horizon, NULL, NULL) rows: kind 0 = newest seq, kind 1 = one
+        space's generation and compaction horizon."""
+        return [
             select(
-                cast(null(), String).label("space"),
-                func.coalesce(func.max(IndexChange.seq), 0).label("value"),
+                literal(0).label("kind"),
+                cast(null(), String).label("text"),
+                func.coalesce(func.max(IndexChange.seq), 0).label("a"),
+                literal(0).label("b"),
+                cast(null(), String).label("name"),
+                cast(null(), JSON).label("meta"),
             ),
-            select(IndexState.space, IndexState.generation),
-        )
+            select(
+                literal(1),
+                IndexState.space,
+                IndexState.generation,
+                IndexState.log_horizon,
+                cast(null(), String),
+                cast(null(), JSON),
+            ),
+        ]
+
+    @staticmethod
+    def _cursor_of(rows: Iterable[Any]) -> ChangeCursor:
+        seq = 0
+        generations: dict[str, int] = {}
+        horizons: dict[str, int] = {}
+        for row in rows:
+            if row[0] == 0:
+                seq = int(row[2] or 0)
+            elif row[0] == 1:
+                generations[row[1]] = int(row[2])
+                horizons[row[1]] = int(row[3] or 0)
+        return ChangeCursor(seq=seq, generations=generations, horizons=horizons)
+
+    def change_cursor(self) -> ChangeCursor:
+        """Newest change ``seq``, every space's generation and compaction horizon, in ONE
+        indexed query (runs before searches, so it stays on Core and a bare connection)."""
+        query = union_all(*self._cursor_selects())
 
         def run() -> ChangeCursor:
             with self.engine.connect() as conn:
-                rows = conn.execute(query).all()
-            seq = 0
-            generations: dict[str, int] = {}
-            for space, value in rows:
-                if space is None:
-                    seq = int(value or 0)
-                else:
-                    generations[space] = int(value)
-            return ChangeCursor(seq=seq, generations=generations)
+                return self._cursor_of(conn.execute(query).all())
 
         return self.with_retries(run)
+
+    def cursor_and_briefs(self, ids: list[int]) -> tuple[ChangeCursor, dict[int, SpeakerBrief]]:
+        """The change cursor AND the public fields of speakers ``ids`` in ONE query: what a
+        search answer needs from the database (``service.search.gallery.Gallery.search_briefs``
+        checks with the cursor that the index it searched was current). Unknown ids (deleted
+        meanwhile) are absent."""
+        wanted = sorted({int(i) for i in ids})
+        speakers = select(
+            literal(2).label("kind"),
+            Speaker.external_id,
+            Speaker.id,
+            literal(0),
+            Speaker.name,
+            Speaker.meta,
+        ).where(Speaker.id.in_(wanted))
+        query = union_all(speakers, *self._cursor_selects())
+
+        def run() -> tuple[ChangeCursor, dict[int, SpeakerBrief]]:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            briefs = {
+                int(row[2]): SpeakerBrief(int(row[2]), row[1], row[4], dict(row[5] or {}))
+                for row in rows
+                if row[0] == 2
+            }
+            return self._cursor_of(rows), briefs
+
+        return self.with_retries(run)
+
+    def database_identity(self) -> str | None:
+        """The database's UUID (written by migration 0005), or None if it has none."""
+        return self.read_transaction(
+            lambda s: s.scalar(select(DatabaseIdentity.uuid).where(DatabaseIdentity.id == 1))
+        )
+
+    def log_row(self, space: str, seq: int) -> list[Any] | None:
+        """Fingerprint of the log at ``seq`` for ``space``: ``[seq, created_at]`` of its newest
+        change row at or below ``seq`` (None: no such row). A snapshot records it; a restored
+        older database whose log was then written past the snapshot's seq has other rows there,
+        so the snapshot is recognised as foreign. Compaction keeps this row (``compact``)."""
+
+        def tx(session: Session) -> list[Any] | None:
+            row = session.execute(
+                select(IndexChange.seq, IndexChange.created_at)
+                .where(IndexChange.space == space, IndexChange.seq <= seq)
+                .order_by(IndexChange.seq.desc())
+                .limit(1)
+            ).first()
+            return None if row is None else [int(row[0]), row[1].isoformat()]
+
+        return self.read_transaction(tx)
+
+    def compact(self, space: str, below_seq: int, *, keep_s: float) -> int:
+        """Delete ``space``'s change rows with seq < ``below_seq`` that are older than
+        ``keep_s`` seconds, never the newest row of the whole log (the cursor), and raise the
+        space's horizon to the newest deleted seq. Returns how many rows were deleted.
+
+        The caller passes the seq of the fingerprint row of the oldest snapshot that must stay
+        usable (``log_row``); see ``service.search.gallery`` for the rule."""
+        cutoff = utcnow() - timedelta(seconds=keep_s)
+
+        def tx(session: Session) -> int:
+            newest = int(session.scalar(select(func.coalesce(func.max(IndexChange.seq), 0))) or 0)
+            limit = min(int(below_seq), newest)
+            doomed = select(func.max(IndexChange.seq), func.count()).where(
+                IndexChange.space == space,
+                IndexChange.seq < limit,
+                IndexChange.created_at < cutoff,
+            )
+            top, count = session.execute(doomed).one()
+            if not count:
+                return 0
+            session.execute(
+                delete(IndexChange).where(
+                    IndexChange.space == space,
+                    IndexChange.seq <= int(top),
+                    IndexChange.created_at < cutoff,
+                )
+            )
+            state = session.get(IndexState, space)
+            if state is None:
+                session.add(IndexState(space=space, generation=0, log_horizon=int(top)))
+            else:
+                state.log_horizon = max(int(state.log_horizon or 0), int(top))
+            return int(count)
+
+        return self.write_transaction(tx)
 
     def pending_changes(self, space: str, seq: int) -> int:
         """How many change rows of ``space`` are newer than ``seq`` (decides replay vs rebuild)."""

@@ -165,6 +165,19 @@ class IndexState(Base):
     space: Mapped[str] = mapped_column(String(32), primary_key=True)
     # Bumped by `voicesearch index rebuild`; a worker whose index has another generation reloads.
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    # Newest index_changes.seq of this space deleted by compaction (storage.change_log).
+    log_horizon: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class DatabaseIdentity(Base):
+    """One row: a random UUID written by migration 0005. Index snapshots record it, so a
+    snapshot of another database is never served."""
+
+    __tablename__ = "database_identity"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -60,10 +60,25 @@ class SpeakerRecord:
 
 @dataclass(frozen=True)
 class ChangeCursor:
-    """Where the change log stands: the newest ``seq`` and every space's rebuild generation."""
+    """Where the change log stands: the newest ``seq``, every space's rebuild generation and
+    every space's compaction horizon (newest deleted seq; changes up to it are gone)."""
 
     seq: int
     generations: dict[str, int]
+    horizons: dict[str, int] = field(default_factory=dict)
 
     def generation(self, space: str) -> int:
         return self.generations.get(space, 0)
+
+    def horizon(self, space: str) -> int:
+        return self.horizons.get(space, 0)
+
+
+@dataclass(frozen=True)
+class SpeakerBrief:
+    """What a search answer shows of a speaker (no counts, no profiles)."""
+
+    id: int
+    external_id: str
+    name: str | None
+    metadata: dict[str, Any]

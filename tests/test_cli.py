@@ -202,3 +202,30 @@ def test_exposure_rules() -> None:
 def test_main_returns_2_on_a_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOICESEARCH_MAX_TOP_N", "nope")
     assert main(["db", "current"]) == EXIT_CONFIG
+
+
+# --- index verify ----------------------------------------------------------------------------
+def test_index_verify_without_any_encoder_says_nothing_was_verified(tmp_path: Path) -> None:
+    # Issue 10 item 11: it printed "ok" and exited 0 although no index had been checked.
+    nowhere = tmp_path / "nowhere"
+    env = tiny_env(
+        tmp_path, {"voxceleb": nowhere, "cnceleb": nowhere}, VOICESEARCH_MODEL_LANGID="off"
+    )
+    done = run_cli(env, "index", "verify")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "nothing verified" in done.stdout and "index verify: ok" not in done.stdout
+    assert "voxceleb: NOT VERIFIED" in done.stdout
+
+
+def test_index_verify_with_one_encoder_missing_is_incomplete(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path]
+) -> None:
+    env = tiny_env(
+        tmp_path,
+        {"voxceleb": tiny_model_dirs["voxceleb"], "cnceleb": tmp_path / "nowhere"},
+        VOICESEARCH_MODEL_LANGID="off",
+    )
+    done = run_cli(env, "index", "verify")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "voxceleb: ok" in done.stdout and "cnceleb: NOT VERIFIED" in done.stdout
+    assert "index verify: INCOMPLETE (cnceleb not verified)" in done.stdout

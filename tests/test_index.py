@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from index.errors import IndexCorruptError, IndexInputError
-from index.vector_index import MAGIC, IndexSpec, VectorIndex, write_snapshot
+from index.snapshot_file import MAGIC, Section
+from index.snapshot_file import write as write_snapshot
+from index.spec import IndexSpec
+from index.vector_index import VectorIndex
 
 DIM = 16
 
@@ -206,10 +209,12 @@ def test_valid_checksum_over_inconsistent_content_is_corrupt(tmp_path: Path) -> 
     index = VectorIndex(DIM)
     index.upsert(np.arange(3), np.eye(3, DIM, dtype=np.float32))
     path = tmp_path / "lie.faiss"
-    write_snapshot(path, {}, index.serialize(), dim=DIM, count=4)
+    meta, sections = index.snapshot_parts({})
+    write_snapshot(path, {**meta, "count": 4}, sections)
     with pytest.raises(IndexCorruptError, match="meta says 4"):
         VectorIndex.load(path)
-    write_snapshot(path, {}, np.frombuffer(b"garbage!" * 8, np.uint8), dim=DIM, count=0)
+    garbage = Section.of("faiss", np.frombuffer(b"garbage!" * 8, np.uint8))
+    write_snapshot(path, {"dim": DIM, "count": 0}, [garbage])
     assert path.read_bytes().startswith(MAGIC)
     with pytest.raises(IndexCorruptError, match="FAISS"):
         VectorIndex.load(path)
@@ -283,15 +288,18 @@ def test_hnsw_deleted_and_replaced_vectors_are_never_returned(rng: np.random.Gen
     assert live_vectors.shape == (live_ids.size, DIM)
 
 
-def test_hnsw_compacts_when_tombstones_pile_up(rng: np.random.Generator) -> None:
+def test_hnsw_asks_for_a_rebuild_when_tombstones_pile_up(rng: np.random.Generator) -> None:
     spec = IndexSpec(kind="hnsw", hnsw_m=8, ef_construction=32, compact_fraction=0.25)
     index = VectorIndex(DIM, spec=spec)
     index.add(np.arange(400), unit(rng, 400))
     index.remove(np.arange(50))
-    assert index.tombstones == 50  # 50 / 400 < 25 %
+    assert index.tombstones == 50 and index.needs_rebuild is None  # 50 / 400 < 25 %
     index.remove(np.arange(50, 120))
-    assert index.tombstones == 0 and index.ntotal == 280  # compacted
-    _, found = index.search(unit(rng, 10), 10)
+    assert index.needs_rebuild and "tombstones" in index.needs_rebuild
+    # The rebuild is a new index beside this one (the owner swaps it in); this one is intact.
+    fresh = index.compacted()
+    assert fresh.tombstones == 0 and fresh.ntotal == 280 and index.tombstones == 120
+    _, found = fresh.search(unit(rng, 10), 10)
     assert (found >= 120).all()
 
 
@@ -319,5 +327,7 @@ def test_hnsw_save_load_keeps_type_params_and_tombstones(
 def test_index_spec_validation() -> None:
     with pytest.raises(IndexInputError):
         IndexSpec(kind="ivf")
+    with pytest.raises(IndexInputError, match="resolve"):
+        VectorIndex(DIM, spec=IndexSpec(kind="auto"))
     with pytest.raises(IndexInputError):
         IndexSpec(kind="hnsw", hnsw_m=0)

@@ -25,19 +25,22 @@ _MIN_FLOAT32_NORM = 1e-30
 
 
 def _finite_vector(values: list[float]) -> list[float]:
+    # One numpy conversion and vectorised checks: per-float Python loops over a 192-value
+    # vector cost more than the index search they guard (issue 14).
     if not values:
         raise ValueError("embedding must not be empty")
     if len(values) > MAX_EMBEDDING_DIM:
         raise ValueError(f"embedding has {len(values)} values; at most {MAX_EMBEDDING_DIM}")
-    if not all(math.isfinite(v) for v in values):
+    array = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(array).all():
         raise ValueError("embedding contains NaN or infinity")
-    if not any(v != 0.0 for v in values):
+    if not array.any():
         raise ValueError("embedding is all zeros; it has no direction to compare")
     # Vectors are compared as float32: a value beyond its range becomes infinity, and a vector of
     # only tiny values becomes all zeros; either would turn every similarity into NaN.
-    if any(abs(v) > _FLOAT32_MAX for v in values):
+    if np.abs(array).max() > _FLOAT32_MAX:
         raise ValueError(f"embedding values must be within ±{_FLOAT32_MAX:.4g} (float32)")
-    norm = float(np.linalg.norm(np.asarray(values, dtype=np.float64).astype(np.float32)))
+    norm = float(np.linalg.norm(array.astype(np.float32)))
     if not math.isfinite(norm) or norm < _MIN_FLOAT32_NORM:
         raise ValueError("embedding has no usable float32 direction (zero or overflowing norm)")
     return values

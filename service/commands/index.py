@@ -86,11 +86,29 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             )
         return 0
 
+    # An encoder that could not be loaded has no index here: nothing of its space was checked,
+    # and "ok" would claim otherwise (issue 10 item 11).
+    skipped = {
+        role: status.error or "not loaded"
+        for role, status in voicesearch.models.statuses.items()
+        if status.enabled
+        and not status.loaded
+        and role != "langid"
+        and not getattr(args, "space", None)  # one named space: it is loaded (checked above)
+    }
+    for role, why in sorted(skipped.items()):
+        print(f"{role}: NOT VERIFIED (encoder not loaded: {why})")
+    if not spaces:
+        print("index verify: nothing verified: no speaker encoder could be loaded")
+        return 1
     reports = gallery.verify()
-    failed = False
+    failed = bool(skipped)
     for space in spaces:
         report = reports[space]
         print(f"{space}: {report}")
         failed |= not report.ok
-    print("index verify: " + ("MISMATCH" if failed else "ok"))
+    verdict = "MISMATCH" if any(not reports[s].ok for s in spaces) else "ok"
+    if skipped and verdict == "ok":
+        verdict = f"INCOMPLETE ({', '.join(sorted(skipped))} not verified)"
+    print("index verify: " + verdict)
     return 1 if failed else 0

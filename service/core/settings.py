@@ -219,10 +219,21 @@ class Settings(BaseSettings):
 
     # --- index (search at scale) ---------------------------------------------------------------
     # (fields for approximate search go here)
-    index_type: Literal["flat", "hnsw"] = Field(
-        "flat",
-        description="FAISS index per space: 'flat' (exact; fine to ~100k speakers) or 'hnsw' "
-        "(approximate graph search, for ~1M; recall@10 measured in bench/RESULTS.md).",
+    index_type: Literal["auto", "flat", "fastscan", "hnsw"] = Field(
+        "auto",
+        description="Index per space: 'flat' (exact; to ~50k speakers), 'fastscan' (4-bit codes "
+        "of every vector scanned, the best candidates re-scored exactly; for 50k-1M+), 'auto' "
+        "(flat below index_auto_threshold, fastscan above) or 'hnsw' (graph; misses the recall "
+        "target at 1M on speaker vectors). Measured in bench/RESULTS.md.",
+    )
+    index_auto_threshold: int = Field(
+        50_000, ge=1, description="With index_type=auto: speakers from which fastscan is used."
+    )
+    index_fastscan_rerank: int = Field(
+        1000, ge=10, le=100_000, description="fastscan: candidates re-scored exactly per query."
+    )
+    index_fastscan_train_size: int = Field(
+        20_000, ge=1000, description="fastscan: vectors the 4-bit quantiser is trained on."
     )
     index_hnsw_m: int = Field(32, ge=4, le=128, description="HNSW links per node.")
     index_hnsw_ef_construction: int = Field(

@@ -11,11 +11,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from index.vector_index import IndexSpec, VectorIndex
-from service.search.gallery_sync import SpaceState, build_from_log
+from index.vector_index import VectorIndex
+from service.search.gallery_sync import SpaceState
 from service.search.snapshots import SnapshotFiles
 from storage.change_log import ChangeLog
 
@@ -71,29 +72,27 @@ def rebuild_space(
     files: SnapshotFiles,
     space: str,
     *,
-    dim: int,
-    spec: IndexSpec,
-    model_identity: str,
+    build: Callable[[], SpaceState],
+    snapshot_parts: Callable[[SpaceState], tuple[dict[str, Any], list[Any]]],
     lock_timeout_s: float,
-    replay_chunk: int,
     install: Callable[[SpaceState], None],
-    progress: Callable[[int, int], None] | None = None,
 ) -> RebuildReport:
-    """Rebuild ``space`` from the database, save the snapshot, then bump the generation so
-    every running worker reloads (from this snapshot: it already carries the new number);
-    ``install`` hands the fresh state to this process's gallery."""
+    """Rebuild ``space`` from the database (``build``), save the snapshot, then bump the
+    generation so every running worker reloads (from this snapshot: it already carries the new
+    number); ``install`` hands the fresh state to this process's gallery."""
     started = time.perf_counter()
     with files.lock(space, lock_timeout_s) as locked:
         if not locked:
             logger.warning("index %s: file lock busy, rebuilding without it", space)
-        state = build_from_log(log, space, dim, spec, chunk=replay_chunk, progress=progress)
+        state = build()
         state.generation += 1  # the value bump_generation will return, barring a race
-        files.save(space, state, model_identity)
+        files.write(space, *snapshot_parts(state))
         generation = log.bump_generation(space)
         if generation != state.generation:
             # Someone else bumped at the same moment: re-label so workers can load it.
             state.generation = generation
-            files.save(space, state, model_identity)
+            files.write(space, *snapshot_parts(state))
+        state.unsaved = 0
     install(state)
     report = RebuildReport(
         space=space,
@@ -104,9 +103,10 @@ def rebuild_space(
         snapshot=files.path(space),
     )
     logger.info(
-        "index %s: rebuilt %d vectors in %.2fs (generation %d)",
+        "index %s: rebuilt %d vectors (%s) in %.2fs (generation %d)",
         space,
         report.count,
+        state.index.spec.kind,
         report.seconds,
         report.generation,
     )

@@ -250,11 +250,11 @@ class Matcher:
         normalizer = self.normalizer if decision.score_type == SCORE_ASNORM else None
         # With AS-norm the probe's cohort (its top K+1) comes from this same search.
         depth = max(top_n, normalizer.top_k + 1) if normalizer is not None else top_n
-        deep = self.gallery.search(space, vector[None, :], depth)[0]
-        hits = deep[:top_n]
-        speakers = self.store.summaries([hit.speaker_id for hit in hits])
+        # One database round trip: the hits' speakers come back with the change cursor that
+        # proves the index searched was current (Gallery.search_briefs).
+        deep, speakers = self.gallery.search_briefs(space, vector, depth, describe=top_n)
         # A speaker deleted between the index search and this lookup is simply skipped.
-        hits = [hit for hit in hits if hit.speaker_id in speakers]
+        hits = [hit for hit in deep[:top_n] if hit.speaker_id in speakers]
         cosine = self.policy.cosine_decision(space)
         normed: list[float | None] = [hit.score for hit in hits]
         if normalizer is not None:
