@@ -433,6 +433,13 @@ class Gallery:
             state = self._spaces[space]
             return state.generation, state.seq
 
+    def index_kind(self, space: str) -> str:
+        """The structure the space's index has now (``auto`` resolved: flat, fastscan, hnsw)."""
+        self._check_space(space)
+        self._ensure_open()
+        with self._lock:
+            return self._spaces[space].index.spec.kind
+
     def size(self, space: str) -> int:
         """Searchable vectors of ``space`` as of the last sync. Takes no lock and asks no
         database (``/health`` and every find-match answer read it)."""

@@ -73,8 +73,9 @@ class IndexStats:
 
     space: str
     vectors: int  # one profile per searchable speaker
-    index_type: str  # flat or hnsw
+    index_type: str  # flat, fastscan or hnsw
     snapshot_age_s: float | None  # since the snapshot file was written; None: none yet
+    changes_behind: int  # change-log rows this worker's index had not applied (before this read)
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,12 @@ class VoiceSearch:
 
         def read() -> list[IndexStats]:
             now = time.time()
+            newest = self.gallery.store.change_cursor().seq  # one query for every space
+            # How far behind this worker was (changes since its last search), then catch up so
+            # the sizes reported are the database's, not those of the worker's last search.
+            spaces = list(self.gallery.dims)
+            behind = {space: max(0, newest - self.gallery.version(space)[1]) for space in spaces}
+            self.gallery.sync()
             stats = []
             for space in self.gallery.dims:
                 try:
@@ -350,7 +357,8 @@ class VoiceSearch:
                 except FileNotFoundError:
                     age = None
                 size = self.gallery.size(space)
-                stats.append(IndexStats(space, size, self.gallery.index_spec.kind, age))
+                kind = self.gallery.index_kind(space)
+                stats.append(IndexStats(space, size, kind, age, behind[space]))
             return stats
 
         return await self._io(read)

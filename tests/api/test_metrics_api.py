@@ -66,6 +66,12 @@ def test_requests_stages_and_state(client: TestClient, voice_wav: Callable[..., 
     assert value(after, "voicesearch_speakers_enrolled") == 1
     assert value(after, "voicesearch_index_vectors", space=space, index_type="flat") == 1
     assert value(after, "voicesearch_model_loaded", role="langid") == 1
+    # The scrape's own worker has applied every change (its search caught up), and nothing is
+    # queued for inference while it answers.
+    assert "voicesearch_index_changes_behind{" in after
+    assert value(after, "voicesearch_index_changes_behind", space=space) == 0
+    assert value(after, "voicesearch_inference_queue", state="running") == 0
+    assert value(after, "voicesearch_inference_queue", state="capacity") >= 1
     threshold = client.get("/calibration").json()["spaces"][space]["threshold"]
     assert value(
         after, "voicesearch_decision_threshold", space=space, source="default"

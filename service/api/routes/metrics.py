@@ -8,6 +8,7 @@ snapshot age, and the decision threshold in force per space with where it comes 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import anyio
@@ -59,8 +60,15 @@ def state_families(
         "Age of the space's index snapshot file (absent: no snapshot written yet).",
         labels=["space"],
     )
+    lag = GaugeMetricFamily(
+        "voicesearch_index_changes_behind",
+        "Change-log rows the answering worker's index had not applied when scraped (each search "
+        "and each scrape applies them first: the lag since this worker's last search).",
+        labels=["space", "pid"],
+    )
     for index in indexes:
         vectors.add_metric([index.space, index.index_type], index.vectors)
+        lag.add_metric([index.space, str(os.getpid())], index.changes_behind)
         if index.snapshot_age_s is not None:
             age.add_metric([index.space], index.snapshot_age_s)
     threshold = GaugeMetricFamily(
@@ -79,7 +87,22 @@ def state_families(
             [space.space, decision.score_type, decision.source], decision.threshold
         )
         calibrated.add_metric([space.space], 1.0 if decision.source == SOURCE_CALIBRATED else 0.0)
-    return [loaded, speakers, stored, vectors, age, threshold, calibrated]
+    inference = health.inference
+    queue = GaugeMetricFamily(
+        "voicesearch_inference_queue",
+        "The answering worker's inference queue: steps running and waiting for a slot, requests "
+        "admitted, and the admission capacity (beyond it: 503 overloaded).",
+        labels=["state", "pid"],
+    )
+    pid = str(os.getpid())
+    for state, count in (
+        ("running", inference.running),
+        ("waiting", inference.waiting),
+        ("admitted", inference.admitted),
+        ("capacity", inference.concurrency + inference.max_waiting),
+    ):
+        queue.add_metric([state, pid], count)
+    return [loaded, speakers, stored, vectors, age, lag, queue, threshold, calibrated]
 
 
 @router.get(
@@ -92,10 +115,9 @@ def state_families(
     summary="Prometheus metrics (all workers)",
 )
 async def prometheus_metrics(voice: VoiceSearchDep) -> Response:
+    indexes = await voice.index_stats()  # first: it brings this worker's index up to date
     health = await voice.health()
     _, enrolled = await voice.list_speakers(offset=0, limit=1, name=None, metadata=None)
-    families = state_families(
-        health, enrolled, await voice.index_stats(), await voice.calibration_in_force()
-    )
+    families = state_families(health, enrolled, indexes, await voice.calibration_in_force())
     body = await anyio.to_thread.run_sync(metrics.exposition, families)
     return Response(body, media_type=metrics.CONTENT_TYPE)
