@@ -149,6 +149,7 @@ def health_out(health: Health, *, version: str, auth_enabled: bool) -> HealthRes
                 identity=s.identity,
                 error=s.error,
                 load_seconds=s.load_seconds,
+                backend=s.backend,
             )
             for role, s in health.models.items()
         },

@@ -67,6 +67,9 @@ class ModelHealth(BaseModel):
     identity: str | None = Field(None, description="Source plus a hash of the weights.")
     error: str | None = Field(None, description="Why the model is not loaded.")
     load_seconds: float | None = None
+    backend: str | None = Field(
+        None, description="What runs it: `torch`, `onnx` or `onnx-int8` (plus the device)."
+    )
 
 
 class SpaceHealth(BaseModel):
