@@ -3,6 +3,7 @@
 voicesearch serve [--host H] [--port P] [--workers N]
 voicesearch db upgrade | current
 voicesearch index rebuild [--space NAME] | verify
+voicesearch export [--backend onnx|onnx-int8] [--calibration DIR]
 
 Each subcommand is a module of ``service.commands`` (see its docstring); this module only parses
 the command line, sets up logging and dispatches.
@@ -18,9 +19,10 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from service.core.settings import Settings
+from service.pipeline.threads import quiet_openmp
 
 #: The subcommands, in the order ``--help`` lists them: service/commands/<name>.py each.
-COMMANDS = ("serve", "db", "index", "eval", "enroll_dir", "calibrate")
+COMMANDS = ("serve", "db", "index", "eval", "enroll_dir", "calibrate", "export")
 
 
 def _configure_logging(level: str) -> None:
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything imports torch: its OpenMP threads must sleep, not spin, on a shared CPU.
+    quiet_openmp()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)

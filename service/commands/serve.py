@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from service.pipeline.threads import inference_threads
+
 # glibc hands freed memory back to the OS eagerly, so every inference re-faults its activation
 # buffers: about a third of PyTorch's CPU time on a 2-core box. Keeping freed memory (these two
 # knobs) measured 1.5x faster. They must be in the environment before the process starts.
@@ -37,10 +39,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _with_malloc_tuning(argv)
     import uvicorn
 
-    if args.workers > 1 and "VOICESEARCH_TORCH_THREADS" not in os.environ:
-        # N workers each using every core would oversubscribe the CPU; share the cores out.
-        cores = os.cpu_count() or 1
-        os.environ["VOICESEARCH_TORCH_THREADS"] = str(max(1, cores // args.workers))
+    if args.workers > 1 and "VOICESEARCH_INFERENCE_THREADS" not in os.environ:
+        # N workers each using every core would oversubscribe the CPU; share out the cores
+        # this process may really use (affinity, cgroup quota), not the machine's.
+        threads = inference_threads(0, args.workers)
+        os.environ["VOICESEARCH_INFERENCE_THREADS"] = str(threads)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
