@@ -21,6 +21,7 @@ from service import __version__
 from service.api.auth import KeyRing, log_auth_state
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import BodySizeLimitMiddleware
+from service.api.offline_docs import install_offline_docs
 from service.api.routes import audit as audit_api
 from service.api.routes import calibration as calibration_api
 from service.api.routes import health, matching, speakers, voice
@@ -81,12 +82,13 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        **(
-            {}
-            if settings.public_docs
-            else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-        ),
+        # The docs pages are installed below with local assets (FastAPI's load from a CDN).
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.public_docs else None,
     )
+    if settings.public_docs:
+        install_offline_docs(app)
     app.state.settings = settings
     app.state.keyring = keyring
     app.add_middleware(

@@ -17,7 +17,7 @@ from filelock import FileLock
 from sqlalchemy import Engine
 
 from index.vector_index import IndexSpec
-from service.core.settings import Settings
+from service.core.settings import SPACE_CNCELEB, Settings
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import DecisionPolicy
 from service.pipeline.backends.export_cache import ProgressFactory, default_progress
@@ -73,7 +73,10 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
     return VoiceSearch(
         settings,
         models,
-        LanguageRouter(settings.cnceleb_languages),
+        LanguageRouter(
+            settings.cnceleb_languages,
+            cnceleb_enabled=SPACE_CNCELEB in models.enabled_spaces(),
+        ),
         store,
         gallery,
         quality=QualityAssessor.from_settings(settings.quality()),

@@ -4,6 +4,8 @@ product's default backend (``tiny_registry``) and on every backend (``backend_re
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 from service.pipeline.threads import quiet_openmp
@@ -15,16 +17,47 @@ import pytest  # noqa: E402
 
 from service.core.settings import Settings  # noqa: E402
 from service.pipeline.backends import BACKENDS  # noqa: E402
+from service.pipeline.dependencies import model_stack_problem  # noqa: E402
 from service.pipeline.registry import ModelRegistry  # noqa: E402
 from tests.model_factory import (  # noqa: E402
     build_langid_model,
     build_speaker_model,
     load_tiny,
 )
+from tests.server import kill_all_servers  # noqa: E402
+
+
+@cache
+def broken_install() -> str | None:
+    """Why models cannot load in this environment (what `voicesearch doctor` says), or None."""
+    return model_stack_problem()
+
+
+def require_model_stack() -> None:
+    """Fail a model test with the doctor's one-line diagnosis instead of an import traceback."""
+    problem = broken_install()
+    if problem:
+        pytest.fail(
+            f"voicesearch doctor: {problem} (run `voicesearch doctor`; reinstall with "
+            "`pip install -c constraints.txt -e '.[test]'`)",
+            pytrace=False,
+        )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("real_model") is not None:
+        require_model_stack()
 
 
 class _NoNetwork(OSError):
     pass
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_servers() -> Iterator[None]:
+    """Whatever server a test started is dead when it ends: failed, timed out or forgotten."""
+    yield
+    kill_all_servers()
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +85,7 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
     Each ``hyperparams.yaml`` names its hub repo (``pretrained_path``), like the real ones.
     """
+    require_model_stack()
     root = tmp_path_factory.mktemp("tiny-models")
     return {
         "langid": build_langid_model(root / "langid", seed=0, favour_language="en"),

@@ -1,9 +1,18 @@
 """Run a real `voicesearch serve` in a subprocess for tests that need real processes
-(several workers, SIGKILL). Loopback only."""
+(several workers, SIGKILL). Loopback only.
+
+No server outlives its test: each one runs in its own process group (``start_new_session``) so
+that one ``killpg`` reaches the uvicorn master and every worker; every live server is recorded
+in :data:`LIVE`, and ``tests/conftest.py`` kills whatever is left after each test (a test that
+failed, timed out or forgot). The master also gets SIGKILL from the kernel if the test process
+itself dies (``PR_SET_PDEATHSIG``), and an ``atexit`` hook kills what remains at interpreter exit.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -44,8 +53,38 @@ def server_env(data_dir: Path, model_dirs: dict[str, Path], **extra: str) -> dic
     return env
 
 
+#: Servers started and not yet stopped or killed.
+LIVE: set[ServerProcess] = set()
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that started it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def kill_all_servers() -> int:
+    """Kill every live server's process group; returns how many there were."""
+    leftovers = list(LIVE)
+    for server in leftovers:
+        server.kill()
+    return len(leftovers)
+
+
+atexit.register(kill_all_servers)
+
+
 class ServerProcess:
-    def __init__(self, env: dict[str, str], *, workers: int = 1, log_path: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        workers: int = 1,
+        log_path: Path,
+        log_level: str = "warning",
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -56,7 +95,7 @@ class ServerProcess:
                 "-m",
                 "service.cli",
                 "--log-level",
-                "warning",
+                log_level,
                 "serve",
                 "--port",
                 str(self.port),
@@ -68,7 +107,9 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill() reaches every worker
+            preexec_fn=_die_with_parent,
         )
+        LIVE.add(self)
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -85,17 +126,19 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group: no shutdown hooks, no snapshot, no flush."""
-        with contextlib.suppress(ProcessLookupError):
+        # The group, even when the master already exited: its workers may not have.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
         self._log.close()
+        LIVE.discard(self)
 
     def stop(self) -> None:
+        """SIGTERM (graceful: snapshots are written), then SIGKILL whatever is left."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                return
-        self._log.close()
+        self.kill()

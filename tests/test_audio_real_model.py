@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torchaudio
 
 from service.pipeline.audio import TARGET_SAMPLE_RATE, decode_audio
 from tests.audio_factory import encode_audio, wav_bytes
@@ -37,6 +36,8 @@ def _decode(data: bytes) -> np.ndarray:
 
 def _resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
     """High-quality reference resampling (windowed sinc, long Kaiser filter), not our path."""
+    import torchaudio  # lazily: a broken torchaudio fails this test, not collection
+
     y = torchaudio.functional.resample(
         torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
         src,

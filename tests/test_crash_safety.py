@@ -26,7 +26,9 @@ from tests.audio_factory import synth_voice, wav_bytes
 from tests.paths import REPO_ROOT
 from tests.server import ServerProcess, server_env
 
-pytestmark = pytest.mark.slow
+# Its own budget: ten rounds of starting a 2-worker server take ~1 min on an idle 2-core box and
+# several times that on a busy one; the default 300 s per test is for ordinary tests.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROUNDS = 10
 FILES_PER_SPEAKER = 2

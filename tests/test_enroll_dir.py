@@ -83,3 +83,28 @@ def test_enroll_dir_reports_failures(
     captured = capsys.readouterr()
     assert "enrolled 1" in captured.out and "failed 1" in captured.out
     assert main(["enroll-dir", str(tmp_path / "nowhere")]) == 2
+
+
+def test_enroll_dir_names_who_is_not_searchable_yet_and_who_was_skipped(
+    tiny_model_dirs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _env(monkeypatch, tiny_model_dirs, tmp_path)
+    monkeypatch.setenv("VOICESEARCH_MIN_ENROLL_SPEECH_S", "2.5")  # more than one clip has
+    root = tmp_path / "people"
+    for name, clips in (("long", 2), ("short", 1)):
+        (root / name).mkdir(parents=True)
+        for clip in range(clips):
+            (root / name / f"{clip}.wav").write_bytes(
+                wav_bytes(synth_voice(2.5, seed=len(name) + clip), 16_000)
+            )
+    assert main(["enroll-dir", str(root), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "enrolled 2" in out
+    assert "NOT SEARCHABLE YET" in out and "short (1.5 s)" in out and "long (" not in out
+    assert main(["enroll-dir", str(root), "--no-progress"]) == 0
+    assert "skipped (already enrolled; --add adds their files): long, short" in (
+        capsys.readouterr().out
+    )

@@ -3,6 +3,7 @@ of enrollments loses nothing that was acknowledged."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -15,7 +16,8 @@ from tests.audio_factory import synth_voice, wav_bytes
 from tests.paths import REPO_ROOT
 from tests.server import ServerProcess, server_env
 
-pytestmark = pytest.mark.slow
+# Real multi-worker servers, restarted several times: their own budget (see test_crash_safety).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def clip(seed: int) -> bytes:
@@ -54,7 +56,8 @@ def verify_index(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 def test_workers_read_their_writes(tmp_path: Path, tiny_model_dirs: dict[str, Path]) -> None:
     env = server_env(tmp_path / "data", tiny_model_dirs)
-    server = ServerProcess(env, workers=2, log_path=tmp_path / "server.log")
+    log_path = tmp_path / "server.log"
+    server = ServerProcess(env, workers=2, log_path=log_path, log_level="info")
     try:
         server.wait_ready()
         # A fresh connection per request spreads the requests over both workers.
@@ -75,6 +78,16 @@ def test_workers_read_their_writes(tmp_path: Path, tiny_model_dirs: dict[str, Pa
         server.stop()
     result = verify_index(env)
     assert result.returncode == 0, result.stdout + result.stderr
+
+    # Workers log exactly like one process: the service's INFO lines, with time, level, logger.
+    log = log_path.read_text()
+    timestamped = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    ready = re.findall(timestamped + r"INFO voicesearch: voicesearch \S+ ready in", log)
+    assert len(ready) == 2, log[-3000:]  # one per worker
+    assert len(re.findall(timestamped + r"INFO service\.\S+: index voxceleb", log))
+    for line in log.splitlines():
+        if "WARNING" in line or "ERROR" in line:
+            assert re.match(timestamped + r"(WARNING|ERROR) \S+: ", line), line
 
 
 def test_sigkill_during_enrollment_loses_nothing_acknowledged(

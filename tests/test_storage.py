@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ def test_create_and_get(store: SpeakerStore, rng: np.random.Generator) -> None:
     assert record.metadata == {"team": "red"}
     assert record.utterance_count == 2
     assert record.spaces == [CN, VOX]
-    assert record.created_at.tzinfo == timezone.utc
+    assert record.created_at.tzinfo == UTC
     assert [u.created for u in utterances] == [True, True]
     assert utterances[0].spaces == [CN, VOX] and utterances[1].spaces == [VOX]
     assert utterances[0].language == "en" and utterances[0].duration_s == 3.5

@@ -34,6 +34,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.core import errors
+from service.core.config_errors import ConfigurationError
 from service.core.settings import Settings
 from storage.audit import ANONYMOUS, Actor
 
@@ -50,7 +51,7 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # RFC 6750 token68: fits a Beare
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-class ApiKeyConfigError(ValueError):
+class ApiKeyConfigError(ConfigurationError):
     """The configured keys cannot be used (bad role, short key, duplicate…)."""
 
 

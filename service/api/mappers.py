@@ -96,6 +96,7 @@ def find_match_out(result: MatchResult) -> FindMatchResponse:
         threshold=result.decision.threshold,
         space=result.space,
         language=result.language,
+        language_confidence=result.confidence,
         confidence=result.confidence,
         language_source=result.language_source,
         searched=result.searched,
@@ -118,11 +119,13 @@ def extraction_out(clip: EmbeddedClip) -> ExtractEmbeddingResponse:
         embedding=clip.vector.tolist(),
         embedding_size=int(clip.vector.shape[0]),
         language=routed.language or "unknown",
+        language_confidence=routed.confidence if routed.confidence is not None else 0.0,
         confidence=routed.confidence if routed.confidence is not None else 0.0,
         language_source=routed.source or "unknown",
         space=routed.space,
         model=clip.model,
-        duration_s=round(clip.audio.duration_s, 3),
+        # The decoded clip's duration (as everywhere); the embedded speech is quality.speech_s.
+        duration_s=round(clip.quality.duration_s, 3),
     )
 
 
@@ -142,12 +145,15 @@ def health_out(health: Health, *, version: str, auth_enabled: bool) -> HealthRes
     return HealthResponse(
         status="healthy" if health.all_loaded else "degraded",
         models_loaded=health.all_loaded,
+        loaded_models=[role for role, s in health.models.items() if s.loaded],
         models={
             role: ModelHealth(
+                enabled=s.enabled,
                 loaded=s.loaded,
                 source=s.source,
                 identity=s.identity,
                 error=s.error,
+                error_kind=s.error_kind,
                 load_seconds=s.load_seconds,
                 backend=s.backend,
             )

@@ -62,10 +62,19 @@ class ErrorResponse(BaseModel):
 
 # --- health ----------------------------------------------------------------------------------
 class ModelHealth(BaseModel):
+    enabled: bool = Field(
+        True, description="False when switched off by configuration (source `off`)."
+    )
     loaded: bool
     source: str = Field(description="Hub repo id or local directory the model is loaded from.")
     identity: str | None = Field(None, description="Source plus a hash of the weights.")
     error: str | None = Field(None, description="Why the model is not loaded.")
+    error_kind: str | None = Field(
+        None,
+        description="What kind of problem: `dependency` (torch/torchaudio/speechbrain do not "
+        "import), `files_missing`, `hub_unreachable`, `bad_checkpoint`, `device`, `config`, "
+        "`other`. `voicesearch doctor` explains each.",
+    )
     load_seconds: float | None = None
     backend: str | None = Field(
         None, description="What runs it: `torch`, `onnx` or `onnx-int8` (plus the device)."
@@ -79,8 +88,16 @@ class SpaceHealth(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: str = Field(description="`healthy` when every model is loaded, else `degraded`.")
-    models_loaded: bool = Field(description="True when every configured model is loaded.")
+    status: str = Field(
+        description="`healthy` when every model that is switched on is loaded, else `degraded`."
+    )
+    models_loaded: bool = Field(
+        description="True when every model that is switched on is loaded (switched-off models "
+        "do not count); `loaded_models` lists what is loaded either way."
+    )
+    loaded_models: list[str] = Field(
+        default_factory=list, description='Roles whose model is loaded, e.g. `["voxceleb"]`.'
+    )
     models: dict[str, ModelHealth] = Field(description="Per role: `langid`, `voxceleb`, `cnceleb`.")
     spaces: dict[str, SpaceHealth] = Field(default_factory=dict)
     version: str
@@ -112,13 +129,16 @@ class ExtractEmbeddingResponse(BaseModel):
     embedding: list[float] = Field(description="L2-normalised speaker embedding.")
     embedding_size: int
     language: str = Field(description="Language used for routing (detected or given).")
-    confidence: float = Field(
+    language_confidence: float = Field(
         description="Language-ID probability; 1.0 when the caller gave the language."
+    )
+    confidence: float = Field(
+        description="Deprecated: the same value as `language_confidence` (kept for old clients)."
     )
     language_source: str = Field(description="`detected` or `caller`.")
     space: str = Field(description="Encoder space the embedding belongs to.")
     model: str = Field(description="Identity of the model that produced the embedding.")
-    duration_s: float
+    duration_s: float = Field(description="Decoded audio duration in seconds.")
 
 
 class CompareVoicesRequest(StrictModel):
@@ -209,8 +229,17 @@ class FindMatchResponse(BaseModel):
     top_matches: list[MatchOut]
     threshold: float
     space: str | None = None
-    language: str | None = None
-    confidence: float | None = None
+    language: str | None = Field(None, description="Language of the probe (detected or given).")
+    language_confidence: float | None = Field(
+        None,
+        description="Language-ID probability of `language` (1.0 when the caller gave it). Not "
+        "about the match: see `decision`, `best_match.score` and `match_probability`.",
+    )
+    confidence: float | None = Field(
+        None,
+        description="Deprecated: the same value as `language_confidence` (kept for old "
+        "clients; it never was the match confidence).",
+    )
     language_source: str | None = None
     searched: int | None = Field(None, description="How many candidates were searched.")
     decision: str | None = Field(

@@ -36,6 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="measure and print; store nothing")
     parser.add_argument("--json", type=Path, dest="json_path", help="write the figures as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
@@ -55,7 +56,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("error: no speaker encoder could be loaded; see the log", file=sys.stderr)
         return 2
     try:
-        results = calibrate(settings, models, rows, args.target_far)
+        results = calibrate(
+            settings,
+            models,
+            rows,
+            args.target_far,
+            show_progress=not getattr(args, "no_progress", False),
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

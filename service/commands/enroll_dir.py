@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,31 @@ def speaker_folders(directory: Path) -> list[tuple[str, list[Path]]]:
     return out
 
 
+@dataclass
+class EnrollReport:
+    """Who needs the operator's attention after a bulk enrollment."""
+
+    skipped: list[str] = field(default_factory=list)  # already enrolled (no --add)
+    # (speaker, net speech s, required s): stored, but not searchable until more audio is added
+    incomplete: list[tuple[str, float, float]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.incomplete:
+            names = ", ".join(f"{s} ({have:.1f} s)" for s, have, _ in self.incomplete[:20])
+            more = f" and {len(self.incomplete) - 20} more" if len(self.incomplete) > 20 else ""
+            out.append(
+                f"NOT SEARCHABLE YET (below the {self.incomplete[0][2]:g} s net-speech "
+                f"enrollment minimum): {names}{more}; add recordings to their folders and run "
+                "again with --add"
+            )
+        if self.skipped:
+            names = ", ".join(self.skipped[:20])
+            more = f" and {len(self.skipped) - 20} more" if len(self.skipped) > 20 else ""
+            out.append(f"skipped (already enrolled; --add adds their files): {names}{more}")
+        return out
+
+
 async def enroll_all(
     voicesearch: VoiceSearch,
     folders: list[tuple[str, list[Path]]],
@@ -60,16 +86,18 @@ async def enroll_all(
     language: str | None,
     add: bool,
     bar: tqdm,
+    report: EnrollReport | None = None,
 ) -> dict[str, int]:
     from service.core import errors
 
+    report = report if report is not None else EnrollReport()
     limit = voicesearch.settings.max_files_per_enrollment
     counts = {"enrolled": 0, "added": 0, "skipped": 0, "failed": 0, "files": 0}
     for speaker, files in folders:
         chunks = [files[i : i + limit] for i in range(0, len(files), limit)]
         try:
             try:
-                await voicesearch.enroll(
+                result = await voicesearch.enroll(
                     [p.read_bytes() for p in chunks[0]],
                     external_id=speaker,
                     name=speaker,
@@ -80,15 +108,22 @@ async def enroll_all(
             except errors.DuplicateSpeaker:
                 if not add:
                     counts["skipped"] += 1
+                    report.skipped.append(speaker)
                     bar.update(1)
                     continue
-                await voicesearch.add_utterances(
+                result = await voicesearch.add_utterances(
                     speaker, [p.read_bytes() for p in chunks[0]], language
                 )
                 counts["added"] += 1
             for chunk in chunks[1:]:
-                await voicesearch.add_utterances(speaker, [p.read_bytes() for p in chunk], language)
+                result = await voicesearch.add_utterances(
+                    speaker, [p.read_bytes() for p in chunk], language
+                )
             counts["files"] += len(files)
+            if not result.speaker.spaces:  # stored, but below the enrollment minimum
+                report.incomplete.append(
+                    (speaker, result.speaker.speech_s, result.required_speech_s)
+                )
         except errors.ServiceError as exc:
             counts["failed"] += 1
             bar.write(f"{speaker}: not enrolled: {exc.code}: {exc}")
@@ -116,9 +151,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         voicesearch = build_voicesearch(settings, models, engine)
         started = time.perf_counter()
+        report = EnrollReport()
         with tqdm(total=len(folders), unit="spk", file=sys.stderr, disable=args.no_progress) as bar:
             counts = asyncio.run(
-                enroll_all(voicesearch, folders, language=args.language, add=args.add, bar=bar)
+                enroll_all(
+                    voicesearch,
+                    folders,
+                    language=args.language,
+                    add=args.add,
+                    bar=bar,
+                    report=report,
+                )
             )
         seconds = time.perf_counter() - started
         voicesearch.gallery.snapshot()
@@ -131,4 +174,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"existing, failed {counts['failed']}; {counts['files']} files in {seconds:.1f}s "
         f"({rate:.1f} speakers/minute)"
     )
+    for line in report.lines():
+        print(line)
     return 1 if counts["failed"] else 0

@@ -34,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="language of rows whose language column is empty or 'unknown' (default: none: "
         "detected when the language-ID model loads, else the voxceleb space is used)",
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
@@ -49,7 +50,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not models.encoders:
         print("error: no speaker encoder could be loaded; see the log", file=sys.stderr)
         return 2
-    evaluation = evaluate(settings, models, rows, args.manifest)
+    evaluation = evaluate(
+        settings, models, rows, args.manifest, show_progress=not getattr(args, "no_progress", False)
+    )
     stem = args.name or f"eval-{args.manifest.stem}"
     written = write_outputs(evaluation, args.out, args.json_path, stem)
     print(markdown(evaluation, None))

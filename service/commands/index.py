@@ -38,7 +38,7 @@ def _open_for_index_work(settings: Settings) -> VoiceSearch:
         inference=settings.inference(),
     )
     for role, status in models.statuses.items():
-        if not status.loaded:
+        if status.enabled and not status.loaded:
             print(f"warning: {role} model not loaded ({status.error}); skipping its index")
     return build_voicesearch(settings, models, open_database(settings))
 

@@ -1,17 +1,26 @@
 """`voicesearch serve [--host H] [--port P] [--workers N]`: run the HTTP service (uvicorn).
 
-Unlike the other commands this one reads no settings itself: every worker process builds the
-app (``service.app:create_app``) and reads them there; and it may re-execute the command line
-once (``argv``) to set the allocator environment.
+Every worker process builds the app (``service.app:create_app``) and reads the settings itself;
+this command reads them first only to refuse a bad configuration before anything starts (one
+line, exit status 2), and it may re-execute the command line once (``argv``) to set the
+allocator environment.
+
+It binds 127.0.0.1 unless told otherwise, and refuses to serve an *open* API (no keys) on an
+address other machines can reach unless the operator says so (``--allow-open``): enrollment and
+deletion would be open to the whole network.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from collections.abc import Sequence
 
+from service.core.config_errors import ConfigurationError
+from service.core.logs import logging_config
+from service.core.settings import Settings
 from service.pipeline.threads import inference_threads
 
 # glibc hands freed memory back to the OS eagerly, so every inference re-faults its activation
@@ -22,9 +31,35 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine)"
+    )
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--allow-open",
+        action="store_true",
+        help="serve without API keys on a non-loopback address (a trusted network only)",
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: assume other machines can reach it
+
+
+def check_exposure(host: str, keys_enabled: bool, allow_open: bool) -> None:
+    if keys_enabled or allow_open or is_loopback(host):
+        return
+    raise ConfigurationError(
+        f"refusing to serve an open API on {host}: anyone who can reach it could enroll and "
+        "delete speakers. Set VOICESEARCH_API_KEYS (or VOICESEARCH_API_KEYS_FILE), bind "
+        "127.0.0.1, or pass --allow-open on a trusted network"
+    )
 
 
 def _with_malloc_tuning(argv: Sequence[str]) -> None:
@@ -35,7 +70,11 @@ def _with_malloc_tuning(argv: Sequence[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "service.cli", *argv], env)
 
 
-def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def run(args: argparse.Namespace, argv: Sequence[str], settings: Settings) -> int:
+    from service.api.auth import KeyRing
+
+    keyring = KeyRing.from_settings(settings)  # a bad key configuration stops here, in one line
+    check_exposure(args.host, keyring.enabled, args.allow_open)
     _with_malloc_tuning(argv)
     import uvicorn
 
@@ -50,6 +89,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
+        # Applied in every worker process, so N workers log exactly like one.
+        log_config=logging_config(args.log_level),
         log_level=args.log_level,
         timeout_graceful_shutdown=30,
     )

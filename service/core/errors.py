@@ -93,6 +93,11 @@ class UnknownLanguage(ServiceError):
     code = "unknown_language"
 
 
+class LanguageRequired(ServiceError):
+    status_code = 422
+    code = "language_required"
+
+
 class UnknownSpace(ServiceError):
     status_code = 422
     code = "unknown_space"

@@ -28,7 +28,16 @@ from service.decisions.scoring import (
     fit_logistic_calibration,
     threshold_for_far,
 )
-from service.evaluation.trials import Row, enroll_speakers, probe_rows, search_probe
+from service.evaluation.trials import (
+    Progress,
+    Row,
+    enroll_speakers,
+    no_progress,
+    probe_rows,
+    progress_bar,
+    search_probe,
+    work_items,
+)
 from service.pipeline.registry import ModelRegistry
 from service.search.voicesearch import VoiceSearch
 from storage.calibration import CalibrationRecord, CalibrationStore
@@ -118,17 +127,17 @@ def fit_space(scores: SpaceScores, identity: str, target_far: float) -> SpaceCal
 
 
 def measure_scores(
-    settings: Settings, models: ModelRegistry, rows: list[Row]
+    settings: Settings, models: ModelRegistry, rows: list[Row], progress: Progress = no_progress
 ) -> dict[str, SpaceScores]:
     """Enroll and probe ``rows`` through a VoiceSearch on a fresh temporary store; per loaded
     space, the genuine and impostor trial scores (AS-norm scores where it is on)."""
     # Every enroll row is scored, however little speech it has.
     with temporary_voicesearch(settings, models, min_enroll_speech_s=0.0) as vs:
-        return asyncio.run(_scores(vs, rows))
+        return asyncio.run(_scores(vs, rows, progress))
 
 
-async def _scores(vs: VoiceSearch, rows: list[Row]) -> dict[str, SpaceScores]:
-    enrolled = await enroll_speakers(vs, rows)
+async def _scores(vs: VoiceSearch, rows: list[Row], progress: Progress) -> dict[str, SpaceScores]:
+    enrolled = await enroll_speakers(vs, rows, progress)
     ids = {speaker_id: speaker for speaker, speaker_id in enrolled.items()}
     probes = probe_rows(rows)
     spaces = list(vs.models.encoders)
@@ -139,7 +148,9 @@ async def _scores(vs: VoiceSearch, rows: list[Row]) -> dict[str, SpaceScores]:
     top1: dict[str, list[bool]] = {s: [] for s in spaces}
     best: dict[str, list[float]] = {s: [] for s in spaces}
     for row in probes:
-        for found in await search_probe(vs, row, len(ids), spaces=spaces):
+        searched = await search_probe(vs, row, len(ids), spaces=spaces)
+        progress(1)
+        for found in searched:
             space, vector, hits = found.space, found.vector, found.hits
             raw = [h.score for h in hits]
             scored = raw
@@ -175,9 +186,15 @@ async def _scores(vs: VoiceSearch, rows: list[Row]) -> dict[str, SpaceScores]:
 
 
 def calibrate(
-    settings: Settings, models: ModelRegistry, rows: list[Row], target_far: float
+    settings: Settings,
+    models: ModelRegistry,
+    rows: list[Row],
+    target_far: float,
+    *,
+    show_progress: bool = False,
 ) -> dict[str, SpaceCalibration]:
-    scores = measure_scores(settings, models, rows)
+    with progress_bar("calibrate", work_items(rows), enabled=show_progress) as bar:
+        scores = measure_scores(settings, models, rows, bar.update)
     identities = {space: enc.identity for space, enc in models.encoders.items()}
     return {
         space: fit_space(space_scores, identities[space], target_far)

@@ -31,7 +31,16 @@ import numpy as np
 from service.bootstrap import temporary_voicesearch
 from service.core.settings import SPACE_VOXCELEB, Settings
 from service.decisions import scoring
-from service.evaluation.trials import Row, enroll_speakers, probe_rows, search_probe
+from service.evaluation.trials import (
+    Progress,
+    Row,
+    enroll_speakers,
+    no_progress,
+    probe_rows,
+    progress_bar,
+    search_probe,
+    work_items,
+)
 from service.pipeline.registry import ModelRegistry
 from service.search.voicesearch import VoiceSearch
 
@@ -114,16 +123,18 @@ def compute_metrics(result: SystemResult) -> dict[str, Any]:
 EVAL_OVERRIDES = {"min_enroll_speech_s": 0.0}
 
 
-def run_service(settings: Settings, models: ModelRegistry, rows: list[Row]) -> SystemResult:
+def run_service(
+    settings: Settings, models: ModelRegistry, rows: list[Row], progress: Progress = no_progress
+) -> SystemResult:
     """Enroll and probe through a VoiceSearch built on a fresh temporary store."""
     overrides = {k: v for k, v in EVAL_OVERRIDES.items() if k in type(settings).model_fields}
     with temporary_voicesearch(settings, models, **overrides) as vs:
-        return asyncio.run(_service_scores(vs, rows))
+        return asyncio.run(_service_scores(vs, rows, progress))
 
 
-async def _service_scores(vs: VoiceSearch, rows: list[Row]) -> SystemResult:
+async def _service_scores(vs: VoiceSearch, rows: list[Row], progress: Progress) -> SystemResult:
     started = time.perf_counter()
-    speaker_ids = await enroll_speakers(vs, rows)
+    speaker_ids = await enroll_speakers(vs, rows, progress)
     speakers = list(speaker_ids)
     column = {speaker_ids[s]: n for n, s in enumerate(speakers)}
     probes = probe_rows(rows)
@@ -132,6 +143,7 @@ async def _service_scores(vs: VoiceSearch, rows: list[Row]) -> SystemResult:
     probe_spaces: list[str] = []
     for p, row in enumerate(probes):
         (found,) = await search_probe(vs, row, len(speakers))
+        progress(1)
         probe_spaces.append(found.space)
         for hit in found.hits:
             if hit.speaker_id in column:
@@ -184,7 +196,11 @@ def load_reference_audio(path: Path, sample_rate: int = 16_000) -> np.ndarray:
 
 
 def run_reference(
-    classifiers: dict[str, Any], rows: list[Row], probe_spaces: list[str], threshold: float
+    classifiers: dict[str, Any],
+    rows: list[Row],
+    probe_spaces: list[str],
+    threshold: float,
+    progress: Progress = no_progress,
 ) -> SystemResult:
     """Score with ``encode_batch`` directly. ``probe_spaces[p]`` picks the classifier of probe p
     (the space the service routed it to, so both systems compare like with like)."""
@@ -196,6 +212,7 @@ def run_reference(
         wav = torch.from_numpy(load_reference_audio(path)).unsqueeze(0)
         with torch.inference_mode():
             vector = classifiers[space].encode_batch(wav).reshape(-1).float().numpy()
+        progress(1)
         return vector / np.linalg.norm(vector)
 
     enroll: dict[str, list[Path]] = {}
@@ -255,12 +272,20 @@ class Evaluation:
 
 
 def evaluate(
-    settings: Settings, models: ModelRegistry, rows: list[Row], manifest: Path
+    settings: Settings,
+    models: ModelRegistry,
+    rows: list[Row],
+    manifest: Path,
+    *,
+    show_progress: bool = False,
 ) -> Evaluation:
-    service = run_service(settings, models, rows)
-    probe_spaces = service.probe_spaces  # the reference scores each probe in the same space
-    classifiers = {space: models.encoder(space).classifier for space in set(probe_spaces)}
-    reference = run_reference(classifiers, rows, probe_spaces, service.threshold)
+    # Service: speakers + probes; reference: every enroll clip and probe embedded once.
+    total = work_items(rows) + len(rows)
+    with progress_bar("eval", total, enabled=show_progress) as bar:
+        service = run_service(settings, models, rows, bar.update)
+        probe_spaces = service.probe_spaces  # the reference scores each probe in the same space
+        classifiers = {space: models.encoder(space).classifier for space in set(probe_spaces)}
+        reference = run_reference(classifiers, rows, probe_spaces, service.threshold, bar.update)
     service.metrics = compute_metrics(service)
     reference.metrics = compute_metrics(reference)
     return Evaluation(manifest, service, reference, probe_spaces)

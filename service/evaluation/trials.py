@@ -16,8 +16,11 @@ so each probe yields one score per speaker and space.
 from __future__ import annotations
 
 import csv
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +28,26 @@ from service.search.gallery import Hit
 from service.search.voicesearch import VoiceSearch
 
 ROLES = ("enroll", "probe")
+
+#: Called with the number of items just done (a speaker enrolled, a probe searched, a clip
+#: embedded): what the command-line progress bars hang on.
+Progress = Callable[[int], Any]
+
+
+def no_progress(done: int) -> None:
+    return None
+
+
+def progress_bar(description: str, total: int, *, enabled: bool = True) -> Any:
+    """A progress bar on stderr (``eval`` and ``calibrate`` take minutes on a CPU)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="clip", file=sys.stderr, disable=not enabled)
+
+
+def work_items(rows: list[Row]) -> int:
+    """Items :func:`enroll_speakers` and one probe pass report: speakers + probes."""
+    return len(enroll_rows(rows)) + len(probe_rows(rows))
 
 
 @dataclass(frozen=True)
@@ -73,7 +96,9 @@ def probe_rows(rows: list[Row]) -> list[Row]:
     return [r for r in rows if r.role == "probe"]
 
 
-async def enroll_speakers(vs: VoiceSearch, rows: list[Row]) -> dict[str, int]:
+async def enroll_speakers(
+    vs: VoiceSearch, rows: list[Row], progress: Progress = no_progress
+) -> dict[str, int]:
     """Enroll each speaker's files in one ``VoiceSearch.enroll`` (language: the rows' language
     when they agree, else none); returns ``{speaker: integer id}`` in manifest order, the id
     gallery hits carry."""
@@ -87,6 +112,7 @@ async def enroll_speakers(vs: VoiceSearch, rows: list[Row]) -> dict[str, int]:
             metadata=None,
             language=languages.pop() if len(languages) == 1 else None,
         )
+        progress(1)
     # Gallery hits carry the integer primary key; map it back to the external id.
     return {speaker: vs.store.get(speaker).id for speaker in enroll}
 

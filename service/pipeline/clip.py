@@ -30,7 +30,7 @@ from service.core.settings import SPACE_VOXCELEB, ClipSettings
 from service.pipeline.audio import DecodedAudio, decode_audio
 from service.pipeline.language import LanguageDetection, LanguageRouter, normalise_language
 from service.pipeline.quality import QualityAssessor, QualityReport
-from service.pipeline.registry import ModelRegistry
+from service.pipeline.registry import LANGID_ROLE, ModelRegistry
 from service.pipeline.speech import ensure_speech
 
 T = TypeVar("T")
@@ -112,10 +112,26 @@ class ClipPipeline:
         return self.decode_assessed(data)[0]
 
     def route(self, audio: DecodedAudio, language: str | None) -> RoutedLanguage:
-        """Use the caller's language, else detect it; then pick the encoder space."""
+        """Use the caller's language, else detect it; then pick the encoder space.
+
+        Without a language-ID model (switched off) and with only one encoder space switched on,
+        there is nothing to decide: the clip goes to that space, language unknown. With several
+        spaces and language ID switched off, the caller must say the language (422)."""
         if language:
             code = normalise_language(language)
             return RoutedLanguage(code, 1.0, LANGUAGE_FROM_CALLER, self.router.space_for(code))
+        if self.models.language_identifier is None:
+            langid = self.models.statuses.get(LANGID_ROLE)
+            switched_off = langid is None or not langid.enabled
+            spaces = self.models.enabled_spaces()
+            if switched_off and len(spaces) == 1:
+                return RoutedLanguage(None, None, None, spaces[0])
+            if switched_off:
+                raise errors.LanguageRequired(
+                    "language ID is switched off (VOICESEARCH_MODEL_LANGID=off): pass `language` "
+                    "with the request",
+                    details={"spaces": spaces},
+                )
         detection = self.models.require_language_identifier().detect(audio.samples)
         return RoutedLanguage(
             detection.language,
@@ -130,11 +146,14 @@ class ClipPipeline:
         in every space, so there the language is only recorded, never required."""
         if language or self.models.language_identifier is not None:
             return self.route(audio, language)
-        return RoutedLanguage(None, None, None, SPACE_VOXCELEB)
+        spaces = self.models.enabled_spaces()
+        return RoutedLanguage(None, None, None, spaces[0] if len(spaces) == 1 else SPACE_VOXCELEB)
 
-    def detect_language(self, data: bytes) -> tuple[DecodedAudio, LanguageDetection]:
-        audio = self.decode(data)
-        return audio, self.models.require_language_identifier().detect(audio.samples)
+    def detect_language(self, data: bytes) -> tuple[QualityReport, LanguageDetection]:
+        """The clip's quality report (its ``duration_s`` is the decoded clip's) and language."""
+        audio, report = self.decode_assessed(data)
+        identifier = self.models.require_language_identifier(for_routing=False)
+        return report, identifier.detect(audio.samples)
 
     def embed_routed(self, data: bytes, language: str | None) -> EmbeddedClip:
         """Decode, route and embed in the routed space (``/extract-embedding``, find-match)."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from service.core.settings import SPACE_CNCELEB, SPACE_VOXCELEB
 from service.pipeline.backends.runtime import ModelRuntime
-from service.pipeline.loading import ModelLoadError
+from service.pipeline.loading import FAILURE_BAD_CHECKPOINT, ModelLoadError
 from service.pipeline.waveform import checked_samples, warmup_signal
 
 
@@ -59,7 +59,9 @@ class LanguageIdentifier:
         label_encoder = classifier.hparams.label_encoder
         ind2lab = dict(getattr(label_encoder, "ind2lab", {}) or {})
         if not ind2lab:
-            raise ModelLoadError("label_encoder.txt is missing or empty (no language labels)")
+            raise ModelLoadError(
+                "label_encoder.txt is missing or empty (no language labels)", FAILURE_BAD_CHECKPOINT
+            )
         self._labels: dict[int, tuple[str, str]] = {
             int(index): split_language_label(label) for index, label in ind2lab.items()
         }
@@ -70,12 +72,15 @@ class LanguageIdentifier:
         if n_outputs != len(self._labels) or set(self._labels) != set(range(n_outputs)):
             raise ModelLoadError(
                 f"the classifier has {n_outputs} outputs but label_encoder.txt has "
-                f"{len(self._labels)} labels"
+                f"{len(self._labels)} labels",
+                FAILURE_BAD_CHECKPOINT,
             )
         if hasattr(label_encoder, "expect_len"):
             label_encoder.expect_len(n_outputs)  # also silences SpeechBrain's warning about it
         if not np.all(np.isfinite(probe)):
-            raise ModelLoadError("the language-ID model produced non-finite scores")
+            raise ModelLoadError(
+                "the language-ID model produced non-finite scores", FAILURE_BAD_CHECKPOINT
+            )
         self.languages: list[str] = [self._labels[i][0] for i in range(n_outputs)]
 
     def _log_posteriors(self, samples: np.ndarray) -> np.ndarray:
@@ -136,10 +141,15 @@ def normalise_language(code: str) -> str:
 
 
 class LanguageRouter:
-    def __init__(self, cnceleb_languages: list[str]) -> None:
+    """Language → encoder space. ``cnceleb_enabled=False`` (the CN-Celeb model switched off):
+    every language goes to ``voxceleb``, the one space there is, rather than to a space that
+    can never answer."""
+
+    def __init__(self, cnceleb_languages: list[str], *, cnceleb_enabled: bool = True) -> None:
         self._cnceleb = {normalise_language(code) for code in cnceleb_languages}
+        self.cnceleb_enabled = cnceleb_enabled
 
     def space_for(self, language: str) -> str:
-        if normalise_language(language) in self._cnceleb:
+        if self.cnceleb_enabled and normalise_language(language) in self._cnceleb:
             return SPACE_CNCELEB
         return SPACE_VOXCELEB

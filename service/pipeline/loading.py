@@ -37,6 +37,10 @@ from typing import Any
 
 HPARAMS_FILE = "hyperparams.yaml"
 
+#: Top-level packages every SpeechBrain model needs at load time (import order matters:
+#: speechbrain imports torchaudio, which needs the matching torch).
+MODEL_STACK_PACKAGES = ("torch", "torchaudio", "speechbrain")
+
 #: Seconds the single "is the hub reachable?" request may take before a hub source is given up.
 HUB_PROBE_TIMEOUT_S = 5.0
 
@@ -48,8 +52,24 @@ _TRANSFER_PROBLEM = re.compile(
 _PRETRAINED_PATH_KEY = re.compile(r"^pretrained_path\s*:\s*(?P<value>\S+)?", re.MULTILINE)
 
 
+# Why a model failed to load, as a stable machine-readable class (shown by /health and
+# `voicesearch doctor` beside the human message): the fix differs for each.
+FAILURE_DEPENDENCY = "dependency"  # torch / torchaudio / speechbrain cannot be imported
+FAILURE_FILES_MISSING = "files_missing"  # no such directory, repo or file
+FAILURE_HUB_UNREACHABLE = "hub_unreachable"  # not cached, and the hub cannot be reached
+FAILURE_BAD_CHECKPOINT = "bad_checkpoint"  # files present but corrupt or not fitting the model
+FAILURE_DEVICE = "device"  # the configured device does not exist here
+FAILURE_CONFIG = "config"  # the source setting itself is unusable
+FAILURE_OTHER = "other"
+
+
 class ModelLoadError(Exception):
-    """A model could not be loaded; the message says why, for a human."""
+    """A model could not be loaded; the message says why, for a human, and ``kind`` (one of the
+    ``FAILURE_*`` values) says which kind of problem it is."""
+
+    def __init__(self, message: str, kind: str = FAILURE_OTHER) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def resolve_device(name: str) -> str:
@@ -63,7 +83,7 @@ def resolve_device(name: str) -> str:
 
 
 # --- loading -----------------------------------------------------------------------------------
-def _file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
+def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_size):
@@ -128,7 +148,8 @@ def _failed_parameter_transfers() -> Iterator[list[str]]:
         target.propagate = saved[1]
 
 
-def _hub_error_message(source: str, exc: BaseException) -> str:
+def _hub_failure(source: str, exc: BaseException) -> tuple[str, str]:
+    """(message, kind) for a failed hub download or probe."""
     from huggingface_hub.utils import (
         EntryNotFoundError,
         GatedRepoError,
@@ -139,23 +160,30 @@ def _hub_error_message(source: str, exc: BaseException) -> str:
     if isinstance(exc, OfflineModeIsEnabled):
         return (
             f"'{source}' is not in the model cache and Hugging Face hub access is disabled "
-            "(HF_HUB_OFFLINE); use a local model directory or download it first"
+            "(HF_HUB_OFFLINE); use a local model directory or download it first",
+            FAILURE_HUB_UNREACHABLE,
         )
     if isinstance(exc, GatedRepoError):
-        return f"Hugging Face repo '{source}' is gated: log in / accept its terms first ({exc})"
+        return (
+            f"Hugging Face repo '{source}' is gated: log in / accept its terms first ({exc})",
+            FAILURE_FILES_MISSING,
+        )
     if isinstance(exc, RepositoryNotFoundError):
         return (
             f"'{source}' is not a local directory, and no Hugging Face repo of that name exists "
-            "(or it is private)"
+            "(or it is private)",
+            FAILURE_FILES_MISSING,
         )
     if isinstance(exc, EntryNotFoundError):
         return (
             f"Hugging Face repo '{source}' lacks a file a SpeechBrain model needs "
-            f"({type(exc).__name__}: {_short(exc, 150)})"
+            f"({type(exc).__name__}: {_short(exc, 150)})",
+            FAILURE_FILES_MISSING,
         )
     return (
         f"'{source}' is neither a local directory nor cached, and the Hugging Face hub could "
-        f"not be reached to download it ({type(exc).__name__}: {_short(exc)})"
+        f"not be reached to download it ({type(exc).__name__}: {_short(exc)})",
+        FAILURE_HUB_UNREACHABLE,
     )
 
 
@@ -166,7 +194,7 @@ def _probe_hub(source: str) -> None:
     try:
         get_hf_file_metadata(hf_hub_url(source, HPARAMS_FILE), timeout=HUB_PROBE_TIMEOUT_S)
     except Exception as exc:
-        raise ModelLoadError(_hub_error_message(source, exc)) from exc
+        raise ModelLoadError(*_hub_failure(source, exc)) from exc
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -188,17 +216,21 @@ def load_classifier(source: str, *, cache_dir: Path, device: str) -> LoadedClass
 
     source = source.strip()
     if not source:
-        raise ModelLoadError("no model source configured")
+        raise ModelLoadError("no model source configured", FAILURE_CONFIG)
     if source.startswith(("http://", "https://")):
         raise ModelLoadError(
-            f"'{source}': URLs are not supported; give a Hugging Face repo id or a local directory"
+            f"'{source}': URLs are not supported; give a Hugging Face repo id or a local directory",
+            FAILURE_CONFIG,
         )
 
     local_dir = Path(source).expanduser()
     if local_dir.is_dir():
         hparams_path = local_dir / HPARAMS_FILE
         if not hparams_path.is_file():
-            raise ModelLoadError(f"'{local_dir}' has no {HPARAMS_FILE}: not a SpeechBrain model")
+            raise ModelLoadError(
+                f"'{local_dir}' has no {HPARAMS_FILE}: not a SpeechBrain model",
+                FAILURE_FILES_MISSING,
+            )
         directory = str(local_dir.resolve())
         overrides = {}
         if _pretrained_path_in(hparams_path.read_text(encoding="utf-8")) is not None:
@@ -215,14 +247,15 @@ def load_classifier(source: str, *, cache_dir: Path, device: str) -> LoadedClass
                 raise
             raise ModelLoadError(
                 f"{corrupt} in '{directory}' is corrupt or truncated "
-                f"({type(exc).__name__}: {_short(exc, 100)})"
+                f"({type(exc).__name__}: {_short(exc, 100)})",
+                FAILURE_BAD_CHECKPOINT,
             ) from exc
         return _loaded(classifier, _label_for_local(directory), hparams_path)
 
     if local_dir.exists():
-        raise ModelLoadError(f"'{source}' is a file, not a model directory")
+        raise ModelLoadError(f"'{source}' is a file, not a model directory", FAILURE_CONFIG)
     if _looks_like_path(source) or not _REPO_ID.match(source):
-        raise ModelLoadError(f"model directory '{source}' does not exist")
+        raise ModelLoadError(f"model directory '{source}' does not exist", FAILURE_FILES_MISSING)
 
     # A hub repo id: the local cache first, the network only when it is not cached there.
     from huggingface_hub.utils import LocalEntryNotFoundError
@@ -238,7 +271,7 @@ def load_classifier(source: str, *, cache_dir: Path, device: str) -> LoadedClass
             raise
         except Exception as exc:
             if type(exc).__module__.startswith(("huggingface_hub", "httpx", "requests")):
-                raise ModelLoadError(_hub_error_message(source, exc)) from exc
+                raise ModelLoadError(*_hub_failure(source, exc)) from exc
             raise
     return _loaded(classifier, source, hparams_path)
 
@@ -283,7 +316,8 @@ def _from_hparams(source: str, overrides: dict[str, str], device: str, config: A
     if problems:
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise ModelLoadError(
-            "checkpoint does not match hyperparams.yaml (" + ", ".join(problems[:3]) + more + ")"
+            "checkpoint does not match hyperparams.yaml (" + ", ".join(problems[:3]) + more + ")",
+            FAILURE_BAD_CHECKPOINT,
         )
     classifier.eval()
     return classifier
@@ -303,7 +337,7 @@ def _loaded(classifier: Any, label: str, hparams_path: Path) -> LoadedClassifier
     """Identity and checkpoint digest of what was actually loaded (each file hashed once)."""
     paths: Mapping[str, Any] = getattr(classifier.hparams.pretrainer, "paths", {}) or {}
     hashes = {
-        name: _file_sha256(Path(path))
+        name: file_sha256(Path(path))
         for name, path in paths.items()
         if name == "embedding_model" or Path(path).is_file()  # the weights must be there
     }
@@ -316,7 +350,7 @@ def _loaded(classifier: Any, label: str, hparams_path: Path) -> LoadedClassifier
         digest = combined.hexdigest()
     # The export cache's key: every file the model is built from, hyperparams included (the
     # feature settings live there).
-    everything = hashlib.sha256(_file_sha256(hparams_path).encode())
+    everything = hashlib.sha256(file_sha256(hparams_path).encode())
     for name in sorted(hashes):
         everything.update(name.encode() + b"\0" + hashes[name].encode())
     return LoadedClassifier(
@@ -341,8 +375,20 @@ def find_device_problem(device: str) -> str | None:
     return None
 
 
-def describe_failure(exc: BaseException) -> str:
-    """A one-line human explanation of an unexpected loading failure."""
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """(one-line human explanation, kind) of an unexpected loading failure."""
+    if isinstance(exc, ModelLoadError):
+        return str(exc), exc.kind
     if isinstance(exc, FileNotFoundError) and getattr(exc, "filename", None):
-        return f"missing file {exc.filename}"
-    return f"{type(exc).__name__}: {_short(exc)}"
+        return f"missing file {exc.filename}", FAILURE_FILES_MISSING
+    text = f"{type(exc).__name__}: {_short(exc)}"
+    if isinstance(exc, OSError) and ".so" in str(exc):
+        return text, FAILURE_DEPENDENCY  # a native library that does not load
+    if isinstance(exc, ImportError):
+        # hyperparams.yaml naming a class that does not exist is the model's fault; a package
+        # of the model stack that cannot be imported is the installation's.
+        package = (exc.name or "").split(".")[0]
+        if package in MODEL_STACK_PACKAGES:
+            return text, FAILURE_DEPENDENCY
+        return text, FAILURE_BAD_CHECKPOINT
+    return text, FAILURE_OTHER

@@ -137,9 +137,9 @@ class VoiceSearch:
 
     # --- language and embeddings --------------------------------------------------------------
     async def detect_language(self, data: bytes) -> DetectedLanguage:
-        audio, detection = await self.pipeline.infer(self.pipeline.detect_language, data)
+        report, detection = await self.pipeline.infer(self.pipeline.detect_language, data)
         return DetectedLanguage(
-            detection, self.router.space_for(detection.language), audio.duration_s
+            detection, self.router.space_for(detection.language), report.duration_s
         )
 
     async def extract(self, data: bytes, language: str | None) -> EmbeddedClip:

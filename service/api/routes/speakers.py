@@ -102,6 +102,7 @@ async def add_utterances(
 @router.get("", response_model=SpeakerListResponse, summary="List enrolled speakers")
 async def list_speakers(
     voice: VoiceSearchDep,
+    settings: SettingsDep,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     name: Annotated[
@@ -118,7 +119,10 @@ async def list_speakers(
         offset=offset, limit=limit, name=name, metadata=parse_metadata(metadata)
     )
     return SpeakerListResponse(
-        speakers=[speaker_out(r) for r in records], total=total, offset=offset, limit=limit
+        speakers=[speaker_out(r, settings.min_enroll_speech_s) for r in records],
+        total=total,
+        offset=offset,
+        limit=limit,
     )
 
 
@@ -142,12 +146,15 @@ async def get_speaker(
     summary="Change a speaker's name or metadata",
 )
 async def update_speaker(
-    actor: AdminActor, voice: VoiceSearchDep, speaker_id: SpeakerId, body: SpeakerPatch
+    actor: AdminActor,
+    voice: VoiceSearchDep,
+    settings: SettingsDep,
+    speaker_id: SpeakerId,
+    body: SpeakerPatch,
 ) -> SpeakerResponse:
     changes = body.model_dump(exclude_unset=True)
-    return SpeakerResponse(
-        speaker=speaker_out(await voice.update_speaker(speaker_id, changes, actor))
-    )
+    record = await voice.update_speaker(speaker_id, changes, actor)
+    return SpeakerResponse(speaker=speaker_out(record, settings.min_enroll_speech_s))
 
 
 @router.delete(

@@ -20,7 +20,6 @@ cosine 0.67: it must fail here, not in production).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from service.pipeline.backends.int8 import quantize_int8
 from service.pipeline.backends.onnx_backend import OnnxRuntime
 from service.pipeline.backends.onnx_export import ExportError, export_onnx
 from service.pipeline.backends.torch_backend import TorchRuntime
+from service.pipeline.loading import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,6 @@ class ExportKey:
     def folder_name(self) -> str:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", self.name).strip("-")[:60] or "model"
         return f"{slug}-{self.head}-{self.checkpoint_sha256[:16]}-v{EXPORTER_VERSION}"
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
