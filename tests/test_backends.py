@@ -375,3 +375,32 @@ def test_exported_models_do_not_drift(backend_registry: ModelRegistry) -> None:
         pytest.skip("nothing exported: torch is the reference")
     vectors = [encoder.embed(x) for x in _fingerprint_inputs()]
     check_fingerprint(f"tiny/{backend}", vectors, 0.999999 if backend == "onnx" else 0.9999)
+
+
+# --- voicesearch export ------------------------------------------------------------------------
+def test_export_command_builds_once_and_reports(
+    tiny_model_dirs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.cli import main
+
+    for name, value in {
+        "VOICESEARCH_DATA_DIR": str(tmp_path / "data"),
+        "VOICESEARCH_MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "VOICESEARCH_MODEL_VOXCELEB": str(tiny_model_dirs["voxceleb"]),
+        "VOICESEARCH_MODEL_LANGID": "off",
+        "VOICESEARCH_MODEL_CNCELEB": "off",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert main(["export", "--calibration", str(tmp_path / "nowhere"), "--no-progress"]) == 2
+    assert main(["export", "--backend", "onnx-int8", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "voxceleb: onnx-int8, identity " in out and "+int8." in out
+    built = sorted((tmp_path / "cache" / "onnx").glob("*/*.onnx"))
+    assert [p.name.split("-")[0] for p in built] == ["fp32.onnx", "int8"]
+    assert all(str(p) in out for p in built)
+    stamps = [p.stat().st_mtime_ns for p in built]
+    assert main(["export", "--backend", "onnx-int8", "--no-progress"]) == 0  # cached: reused
+    assert [p.stat().st_mtime_ns for p in built] == stamps

@@ -23,7 +23,13 @@ from service.pipeline.registry import ModelRegistry
 from tests.fingerprints import check_fingerprint
 from tests.paths import DEV_SPEECH_DIR, REAL_VOXCELEB_DIR, REPO_ROOT, requires_real_model
 
-pytestmark = [requires_real_model, pytest.mark.real_model]
+# Slow: ~115 inputs on three backends plus two exports; minutes on a busy 2-core box.
+pytestmark = [
+    requires_real_model,
+    pytest.mark.real_model,
+    pytest.mark.slow,
+    pytest.mark.timeout(1800),
+]
 
 MANIFEST = REPO_ROOT / "bench" / "manifests" / "dev-speech.csv"
 MIN_COSINE = {"onnx": 0.99999, "onnx-int8": 0.995}

@@ -58,11 +58,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     models = load_models(chosen, progress=bar)
     failed = 0
     for role, status in models.statuses.items():
-        if status.loaded:
-            print(f"{role}: {status.backend}, identity {status.identity}")
-        else:
+        if not status.enabled:
+            print(f"{role}: switched off")
+        elif not status.loaded:
             failed += 1
             print(f"{role}: NOT exported: {status.error}")
+        elif not (status.backend or "").startswith(args.backend):
+            failed += 1  # loaded, but on the torch fallback: the export itself failed
+            print(f"{role}: NOT exported: runs on {status.backend}")
+        else:
+            print(f"{role}: {status.backend}, identity {status.identity}")
     root = chosen.resolved_model_cache_dir / "onnx"
     for path in sorted(root.glob("*/*.onnx")):
         print(f"  {path} ({path.stat().st_size / 2**20:.1f} MiB)")
