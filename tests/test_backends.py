@@ -352,7 +352,7 @@ def test_failed_fp32_export_falls_back_to_torch_with_the_same_identity(
 
 
 def test_settings_choose_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings(_env_file=None).backend == "onnx"  # the default: same vectors, faster
+    assert Settings(_env_file=None).backend == "torch"  # the default (bench/RESULTS.md)
     monkeypatch.setenv("VOICESEARCH_BACKEND", "onnx-int8")
     monkeypatch.setenv("VOICESEARCH_INT8_CALIBRATION_DIR", "/some/dir")
     section = Settings(_env_file=None).inference()

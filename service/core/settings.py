@@ -154,13 +154,14 @@ class Settings(BaseSettings):
         "inference already uses every core, so more only adds latency.",
     )
     backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        "onnx",
+        "torch",
         description="What runs the speaker encoders and the language-ID model: 'torch' "
-        "(SpeechBrain, the reference; uses a CUDA GPU), 'onnx' (the same model exported to ONNX "
-        "Runtime: same vectors, faster on a shared CPU) or 'onnx-int8' (quantised: fastest on "
-        "CPU, vectors close to but not equal to torch's, so its profiles are a space of their "
-        "own: re-enroll when switching to or from it). Exports are built on first start and "
-        "cached under <model_cache_dir>/onnx (`voicesearch export` builds them ahead).",
+        "(SpeechBrain, the reference; uses a CUDA GPU; the default because the FP32 export "
+        "measured no faster on CPU, bench/RESULTS.md), 'onnx' (the same model exported to ONNX "
+        "Runtime: same vectors) or 'onnx-int8' (quantised: fastest on CPU, vectors close to but "
+        "not equal to torch's, so its profiles are a space of their own: re-enroll when "
+        "switching to or from it). Exports are built on first start and cached under "
+        "<model_cache_dir>/onnx (`voicesearch export` builds them ahead).",
     )
     inference_threads: int = Field(
         0,
