@@ -1,6 +1,7 @@
 """HTTP load test of a real `voicesearch serve --workers N` (loopback only, bounded runs).
 
     .venv/bin/python -m bench.bench_http [--workers 2] [--seconds 12] [--speakers 10000]
+        [--backend torch|onnx|onnx-int8] [--scenarios audio] [--clients 1,8]
 
 Scenarios, each at 1, 8 and 32 concurrent clients (asyncio + httpx), each client looping until
 the scenario's time is up (requests in flight then finish and count):
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -28,7 +30,7 @@ import httpx
 import numpy as np
 
 from bench.bench_startup import fill
-from bench.common import DEV_SPEECH, summary_ms, table, write_json
+from bench.common import BENCH_MODEL_CACHE, DEV_SPEECH, summary_ms, table, write_json
 from bench.server import Server, bench_env
 
 PROBE_AUDIO = DEV_SPEECH / "rtvc_samples" / "1320_00000.mp3"
@@ -87,6 +89,7 @@ async def scenario(url: str, kind: str, clients: int, seconds: float, payload: d
     out["throughput_rps"] = round(len(latencies) / wall, 2)
     out["errors"] = sum(errors.values())
     out["error_kinds"] = errors
+    out["load_avg_1m"] = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy
     return out
 
 
@@ -96,6 +99,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--speakers", type=int, default=10_000)
     parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument(
+        "--backend", choices=["torch", "onnx", "onnx-int8"], help="default: the product default"
+    )
+    parser.add_argument(
+        "--scenarios", default="embedding,audio,enroll", help="which of embedding,audio,enroll"
+    )
     args = parser.parse_args()
     root = Path(tempfile.gettempdir()) / "voicesearch-bench-http"
     shutil.rmtree(root, ignore_errors=True)
@@ -110,9 +119,14 @@ def main() -> None:
     }
     rows = []
     try:
-        with Server(bench_env(data), workers=args.workers, log=root / "server.log") as server:
+        # The exports outlive the run (bench_backends builds the same ones).
+        extra = {"VOICESEARCH_MODEL_CACHE_DIR": str(BENCH_MODEL_CACHE)}
+        if args.backend:
+            extra["VOICESEARCH_BACKEND"] = args.backend
+        env = bench_env(data, **extra)
+        with Server(env, workers=args.workers, log=root / "server.log") as server:
             server.wait_ready()
-            for kind in ("find-match (embedding)", "find-match (audio)", "enroll"):
+            for kind in [SCENARIOS[name] for name in args.scenarios.split(",")]:
                 for clients in (int(c) for c in args.clients.split(",")):
                     row = asyncio.run(scenario(server.url, kind, clients, args.seconds, payload))
                     rows.append(row)
@@ -122,14 +136,20 @@ def main() -> None:
     print(table(rows, COLUMNS))
     result = {
         "workers": args.workers,
+        "backend": args.backend or "default",
         "seconds_per_scenario": args.seconds,
         "speakers": args.speakers,
         "rows": rows,
         "total_errors": sum(r["errors"] for r in rows),
     }
-    print(f"wrote {write_json('http', result)}")
+    print(f"wrote {write_json('http' + (f'-{args.backend}' if args.backend else ''), result)}")
 
 
+SCENARIOS = {
+    "embedding": "find-match (embedding)",
+    "audio": "find-match (audio)",
+    "enroll": "enroll",
+}
 COLUMNS = [
     "scenario",
     "clients",
@@ -139,6 +159,7 @@ COLUMNS = [
     "throughput_rps",
     "samples",
     "errors",
+    "load_avg_1m",
 ]
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import resource
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("VOICESEARCH_TEST_SHARED", REPO.parent / "shared"))
 REAL_VOXCELEB = SHARED / "models" / "spkrec-ecapa-voxceleb"
 DEV_SPEECH = SHARED / "data" / "dev-speech"
+#: Model cache kept between benchmark runs (ONNX exports take a minute to build on 2 cores).
+BENCH_MODEL_CACHE = Path(tempfile.gettempdir()) / "voicesearch-bench-backends"
 
 
 def machine() -> dict[str, Any]:

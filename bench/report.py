@@ -15,6 +15,7 @@ from typing import Any
 from bench.bench_http import COLUMNS as HTTP_COLUMNS
 from bench.bench_search import COLUMNS as SEARCH_COLUMNS
 from bench.common import RESULTS, table
+from bench.report_backends import backends_section
 
 HERE = Path(__file__).resolve().parent
 
@@ -291,6 +292,7 @@ def main() -> None:
         *conditions_section(targets),
         *search_section(targets),
         *embedding_section(targets),
+        *backends_section(targets, load, verdict),
         *startup_section(targets),
         *http_section(targets),
         *enroll_section(),

@@ -21,9 +21,11 @@ from index.spec import IndexSpec
 from service.core.settings import SPACE_CNCELEB, AsNormSettings, Settings
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import DecisionPolicy
+from service.pipeline.backends.export_cache import ProgressFactory, default_progress
 from service.pipeline.language import LanguageRouter
 from service.pipeline.quality import QualityAssessor
 from service.pipeline.registry import ModelRegistry
+from service.pipeline.threads import configure_torch, inference_threads
 from service.search.gallery import Gallery
 from service.search.voicesearch import VoiceSearch
 from storage.calibration import CalibrationStore
@@ -155,15 +157,17 @@ def temporary_voicesearch(
             engine.dispose()
 
 
-def load_models(settings: Settings) -> ModelRegistry:
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
+def load_models(settings: Settings, progress: ProgressFactory = default_progress) -> ModelRegistry:
+    """Every configured model, on the configured backend (ONNX exports built when missing)."""
+    inference = settings.inference()
+    # torch runs the reference (and the export), whatever the backend: give it the same share.
+    configure_torch(settings.torch_threads or inference_threads(inference.threads))
     models = ModelRegistry.load(
         settings.model_sources,
         cache_dir=settings.resolved_model_cache_dir,
         device=settings.device,
+        inference=inference,
+        progress=progress,
     )
     # Failures are already logged, with their reason, by ModelRegistry.load.
     for role, status in models.statuses.items():

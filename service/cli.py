@@ -5,6 +5,7 @@ voicesearch doctor [--json]
 voicesearch db upgrade | current
 voicesearch index rebuild [--space NAME] | verify
 voicesearch identify FILE [--language L] [--num-speakers N | --max-speakers N]
+voicesearch export [--backend onnx|onnx-int8] [--calibration DIR]
 
 Each subcommand is a module of ``service.commands`` (see its docstring); this module only parses
 the command line, sets up logging, reads the settings and dispatches. ``--log-level`` is accepted
@@ -22,9 +23,20 @@ from types import ModuleType
 
 from service.core.config_errors import ConfigurationError, load_settings
 from service.core.logs import LEVELS, configure
+from service.pipeline.threads import quiet_openmp
 
 #: The subcommands, in the order ``--help`` lists them: service/commands/<name>.py each.
-COMMANDS = ("serve", "doctor", "db", "index", "eval", "enroll_dir", "calibrate", "identify")
+COMMANDS = (
+    "serve",
+    "doctor",
+    "db",
+    "index",
+    "eval",
+    "enroll_dir",
+    "calibrate",
+    "identify",
+    "export",
+)
 
 #: Exit status of a configuration mistake (like argparse's usage errors).
 EXIT_CONFIG = 2
@@ -66,6 +78,8 @@ def _add_to_subcommands(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything imports torch: its OpenMP threads must sleep, not spin, on a shared CPU.
+    quiet_openmp()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     configure(args.log_level)

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random SpeechBrain models in the official layout (see
-``tests/model_factory.py``), loaded once per session through the service's own loader; and
+``tests/model_factory.py``), loaded once per session through the service's own loader, on the
+product's default backend (``tiny_registry``) and on every backend (``backend_registry``); and
 databases: a throw-away PostgreSQL cluster (``tests/postgres.py``) and ``database_url``, which
 runs a test once on a SQLite file and once on a PostgreSQL database."""
 
@@ -9,14 +10,25 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
-import pytest
+from service.pipeline.threads import quiet_openmp
 
-from service.pipeline.dependencies import model_stack_problem
-from service.pipeline.registry import ModelRegistry
-from storage.migrate import upgrade_to_head
-from tests.model_factory import build_langid_model, build_speaker_model
-from tests.postgres import PostgresCluster, find_bin_dir, missing_reason, required
-from tests.server import kill_all_servers
+# Before torch loads, as the CLI does: the tests' process then threads like the service's.
+quiet_openmp()
+
+import pytest  # noqa: E402
+
+from service.core.settings import Settings  # noqa: E402
+from service.pipeline.backends import BACKENDS  # noqa: E402
+from service.pipeline.dependencies import model_stack_problem  # noqa: E402
+from service.pipeline.registry import ModelRegistry  # noqa: E402
+from storage.migrate import upgrade_to_head  # noqa: E402
+from tests.model_factory import (  # noqa: E402
+    build_langid_model,
+    build_speaker_model,
+    load_tiny,
+)
+from tests.postgres import PostgresCluster, find_bin_dir, missing_reason, required  # noqa: E402
+from tests.server import kill_all_servers  # noqa: E402
 
 
 @cache
@@ -89,16 +101,19 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
 
 @pytest.fixture(scope="session")
-def tiny_registry(
-    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+def tiny_registry(tiny_model_dirs: dict[str, Path]) -> ModelRegistry:
+    """The tiny models on the product's default backend (``VOICESEARCH_BACKEND`` if set)."""
+    return load_tiny(tiny_model_dirs, Settings(_env_file=None).backend)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend_registry(
+    request: pytest.FixtureRequest, tiny_model_dirs: dict[str, Path], tiny_registry: ModelRegistry
 ) -> ModelRegistry:
-    registry = ModelRegistry.load(
-        {role: str(path) for role, path in tiny_model_dirs.items()},
-        cache_dir=tmp_path_factory.mktemp("model-cache"),
-        device="cpu",
-    )
-    assert registry.all_loaded, registry.statuses
-    return registry
+    """The tiny models on each backend in turn (the default one is ``tiny_registry`` itself)."""
+    if request.param == Settings(_env_file=None).backend:
+        return tiny_registry
+    return load_tiny(tiny_model_dirs, request.param)
 
 
 @pytest.fixture(scope="session")

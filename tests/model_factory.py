@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from tests.paths import FIXTURES_DIR
 
@@ -136,6 +137,29 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
         classifier: !ref <pretrained_path>/classifier.ckpt
         label_encoder: !ref <pretrained_path>/label_encoder.txt
 """
+
+
+def shared_model_cache(model_dirs: dict[str, Path]) -> Path:
+    """The model cache for a session's tiny models (beside them): every test that loads them,
+    in-process or in a server subprocess, shares it, so each ONNX export is built once."""
+    return Path(model_dirs["voxceleb"]).parent / "model-cache"
+
+
+def load_tiny(model_dirs: dict[str, Path], backend: str) -> Any:
+    """A ``ModelRegistry`` of the tiny models on ``backend``, exports in the shared cache."""
+    from service.core.settings import Settings
+    from service.pipeline.registry import ModelRegistry
+
+    inference = Settings(_env_file=None, backend=backend).inference()  # type: ignore[arg-type]
+    registry = ModelRegistry.load(
+        {role: str(path) for role, path in model_dirs.items()},
+        cache_dir=shared_model_cache(model_dirs),
+        device="cpu",
+        inference=inference,
+    )
+    assert registry.all_loaded, registry.statuses
+    return registry
+
 
 #: Tiny speaker model: number of training "speakers" its classifier head knows.
 SPEAKER_OUT_NEURONS = 10

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.model_factory import shared_model_cache
 from tests.paths import REPO_ROOT
 
 
@@ -40,7 +41,7 @@ def server_env(data_dir: Path, model_dirs: dict[str, Path], **extra: str) -> dic
             "VOICESEARCH_MODEL_LANGID": str(model_dirs["langid"]),
             "VOICESEARCH_MODEL_VOXCELEB": str(model_dirs["voxceleb"]),
             "VOICESEARCH_MODEL_CNCELEB": str(model_dirs["cnceleb"]),
-            "VOICESEARCH_MODEL_CACHE_DIR": str(data_dir.parent / "model-cache"),
+            "VOICESEARCH_MODEL_CACHE_DIR": str(shared_model_cache(model_dirs)),
             # Synthetic voices: energy VAD and no speech minimums (see tests/api/conftest.py).
             "VOICESEARCH_VAD": "energy",
             "VOICESEARCH_MIN_ENROLL_SPEECH_S": "0",

@@ -189,6 +189,7 @@ def health_out(health: Health, *, version: str, auth_enabled: bool) -> HealthRes
                 error=s.error,
                 error_kind=s.error_kind,
                 load_seconds=s.load_seconds,
+                backend=s.backend,
             )
             for role, s in health.models.items()
         },

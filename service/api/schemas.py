@@ -90,6 +90,9 @@ class ModelHealth(BaseModel):
         "`other`. `voicesearch doctor` explains each.",
     )
     load_seconds: float | None = None
+    backend: str | None = Field(
+        None, description="What runs it: `torch`, `onnx` or `onnx-int8` (plus the device)."
+    )
 
 
 class SpaceHealth(BaseModel):

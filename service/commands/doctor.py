@@ -104,6 +104,7 @@ def _model_checks(settings: Settings) -> list[Check]:
         settings.model_sources,
         cache_dir=settings.resolved_model_cache_dir,
         device=settings.device,
+        inference=settings.inference(),  # the backend the service will run (exports it if needed)
     )
     checks = []
     for role, status in registry.statuses.items():
@@ -111,8 +112,12 @@ def _model_checks(settings: Settings) -> list[Check]:
         if not status.enabled:
             checks.append(Check(name, True, "switched off", extra={"enabled": False}))
         elif status.loaded:
-            detail = f"{status.source} — {status.identity} ({status.load_seconds:.1f} s)"
-            checks.append(Check(name, True, detail, extra={"identity": status.identity}))
+            detail = (
+                f"{status.source} — {status.identity} on {status.backend} "
+                f"({status.load_seconds:.1f} s)"
+            )
+            extra = {"identity": status.identity, "backend": status.backend}
+            checks.append(Check(name, True, detail, extra=extra))
         else:
             kind = status.error_kind or "other"
             detail = f"{status.source}: {status.error} → {ADVICE.get(kind, ADVICE['other'])}"

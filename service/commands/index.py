@@ -25,13 +25,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open_for_index_work(settings: Settings) -> VoiceSearch:
-    """Load the speaker encoders (not language ID: rebuilds need only model identities)."""
+    """Load the speaker encoders (not language ID: rebuilds need only model identities), on
+    the configured backend: an INT8 space has an identity of its own."""
     from service.bootstrap import build_voicesearch, open_database
     from service.pipeline.registry import ModelRegistry
 
     sources = {role: src for role, src in settings.model_sources.items() if role != "langid"}
     models = ModelRegistry.load(
-        sources, cache_dir=settings.resolved_model_cache_dir, device=settings.device
+        sources,
+        cache_dir=settings.resolved_model_cache_dir,
+        device=settings.device,
+        inference=settings.inference(),
     )
     for role, status in models.statuses.items():
         if status.enabled and not status.loaded:

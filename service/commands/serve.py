@@ -22,6 +22,7 @@ from pathlib import Path
 from service.core.config_errors import ConfigurationError
 from service.core.logs import logging_config
 from service.core.settings import Settings
+from service.pipeline.threads import inference_threads
 
 #: prometheus_client's multiprocess folder (see service.core.metrics; this module must not
 #: import it: the variable has to be set before prometheus_client is first imported).
@@ -97,10 +98,11 @@ def run(args: argparse.Namespace, argv: Sequence[str], settings: Settings) -> in
     _with_malloc_tuning(argv)
     import uvicorn
 
-    if args.workers > 1 and "VOICESEARCH_TORCH_THREADS" not in os.environ:
-        # N workers each using every core would oversubscribe the CPU; share the cores out.
-        cores = os.cpu_count() or 1
-        os.environ["VOICESEARCH_TORCH_THREADS"] = str(max(1, cores // args.workers))
+    if args.workers > 1 and "VOICESEARCH_INFERENCE_THREADS" not in os.environ:
+        # N workers each using every core would oversubscribe the CPU; share out the cores
+        # this process may really use (affinity, cgroup quota), not the machine's.
+        threads = inference_threads(0, args.workers)
+        os.environ["VOICESEARCH_INFERENCE_THREADS"] = str(threads)
     uvicorn.run(
         "service.app:create_app",
         factory=True,

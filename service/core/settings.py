@@ -2,9 +2,10 @@
 
 Every other module receives a :class:`Settings` instance, one of its typed sections
 (:class:`ClipSettings`, :class:`QualitySettings`, :class:`DecisionSettings`,
-:class:`AsNormSettings`: small frozen dataclasses built by ``Settings.clip()``, ``.quality()``,
-``.decisions()``, ``.asnorm()``) or the values it needs, as an argument; nothing reads the
-environment on its own, so tests build a ``Settings(...)`` and pass it in.
+:class:`AsNormSettings`, :class:`InferenceSettings`: small frozen dataclasses built by
+``Settings.clip()``, ``.quality()``, ``.decisions()``, ``.asnorm()``, ``.inference()``) or the
+values it needs, as an argument; nothing reads the environment on its own, so tests build a
+``Settings(...)`` and pass it in.
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ class QualitySettings:
 
 
 @dataclass(frozen=True)
+class InferenceSettings:
+    """Which backend runs the models, on how many threads (``service.pipeline.backends``)."""
+
+    backend: str  # "torch", "onnx" or "onnx-int8"
+    threads: int  # intra-op threads per inference; 0: the cores available to this process
+    int8_calibration_dir: Path | None  # None: the speech shipped with the package
+
+
+@dataclass(frozen=True)
 class DecisionSettings:
     """Default thresholds until a calibration is stored (``service.decisions.policy``)."""
 
@@ -162,8 +172,31 @@ class Settings(BaseSettings):
         "running; more are refused at once with 503 `overloaded` and `Retry-After` instead of "
         "queueing for tens of seconds.",
     )
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="What runs the speaker encoders and the language-ID model: 'torch' "
+        "(SpeechBrain, the reference; uses a CUDA GPU; the default because the FP32 export "
+        "measured no faster on CPU, bench/RESULTS.md), 'onnx' (the same model exported to ONNX "
+        "Runtime: same vectors) or 'onnx-int8' (quantised: fastest on CPU, vectors close to but "
+        "not equal to torch's, so its profiles are a space of their own: re-enroll when "
+        "switching to or from it). Exports are built on first start and cached under "
+        "<model_cache_dir>/onnx (`voicesearch export` builds them ahead).",
+    )
+    inference_threads: int = Field(
+        0,
+        ge=0,
+        description="Intra-op threads per model inference (torch and ONNX Runtime). 0: the "
+        "cores this process may use (CPU affinity and cgroup quota) divided by the number of "
+        "`serve --workers`.",
+    )
     torch_threads: int = Field(
-        0, ge=0, description="torch intra-op threads; 0 keeps torch's default."
+        0, ge=0, description="Deprecated alias of inference_threads, for torch only (0: unset)."
+    )
+    int8_calibration_dir: Path | None = Field(
+        None,
+        description="Folder of audio files to calibrate the INT8 models on (default: speech "
+        "synthesised with espeak-ng that ships with the package). Changing it changes the "
+        "INT8 model identity.",
     )
 
     # --- routing and decisions ----------------------------------------------------------------
@@ -398,6 +431,13 @@ class Settings(BaseSettings):
             clipped_fraction_warn=self.clipped_fraction_warn,
             low_snr_db=self.low_snr_db,
             too_quiet_dbfs=self.too_quiet_dbfs,
+        )
+
+    def inference(self) -> InferenceSettings:
+        return InferenceSettings(
+            backend=self.backend,
+            threads=self.inference_threads,
+            int8_calibration_dir=self.int8_calibration_dir,
         )
 
     def decisions(self) -> DecisionSettings:

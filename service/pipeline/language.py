@@ -1,8 +1,8 @@
 """Spoken language: the language-ID model, and language → encoder space routing.
 
 :class:`LanguageIdentifier` wraps SpeechBrain's VoxLingua107 classifier (labels like
-``"zh: Chinese"``); like the encoders it holds no lock at inference (see
-``service.pipeline.encoders``).
+``"zh: Chinese"``), run by any backend (``service.pipeline.backends``); like the encoders it
+holds no lock at inference (see ``service.pipeline.encoders``).
 
 Routing is a pure function of settings: the CN-Celeb encoder serves the configured
 East/South-East Asian languages, the VoxCeleb encoder everything else. It loads nothing, so the
@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from service.core.settings import SPACE_CNCELEB, SPACE_VOXCELEB
+from service.pipeline.backends.runtime import ModelRuntime
 from service.pipeline.loading import FAILURE_BAD_CHECKPOINT, ModelLoadError
-from service.pipeline.waveform import as_waveform, warmup_signal
+from service.pipeline.waveform import checked_samples, warmup_signal
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,11 @@ def split_language_label(label: str) -> tuple[str, str]:
 class LanguageIdentifier:
     """The spoken-language classifier (VoxLingua107 label set: ``"zh: Chinese"`` …)."""
 
-    def __init__(self, classifier: Any, *, source: str, identity: str) -> None:
+    def __init__(
+        self, runtime: ModelRuntime, *, classifier: Any, source: str, identity: str
+    ) -> None:
+        """``classifier``: the SpeechBrain model, for its label set (``runtime`` runs it)."""
+        self.runtime = runtime
         self.classifier = classifier
         self.source = source
         self.identity = identity
@@ -60,9 +65,10 @@ class LanguageIdentifier:
         self._labels: dict[int, tuple[str, str]] = {
             int(index): split_language_label(label) for index, label in ind2lab.items()
         }
-        # One probe inference (classify_batch's computation, without its label decoding): the
-        # classifier's output size must match the label set before classify_batch is trusted.
-        n_outputs = self._count_outputs()
+        # One probe inference: the classifier's output size must match the label set before
+        # any answer is trusted.
+        probe = self.runtime.forward([warmup_signal()])
+        n_outputs = int(probe.shape[-1])
         if n_outputs != len(self._labels) or set(self._labels) != set(range(n_outputs)):
             raise ModelLoadError(
                 f"the classifier has {n_outputs} outputs but label_encoder.txt has "
@@ -71,24 +77,14 @@ class LanguageIdentifier:
             )
         if hasattr(label_encoder, "expect_len"):
             label_encoder.expect_len(n_outputs)  # also silences SpeechBrain's warning about it
-        self._log_posteriors(warmup_signal())
+        if not np.all(np.isfinite(probe)):
+            raise ModelLoadError(
+                "the language-ID model produced non-finite scores", FAILURE_BAD_CHECKPOINT
+            )
         self.languages: list[str] = [self._labels[i][0] for i in range(n_outputs)]
 
-    def _count_outputs(self) -> int:
-        import torch
-
-        wavs = as_waveform(warmup_signal())
-        with torch.inference_mode():
-            scores = self.classifier.mods.classifier(self.classifier.encode_batch(wavs))
-        return int(scores.shape[-1])
-
     def _log_posteriors(self, samples: np.ndarray) -> np.ndarray:
-        import torch
-
-        wavs = as_waveform(samples)
-        with torch.inference_mode():
-            out_prob, _score, _index, _text = self.classifier.classify_batch(wavs)
-        scores = out_prob.detach().reshape(-1).to("cpu", torch.float64).numpy()
+        scores = self.runtime.forward([checked_samples(samples)])[0].astype(np.float64)
         if not np.all(np.isfinite(scores)):
             raise RuntimeError("the language-ID model produced non-finite scores")
         # VoxLingua107's classifier ends in log-softmax, so this log-softmax changes nothing
@@ -115,7 +111,10 @@ class LanguageIdentifier:
         )
 
     def __repr__(self) -> str:
-        return f"LanguageIdentifier(identity={self.identity!r}, labels={len(self._labels)})"
+        return (
+            f"LanguageIdentifier(identity={self.identity!r}, labels={len(self._labels)}, "
+            f"backend={self.runtime.backend})"
+        )
 
 
 # Codes a caller might reasonably send that the VoxLingua107 label set spells differently. Cantonese

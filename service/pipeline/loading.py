@@ -79,7 +79,7 @@ def resolve_device(name: str) -> str:
 
 
 # --- loading -----------------------------------------------------------------------------------
-def _file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
+def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_size):
@@ -213,7 +213,9 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 @dataclass
 class LoadedClassifier:
     classifier: Any
-    identity: str
+    identity: str  # <name>@sha256:<16 hex of embedding_model.ckpt>
+    name: str  # the hub repo the model is (a copy of), else its directory's name
+    checkpoint_sha256: str  # hyperparams.yaml + every checkpoint loaded (export cache key)
 
 
 def load_classifier(source: str, *, cache_dir: Path, device: str) -> LoadedClassifier:
@@ -256,7 +258,7 @@ def load_classifier(source: str, *, cache_dir: Path, device: str) -> LoadedClass
                 f"({type(exc).__name__}: {_short(exc, 100)})",
                 FAILURE_BAD_CHECKPOINT,
             ) from exc
-        return LoadedClassifier(classifier, _identity(classifier, _label_for_local(directory)))
+        return _loaded(classifier, _label_for_local(directory), hparams_path)
 
     if local_dir.exists():
         raise ModelLoadError(f"'{source}' is a file, not a model directory", FAILURE_CONFIG)
@@ -268,18 +270,18 @@ def load_classifier(source: str, *, cache_dir: Path, device: str) -> LoadedClass
 
     hf_cache = str(Path(cache_dir).expanduser() / "huggingface")
     try:
-        classifier = _from_hub(source, device, hf_cache, allow_network=False)
+        classifier, hparams_path = _from_hub(source, device, hf_cache, allow_network=False)
     except LocalEntryNotFoundError:
         _probe_hub(source)
         try:
-            classifier = _from_hub(source, device, hf_cache, allow_network=True)
+            classifier, hparams_path = _from_hub(source, device, hf_cache, allow_network=True)
         except ModelLoadError:
             raise
         except Exception as exc:
             if type(exc).__module__.startswith(("huggingface_hub", "httpx", "requests")):
                 raise ModelLoadError(*_hub_failure(source, exc)) from exc
             raise
-    return LoadedClassifier(classifier, _identity(classifier, source))
+    return _loaded(classifier, source, hparams_path)
 
 
 def _unreadable_checkpoint(directory: Path) -> str | None:
@@ -294,7 +296,7 @@ def _unreadable_checkpoint(directory: Path) -> str | None:
     return None
 
 
-def _from_hub(source: str, device: str, hf_cache: str, *, allow_network: bool) -> Any:
+def _from_hub(source: str, device: str, hf_cache: str, *, allow_network: bool) -> tuple[Any, Path]:
     from huggingface_hub import hf_hub_download
     from speechbrain.utils.fetching import FetchConfig
 
@@ -305,7 +307,7 @@ def _from_hub(source: str, device: str, hf_cache: str, *, allow_network: bool) -
     if _pretrained_path_in(Path(hparams_path).read_text(encoding="utf-8")) is not None:
         overrides["pretrained_path"] = source
     config = FetchConfig(allow_network=allow_network, huggingface_cache_dir=hf_cache)
-    return _from_hparams(source, overrides, device, config)
+    return _from_hparams(source, overrides, device, config), Path(hparams_path)
 
 
 def _from_hparams(source: str, overrides: dict[str, str], device: str, config: Any) -> Any:
@@ -340,19 +342,32 @@ def _label_for_local(directory: str) -> str:
     return Path(directory).name
 
 
-def _identity(classifier: Any, label: str) -> str:
-    """``<label>@sha256:<16 hex>`` of the embedding model's checkpoint actually loaded."""
+def _loaded(classifier: Any, label: str, hparams_path: Path) -> LoadedClassifier:
+    """Identity and checkpoint digest of what was actually loaded (each file hashed once)."""
     paths: Mapping[str, Any] = getattr(classifier.hparams.pretrainer, "paths", {}) or {}
-    if "embedding_model" in paths:
-        digest = _file_sha256(Path(paths["embedding_model"]))
-    else:  # unusual layout: hash every checkpoint, in a stable order
+    hashes = {
+        name: file_sha256(Path(path))
+        for name, path in paths.items()
+        if name == "embedding_model" or Path(path).is_file()  # the weights must be there
+    }
+    if "embedding_model" in hashes:
+        digest = hashes["embedding_model"]
+    else:  # unusual layout: every checkpoint, in a stable order
         combined = hashlib.sha256()
-        for name in sorted(paths):
-            path = Path(paths[name])
-            if path.is_file():
-                combined.update(name.encode() + b"\0" + _file_sha256(path).encode())
+        for name in sorted(hashes):
+            combined.update(name.encode() + b"\0" + hashes[name].encode())
         digest = combined.hexdigest()
-    return f"{label}@sha256:{digest[:16]}"
+    # The export cache's key: every file the model is built from, hyperparams included (the
+    # feature settings live there).
+    everything = hashlib.sha256(file_sha256(hparams_path).encode())
+    for name in sorted(hashes):
+        everything.update(name.encode() + b"\0" + hashes[name].encode())
+    return LoadedClassifier(
+        classifier=classifier,
+        identity=f"{label}@sha256:{digest[:16]}",
+        name=label,
+        checkpoint_sha256=everything.hexdigest(),
+    )
 
 
 def find_device_problem(device: str) -> str | None:

@@ -2,6 +2,9 @@
 
 :meth:`ModelRegistry.load` never raises because one model is missing or broken: it records why
 in :attr:`ModelRegistry.statuses` and goes on, so the service can start degraded and say why.
+Each model is loaded with SpeechBrain (the reference, and what gets exported), then run by the
+backend the settings ask for (``service.pipeline.backends.factory``); its identity says which
+vectors it makes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.core import errors
+from service.core.settings import InferenceSettings
+from service.pipeline.backends import BACKEND_TORCH, HEAD_EMBEDDING, HEAD_LANGID
+from service.pipeline.backends.calibration import CalibrationSet, load_calibration
+from service.pipeline.backends.export_cache import ExportCache, ProgressFactory, default_progress
+from service.pipeline.backends.factory import build_runtime
 from service.pipeline.dependencies import model_stack_problem
 from service.pipeline.encoders import SpeakerEncoder
 from service.pipeline.language import LanguageIdentifier
@@ -30,6 +38,9 @@ log = logging.getLogger(__name__)
 
 #: The role of the language-ID model in ``Settings.model_sources``; every other role is a space.
 LANGID_ROLE = "langid"
+
+#: What :meth:`ModelRegistry.load` runs when given no settings: the reference.
+REFERENCE = InferenceSettings(backend=BACKEND_TORCH, threads=0, int8_calibration_dir=None)
 
 #: A model source of ``off`` switches the model off: it is not loaded, and its absence is not a
 #: problem (an English-only deployment, or clients that always pass the language).
@@ -50,6 +61,7 @@ class ModelStatus:
     load_seconds: float | None
     enabled: bool = True  # False: switched off by configuration (source "off")
     error_kind: str | None = None  # service.pipeline.loading.FAILURE_* when it failed
+    backend: str | None = None  # what runs it: "torch", "onnx", "onnx-int8", "torch (cuda)"…
 
 
 class ModelRegistry:
@@ -66,7 +78,9 @@ class ModelRegistry:
         self.encoders: dict[str, SpeakerEncoder] = dict(encoders or {})
         if statuses is None:
             statuses = {
-                space: ModelStatus(space, enc.source, True, enc.identity, None, None)
+                space: ModelStatus(
+                    space, enc.source, True, enc.identity, None, None, backend=enc.runtime.backend
+                )
                 for space, enc in self.encoders.items()
             }
             if language_identifier is not None:
@@ -77,15 +91,33 @@ class ModelRegistry:
                     language_identifier.identity,
                     None,
                     None,
+                    backend=language_identifier.runtime.backend,
                 )
         self.statuses: dict[str, ModelStatus] = dict(statuses)
 
     @classmethod
     def load(
-        cls, sources: Mapping[str, str], *, cache_dir: Path, device: str = "auto"
+        cls,
+        sources: Mapping[str, str],
+        *,
+        cache_dir: Path,
+        device: str = "auto",
+        inference: InferenceSettings = REFERENCE,
+        progress: ProgressFactory = default_progress,
     ) -> ModelRegistry:
         """Load every ``role → source``; a model that fails is recorded, never raised. A source
-        of ``off`` is recorded as switched off and not loaded."""
+        of ``off`` is recorded as switched off and not loaded.
+
+        ``inference`` picks the backend (default: torch, the reference); ONNX exports are
+        cached under ``<cache_dir>/onnx`` and built with ``progress`` bars when missing."""
+        exports = ExportCache(Path(cache_dir) / "onnx", progress=progress)
+        calibration: list[CalibrationSet] = []  # loaded once, on first need
+
+        def calibration_set() -> CalibrationSet:
+            if not calibration:
+                calibration.append(load_calibration(inference.int8_calibration_dir))
+            return calibration[0]
+
         language_identifier: LanguageIdentifier | None = None
         encoders: dict[str, SpeakerEncoder] = {}
         statuses: dict[str, ModelStatus] = {}
@@ -108,13 +140,28 @@ class ModelRegistry:
                 if device_problem:
                     raise ModelLoadError(device_problem, FAILURE_DEVICE)
                 loaded = load_classifier(source, cache_dir=Path(cache_dir), device=resolved)
+                built = build_runtime(
+                    loaded,
+                    head=HEAD_LANGID if role == LANGID_ROLE else HEAD_EMBEDDING,
+                    settings=inference,
+                    device=resolved,
+                    cache=exports,
+                    calibration=calibration_set,
+                )
                 if role == LANGID_ROLE:
                     language_identifier = LanguageIdentifier(
-                        loaded.classifier, source=source, identity=loaded.identity
+                        built.runtime,
+                        classifier=loaded.classifier,
+                        source=source,
+                        identity=built.identity,
                     )
                 else:
                     encoders[role] = SpeakerEncoder(
-                        loaded.classifier, space=role, source=source, identity=loaded.identity
+                        built.runtime,
+                        classifier=loaded.classifier,
+                        space=role,
+                        source=source,
+                        identity=built.identity,
                     )
             except Exception as exc:
                 message, kind = describe_failure(exc)
@@ -124,8 +171,10 @@ class ModelRegistry:
                 statuses[role] = ModelStatus(role, source, False, None, message, None, True, kind)
                 continue
             seconds = round(time.perf_counter() - started, 3)
-            statuses[role] = ModelStatus(role, source, True, loaded.identity, None, seconds)
-            log.info("model %s loaded from %r in %.2fs (%s)", role, source, seconds, resolved)
+            statuses[role] = ModelStatus(
+                role, source, True, built.identity, None, seconds, backend=built.backend
+            )
+            log.info("model %s loaded from %r in %.2fs (%s)", role, source, seconds, built.backend)
         ordered = {role: statuses[role] for role in wanted}  # the configuration's order
         return cls(language_identifier=language_identifier, encoders=encoders, statuses=ordered)
 

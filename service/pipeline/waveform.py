@@ -1,13 +1,10 @@
-"""Model input: 16 kHz mono float32 samples → a torch waveform, checked; and a warm-up signal.
+"""Model input: 16 kHz mono float32 samples, checked; and a warm-up signal.
 
-Shared by every SpeechBrain model the service runs (``service.pipeline.encoders``,
-``service.pipeline.language``). torch is imported inside the functions, so importing this module
-is cheap.
+Shared by every model the service runs (``service.pipeline.encoders``,
+``service.pipeline.language``), whichever backend runs it.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
@@ -19,10 +16,8 @@ SAMPLE_RATE = 16_000
 MIN_SAMPLES = SAMPLE_RATE // 10
 
 
-def as_waveform(samples: np.ndarray) -> Any:
-    """float32 16 kHz mono 1-D numpy → a (1, n) float32 torch tensor (copied, never aliased)."""
-    import torch
-
+def checked_samples(samples: np.ndarray) -> np.ndarray:
+    """float32 16 kHz mono 1-D samples, checked, as a new float32 array (never aliased)."""
     array = np.asarray(samples)
     if array.ndim != 1:
         raise ValueError(f"expected 1-D mono samples, got shape {array.shape}")
@@ -37,7 +32,7 @@ def as_waveform(samples: np.ndarray) -> Any:
     array = np.array(array, dtype=np.float32, copy=True)
     if not np.isfinite(array).all():
         raise errors.InvalidInput("the audio contains NaN or infinite samples")
-    return torch.from_numpy(array).unsqueeze(0)
+    return array
 
 
 def warmup_signal() -> np.ndarray:

@@ -12,6 +12,7 @@ from service.app import create_app
 from service.core.settings import Settings
 from service.pipeline.registry import ModelRegistry
 from tests.audio_factory import synth_voice, wav_bytes
+from tests.model_factory import shared_model_cache
 
 
 def make_settings(data_dir: Path, model_dirs: dict[str, Path], **overrides: object) -> Settings:
@@ -20,7 +21,7 @@ def make_settings(data_dir: Path, model_dirs: dict[str, Path], **overrides: obje
         "model_langid": str(model_dirs["langid"]),
         "model_voxceleb": str(model_dirs["voxceleb"]),
         "model_cnceleb": str(model_dirs["cnceleb"]),
-        "model_cache_dir": data_dir.parent / "model-cache",
+        "model_cache_dir": shared_model_cache(model_dirs),
         # Synthetic test voices are 1-2 s and not speech to a real VAD: the product defaults
         # (Silero VAD, 1 s per speaker, 1.5 s per probe) are tested in test_quality_api.py.
         "vad": "energy",
