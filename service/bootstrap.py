@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from index.vector_index import IndexSpec
 from service.core.settings import SPACE_CNCELEB, Settings
+from service.decisions.cohort import resolve_scoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import DecisionPolicy
 from service.pipeline.language import LanguageRouter
@@ -67,6 +68,10 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
     )
     for space, how in gallery.open().items():
         log.info("index %s: %s", space, how)
+    # Per space: cosine or AS-norm, which cohort (shipped only for its own checkpoint).
+    scoring = resolve_scoring(settings.asnorm(), identities, gallery.dims)
+    for space, chosen in scoring.items():
+        log.info("scores %s: %s, %s", space, chosen.score_type, chosen.cohort_status)
     # Speech quality (the VAD, loaded once), the decision policy (stored calibrations), AS-norm.
     return VoiceSearch(
         settings,
@@ -79,11 +84,12 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
         gallery,
         quality=QualityAssessor.from_settings(settings.quality()),
         policy=DecisionPolicy(
-            settings.decisions(), CalibrationStore(make_session_factory(engine)), identities
+            settings.decisions(),
+            CalibrationStore(make_session_factory(engine)),
+            identities,
+            scoring,
         ),
-        normalizer=(
-            AsNorm.from_settings(settings.asnorm(), gallery) if settings.asnorm_spaces else None
-        ),
+        normalizer=AsNorm.from_scoring(scoring, gallery, top_k=settings.asnorm_top_k),
     )
 
 
