@@ -247,12 +247,48 @@ def eval_section(targets: list[dict]) -> list[str]:
     return ["## Accuracy on dev-speech (voicesearch eval)", *body, ""]
 
 
+def conditions_section(targets: list[dict]) -> list[str]:
+    md = RESULTS / "conditions.md"
+    data = load("conditions")
+    if not md.is_file() or not data:
+        return ["## Degraded conditions (bench_conditions)", "", "not run", ""]
+    rows = data["conditions"]
+    refused = sum(r["service"]["refused"] for r in rows.values())
+    worse = [
+        name
+        for name, r in rows.items()
+        if r["service"]["top1"] < r["direct"]["top1"] or r["service"]["eer"] > r["direct"]["eer"]
+    ]
+    failing = [
+        name
+        for name, r in rows.items()
+        if r["service"]["fpir"] > 0.05 or r["service"]["fnir"] > 0.10
+    ]
+    targets += [
+        {
+            "target": "degraded dev-speech: nothing audible refused; top-1 and EER no worse "
+            "than SpeechBrain direct on any condition",
+            "figure": f"{refused} refused; worse on: {', '.join(worse) or 'none'}",
+            "status": verdict(refused == 0 and not worse),
+        },
+        {
+            "target": "degraded dev-speech: the service's own decisions FPIR <= 5 %, FNIR <= 10 % "
+            "on every condition",
+            "figure": f"fails on: {', '.join(failing) or 'none'}",
+            "status": verdict(not failing),
+        },
+    ]
+    body = md.read_text().splitlines()[1:]
+    return ["## Degraded conditions (bench_conditions)", *body, ""]
+
+
 def main() -> None:
     targets: list[dict] = []
     head = (HERE / "results_head.md").read_text()
     sections = [
         *machine_section(),
         *eval_section(targets),
+        *conditions_section(targets),
         *search_section(targets),
         *embedding_section(targets),
         *startup_section(targets),

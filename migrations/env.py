@@ -7,6 +7,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from storage.db import SQLITE_BEGIN_OPTION, make_engine
+from storage.dialects import lock_for_migration
 from storage.models import Base
 
 config = context.config
@@ -64,6 +65,9 @@ def run_migrations_online() -> None:
             conn = conn.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
             _configure(conn)
             with context.begin_transaction():
+                if conn.dialect.name == "postgresql":
+                    # The same serialisation on PostgreSQL: an advisory lock, held to COMMIT.
+                    lock_for_migration(conn)
                 context.run_migrations()
                 if sqlite:
                     # ...and prove the rebuilt tables still reference valid rows before COMMIT.

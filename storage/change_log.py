@@ -82,7 +82,8 @@ class ChangeLog(Transactions):
         (deleted, or no profile made by the loaded model). ``new_seq`` is the global newest seq
         as of this read (so a space with no changes still moves forward), or — when ``limit``
         cut the window — the seq of the last change row included; call again from there.
-        Correctness relies on SQLite's single writer: seqs become visible in commit order.
+        Correctness relies on seqs becoming visible in commit order: SQLite has one writer at a
+        time, PostgreSQL writers take one advisory lock (``storage.dialects``).
         """
         identity = self.model_identities.get(space)
 

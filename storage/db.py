@@ -33,6 +33,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.dialects import postgres_connect_args
+
 #: Connection execution option naming the SQLite BEGIN flavour ("DEFERRED", "IMMEDIATE",
 #: "EXCLUSIVE") used when that connection starts a transaction. Ignored on other databases.
 SQLITE_BEGIN_OPTION = "voicesearch_sqlite_begin"
@@ -51,6 +53,10 @@ def make_engine(
 ) -> Engine:
     """Create an engine for ``url``; SQLite files get WAL, busy timeout, FKs and explicit BEGIN."""
     sa_url = make_url(url)
+    if sa_url.get_backend_name() == "postgresql":
+        # Writers' lock, read isolation and retries: storage.dialects.
+        connect_args = postgres_connect_args(sa_url, busy_timeout_ms=busy_timeout_ms)
+        return create_engine(sa_url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
     if sa_url.get_backend_name() != "sqlite":
         return create_engine(sa_url, echo=echo, pool_pre_ping=True)
 

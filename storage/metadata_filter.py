@@ -2,7 +2,7 @@
 
 Every key must equal the given value with JSON equality. On SQLite that is exact JSON equality
 (same JSON kind, so ``true != 1`` and ``"1" != 1`` but ``1 == 1.0``; objects and arrays compare
-as canonical JSON); other databases use SQLAlchemy's portable JSON operators, scalars only.
+as canonical JSON); PostgreSQL compares as jsonb with the same rules (``storage.dialects``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, String, and_, case, func, literal
 
+from storage import dialects
 from storage.errors import InvalidMetadataFilterError
 from storage.models import Speaker
 
@@ -38,18 +39,5 @@ def metadata_condition(key: str, value: Any, *, sqlite: bool) -> ColumnElement[b
             ),
             func.json_extract(column, path).is_not_distinct_from(func.json_extract(document, "$")),
         )
-    # Other databases: SQLAlchemy's portable JSON index operators, scalars only.
-    element = Speaker.meta[key]
-    if value is None:
-        return element.as_json().is_(None) | (element.as_string().is_(None))
-    if isinstance(value, bool):
-        return element.as_boolean() == value
-    if isinstance(value, int):
-        return element.as_integer() == value
-    if isinstance(value, float):
-        return element.as_float() == value
-    if isinstance(value, str):
-        return element.as_string() == value
-    raise InvalidMetadataFilterError(
-        f"metadata filter on {key!r}: only scalar values are supported on this database"
-    )
+    # PostgreSQL: jsonb equality, the same rules (storage.dialects).
+    return dialects.metadata_condition(key, value)

@@ -8,6 +8,9 @@
   transaction, or one Core query such as ``ChangeLog.change_cursor``) is retried a few times with
   jittered exponential backoff by :func:`retry_while_busy`, then :class:`StorageBusyError` is
   raised.
+* On PostgreSQL (``storage.dialects``) a write transaction starts by taking the writers'
+  advisory lock instead, reads run at REPEATABLE READ, and serialisation failures, deadlocks and
+  lock timeouts count as "busy".
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage import dialects
 from storage.db import SQLITE_BEGIN_OPTION
 from storage.errors import StorageBusyError
 
@@ -31,9 +35,10 @@ T = TypeVar("T")
 
 
 def is_busy(error: OperationalError) -> bool:
-    """Whether ``error`` is SQLite saying another connection holds the lock."""
+    """Whether ``error`` is SQLite saying another connection holds the lock (or PostgreSQL
+    failing a transaction that is worth running again)."""
     message = str(error.orig).lower()
-    return "locked" in message or "busy" in message
+    return "locked" in message or "busy" in message or dialects.is_retryable(error)
 
 
 def retry_while_busy(work: Callable[[], T], *, attempts: int, base_delay_s: float) -> T:
@@ -72,6 +77,7 @@ class Transactions:
         self._sf = session_factory
         self._engine: Engine = bind
         self._sqlite = bind.dialect.name == "sqlite"
+        self._postgres = dialects.is_postgres(bind)
 
     @property
     def session_factory(self) -> sessionmaker[Session]:
@@ -100,6 +106,10 @@ class Transactions:
                     if write:
                         # Starts the transaction now, as BEGIN IMMEDIATE on SQLite.
                         session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+                        if self._postgres:
+                            dialects.begin_write(session)
+                    elif self._postgres:
+                        session.connection(execution_options=dialects.READ_OPTIONS)
                     result = fn(session)
                     if write:
                         session.commit()

@@ -1,5 +1,7 @@
-"""Shared model fixtures: tiny random SpeechBrain models in the official layout (see
-``tests/model_factory.py``), loaded once per session through the service's own loader."""
+"""Shared fixtures: tiny random SpeechBrain models in the official layout (see
+``tests/model_factory.py``), loaded once per session through the service's own loader; and
+databases: a throw-away PostgreSQL cluster (``tests/postgres.py``) and ``database_url``, which
+runs a test once on a SQLite file and once on a PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import pytest
 
 from service.pipeline.dependencies import model_stack_problem
 from service.pipeline.registry import ModelRegistry
+from storage.migrate import upgrade_to_head
 from tests.model_factory import build_langid_model, build_speaker_model
+from tests.postgres import PostgresCluster, find_bin_dir, missing_reason, required
 from tests.server import kill_all_servers
 
 
@@ -101,3 +105,62 @@ def tiny_registry(
 def langid_zh_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny language-ID model that detects Chinese ("zh") on any input."""
     return build_langid_model(tmp_path_factory.mktemp("langid-zh"), favour_language="zh")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One real PostgreSQL server for the session. Skipped with the reason where it cannot run
+    (no server binaries on a developer's machine); a failure when VOICESEARCH_REQUIRE_POSTGRES=1
+    (CI), so CI can never pass by skipping it."""
+    reason = missing_reason()
+    bin_dir = find_bin_dir()
+    if reason is not None or bin_dir is None:
+        message = f"PostgreSQL tests: {reason}"
+        if required():
+            pytest.fail(f"{message} (VOICESEARCH_REQUIRE_POSTGRES=1)", pytrace=False)
+        pytest.skip(message)
+    cluster = PostgresCluster(bin_dir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (dropped afterwards)."""
+    url = postgres_cluster.create_database()
+    yield url
+    postgres_cluster.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def postgres_head_template(postgres_cluster: PostgresCluster) -> str:
+    """A PostgreSQL database migrated to head once per session, copied by
+    ``migrated_database_url`` (a copy takes milliseconds, a migration about a second)."""
+    url = postgres_cluster.create_database()
+    upgrade_to_head(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def migrated_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database at the newest schema: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'vs.db'}"
+        upgrade_to_head(url)
+        yield url
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.create_database(template=request.getfixturevalue("postgres_head_template"))
+    yield url
+    cluster.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database (not migrated): a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'vs.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -57,10 +57,9 @@ def _add(store: CalibrationStore, identity: str, threshold: float, **kw) -> None
     store.add(**values)
 
 
-def test_store_newest_matching_identity_and_score_type(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'vs.db'}"
-    upgrade_to_head(url)
-    store = _store(url)
+def test_store_newest_matching_identity_and_score_type(migrated_database_url: str) -> None:
+    # On SQLite and on PostgreSQL (tests/conftest.py).
+    store = _store(migrated_database_url)
     _add(store, "m@1", 0.4)
     _add(store, "m@1", 0.5)
     _add(store, "m@2", 0.9)  # another model: never in force for m@1

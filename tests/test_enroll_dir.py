@@ -103,7 +103,12 @@ def test_enroll_dir_names_who_is_not_searchable_yet_and_who_was_skipped(
     assert main(["enroll-dir", str(root), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "enrolled 2" in out
-    assert "NOT SEARCHABLE YET" in out and "short (1.5 s)" in out and "long (" not in out
+    not_searchable = next(line for line in out.splitlines() if "NOT SEARCHABLE YET" in line)
+    assert "short (1.5 s)" in not_searchable and "long (" not in not_searchable
+    # Both are below the recommended 8 s: named with their net speech and tier.
+    assert "(net speech per speaker; good >= 8 s, weak < 3 s): fair 1, weak 1" in out
+    below = next(line for line in out.splitlines() if "below the recommended 8 s" in line)
+    assert "long (3.0 s, fair)" in below and "short" not in below
     assert main(["enroll-dir", str(root), "--no-progress"]) == 0
     assert "skipped (already enrolled; --add adds their files): long, short" in (
         capsys.readouterr().out

@@ -1,4 +1,6 @@
-"""Migrations: empty → head works, is idempotent, works from any cwd, and matches the models."""
+"""Migrations: empty → head works, is idempotent, works from any cwd, and matches the models.
+
+The tests taking ``database_url`` run on SQLite and on PostgreSQL (``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -21,15 +23,19 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def test_upgrade_from_empty_to_head(tmp_path: Path) -> None:
-    path = tmp_path / "nested" / "dir" / "vs.db"  # parent dirs are created
-    url = sqlite_url(path)
-    assert current_revision(url) is None
+def test_asking_does_not_create_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "vs.db"  # parent dirs are created by the upgrade
+    assert current_revision(sqlite_url(path)) is None
     assert not path.exists()  # asking did not create the file
-    upgrade_to_head(url)
-    assert current_revision(url) == head_revision()
+    upgrade_to_head(sqlite_url(path))
+    assert current_revision(sqlite_url(path)) == head_revision()
 
-    engine = make_engine(url)
+
+def test_upgrade_on_each_database(database_url: str) -> None:
+    assert current_revision(database_url) is None
+    upgrade_to_head(database_url)
+    assert current_revision(database_url) == head_revision()
+    engine = make_engine(database_url)
     try:
         tables = set(inspect(engine).get_table_names())
     finally:
@@ -41,12 +47,14 @@ def test_upgrade_from_empty_to_head(tmp_path: Path) -> None:
         "profiles",
         "index_changes",
         "index_state",
+        "audit_log",
+        "calibrations",
         "alembic_version",
     } <= tables
 
 
-def test_upgrade_is_idempotent(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path / "vs.db")
+def test_upgrade_is_idempotent(database_url: str) -> None:
+    url = database_url
     upgrade_to_head(url)
     upgrade_to_head(url)
     assert current_revision(url) == head_revision()
@@ -58,8 +66,8 @@ def test_upgrade_does_not_depend_on_cwd(tmp_path: Path, monkeypatch: pytest.Monk
     assert current_revision(sqlite_url(tmp_path / "vs.db")) == head_revision()
 
 
-def test_models_and_migrations_agree(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path / "vs.db")
+def test_models_and_migrations_agree(database_url: str) -> None:
+    url = database_url
     upgrade_to_head(url)
     engine = make_engine(url)
     try:
@@ -91,10 +99,11 @@ def _upgrade(url: str) -> None:
     upgrade_to_head(url)
 
 
-def test_concurrent_upgrades_are_safe(tmp_path: Path) -> None:
-    # Two processes migrating the same fresh file: BEGIN IMMEDIATE serialises them; the second
-    # finds the schema at head and does nothing (no "table already exists").
-    url = sqlite_url(tmp_path / "vs.db")
+def test_concurrent_upgrades_are_safe(database_url: str) -> None:
+    # Two processes migrating the same fresh database: BEGIN IMMEDIATE (SQLite) or an advisory
+    # lock (PostgreSQL) serialises them; the second finds the schema at head and does nothing
+    # (no "table already exists").
+    url = database_url
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_upgrade, args=(url,)) for _ in range(2)]
     for proc in procs:

@@ -359,6 +359,26 @@ def test_missing_broken_and_unreachable_models_are_recorded(
         registry.encoder("klingon")
 
 
+def test_checkpoint_keys_are_compared_with_the_module_not_read_from_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint with a key the module lacks (or lacking one it has) is refused, even when
+    SpeechBrain's own warnings never reach a log handler (their text changes between releases)."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("speechbrain.utils.checkpoints"), "disabled", True)
+    directory = build_speaker_model(tmp_path / "model")
+    state = torch.load(directory / "embedding_model.ckpt")
+    state["blocks.0.extra.weight"] = torch.zeros(1)
+    torch.save(state, directory / "embedding_model.ckpt")
+
+    registry = ModelRegistry.load({SPACE_VOXCELEB: str(directory)}, cache_dir=tmp_path / "c")
+    status = registry.statuses[SPACE_VOXCELEB]
+    assert not status.loaded
+    assert status.error_kind == "bad_checkpoint"
+    assert "embedding_model.ckpt: unexpected blocks.0.extra.weight" in (status.error or "")
+
+
 def test_unreachable_hub_fails_fast_with_a_clear_reason(tmp_path: Path) -> None:
     started = time.perf_counter()
     registry = ModelRegistry.load(

@@ -1,16 +1,27 @@
-"""Speech quality: each feedback code, Silero VAD on real speech, trimming."""
+"""Speech quality: each feedback code, speech detection that never refuses audible speech
+(issue 12: quiet, telephone band, both), the SNR estimate, and what is refused."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
+from scipy import signal
 
 from service.pipeline.audio import decode_audio
-from service.pipeline.quality import QualityAssessor
-from tests.audio_factory import synth_voice
+from service.pipeline.quality import QualityAssessor, frame_powers, speech_frame_mask
+from tests.audio_factory import synth_voice, wav_bytes
 from tests.paths import DEV_SPEECH_DIR, HAS_DEV_SPEECH
 
 SR = 16_000
+requires_dev_speech = pytest.mark.skipif(not HAS_DEV_SPEECH, reason="dev-speech not available")
+DEV_CLIPS = (
+    "speechbrain_samples/ASR/spk1_snt1.wav",
+    "speechbrain_samples/ASR/spk2_snt2.wav",
+    "speechbrain_samples/single-mic/example2.flac",
+    "rtvc_samples/p240_00000.mp3",
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +44,33 @@ def with_noise(x: np.ndarray, snr_db: float) -> np.ndarray:
     return (x + noise).astype(np.float32)
 
 
+def upload(samples: np.ndarray, rate: int = SR) -> tuple[np.ndarray, int]:
+    """As the service sees it: a 16-bit WAV at ``rate``, decoded → (16 kHz samples, source
+    rate)."""
+    audio = decode_audio(
+        wav_bytes(samples.astype(np.float32), rate), max_duration_s=60.0, min_duration_s=0.0
+    )
+    return audio.samples, audio.source_sample_rate
+
+
+def telephone(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """300-3400 Hz band, uploaded as an 8 kHz WAV."""
+    sos = signal.butter(6, [300, 3400], btype="bandpass", fs=SR, output="sos")
+    return upload(signal.resample_poly(signal.sosfilt(sos, x), 1, 2), 8_000)
+
+
+def dev_clip(name: str) -> np.ndarray:
+    data = (DEV_SPEECH_DIR / name).read_bytes()
+    return decode_audio(data, max_duration_s=60.0, min_duration_s=0.0).samples
+
+
 @pytest.mark.parametrize(
     ("name", "make", "code"),
     [
         ("clean", lambda: voice(), "ok"),
         ("clipped", lambda: np.clip(voice() * 4, -1, 1), "clipped"),
         ("quiet", lambda: voice() * 0.05, "too_quiet"),
-        ("noisy", lambda: with_noise(voice(), 5.0), "low_snr"),
+        ("noisy", lambda: with_noise(voice(), 0.0), "low_snr"),
         ("silent", lambda: np.zeros(3 * SR, np.float32), "no_speech"),
         ("short", lambda: voice(1.0), "too_short"),
     ],
@@ -52,29 +83,87 @@ def test_codes_energy_vad(energy: QualityAssessor, name: str, make, code: str) -
         assert report.codes == ["ok"]
 
 
-def test_silero_rejects_silence_and_noise_only(silero: QualityAssessor) -> None:
-    assert silero.assess(np.zeros(2 * SR, np.float32)).report.codes == ["no_speech"]
-    hum = (0.01 * np.random.default_rng(1).standard_normal(3 * SR)).astype(np.float32)
-    assert silero.assess(hum).report.rejected
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rng: np.zeros(3 * SR),
+        lambda rng: rng.standard_normal(3 * SR) * 10 ** (-90 / 20),  # dither
+    ],
+    ids=["digital-silence", "dither-90dBFS"],
+)
+def test_nothing_audible_is_refused(silero: QualityAssessor, make: Callable) -> None:
+    samples, rate = upload(make(np.random.default_rng(1)))
+    report = silero.assess(samples, rate).report
+    assert report.codes == ["no_speech"] and report.rejected and report.peak_dbfs < -75
 
 
-def test_silero_noise_is_low_snr(silero: QualityAssessor) -> None:
-    report = silero.assess(with_noise(voice(), 5.0)).report
-    assert "low_snr" in report.codes and report.snr_db < 10
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rng: rng.standard_normal(3 * SR) * 0.1,  # white noise, -20 dBFS RMS
+        lambda rng: 0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * SR) / SR),  # a tone
+    ],
+    ids=["white-noise", "tone"],
+)
+def test_audible_non_speech_is_accepted_with_a_warning(
+    silero: QualityAssessor, make: Callable
+) -> None:
+    samples, rate = upload(make(np.random.default_rng(2)))
+    report = silero.assess(samples, rate).report
+    assert not report.rejected
+    assert report.codes == ["no_speech_detected"]
+    assert report.speech_s == 0.0 and report.snr_db is None
 
 
-@pytest.mark.skipif(not HAS_DEV_SPEECH, reason="dev-speech not available")
-def test_silero_on_real_speech_trims_padding(silero: QualityAssessor) -> None:
-    path = DEV_SPEECH_DIR / "speechbrain_samples" / "ASR" / "spk1_snt1.wav"
-    audio = decode_audio(path.read_bytes(), max_duration_s=60, min_duration_s=0)
-    clean = silero.assess(audio.samples)
-    assert clean.report.codes == ["ok"]
-    assert clean.report.speech_s > 2.0 and clean.report.snr_db > 20
-    # 2 s of silence either side: same net speech, and trimmed back to about the clip.
-    padded = np.concatenate([np.zeros(2 * SR, np.float32), audio.samples, np.zeros(2 * SR)])
-    result = silero.assess(padded.astype(np.float32))
-    assert result.report.speech_s == pytest.approx(clean.report.speech_s, abs=0.2)
-    assert result.samples.shape[0] < audio.samples.shape[0] + 0.5 * SR
+@requires_dev_speech
+@pytest.mark.parametrize("clip", DEV_CLIPS)
+@pytest.mark.parametrize(
+    ("condition", "attenuation_db", "narrowband"),
+    [
+        ("quiet-20", 20, False),
+        ("quiet-30", 30, False),
+        ("quiet-35", 35, False),
+        ("tel8k", 0, True),
+        ("quiet-20+tel8k", 20, True),
+        ("quiet-35+tel8k", 35, True),
+    ],
+)
+def test_real_speech_is_never_refused(
+    silero: QualityAssessor, clip: str, condition: str, attenuation_db: float, narrowband: bool
+) -> None:
+    x = dev_clip(clip) * np.float32(10 ** (-attenuation_db / 20))
+    samples, rate = telephone(x) if narrowband else upload(x)
+    assert rate == (8_000 if narrowband else SR)
+    report = silero.assess(samples, rate).report
+    assert not report.rejected, (condition, report)
+    assert report.speech_s > 0.5 * dev_clip(clip).size / SR, (condition, report)
+    assert "no_speech_detected" not in report.codes
+
+
+@requires_dev_speech
+def test_padding_with_silence_keeps_the_net_speech(silero: QualityAssessor) -> None:
+    x = dev_clip(DEV_CLIPS[0])
+    clean = silero.assess(x).report
+    assert clean.codes == ["ok"] and clean.speech_s > 2.0 and clean.snr_db > 20
+    padded = np.concatenate([np.zeros(2 * SR, np.float32), x, np.zeros(2 * SR, np.float32)])
+    report = silero.assess(padded).report
+    assert report.speech_s == pytest.approx(clean.speech_s, abs=0.2)
+    assert report.duration_s == pytest.approx(clean.duration_s + 4.0)
+
+
+@requires_dev_speech
+@pytest.mark.parametrize("clip", DEV_CLIPS)
+def test_snr_estimate_on_white_noise_at_5_db(silero: QualityAssessor, clip: str) -> None:
+    """True SNR as issue 12 measured it: the clean clip's active-speech power (frames inside
+    its speech segments) over the added noise's power."""
+    x = dev_clip(clip)
+    powers = frame_powers(x)
+    active = speech_frame_mask(silero.detector.detect(x).segments, powers.size)
+    noise = np.random.default_rng(5).standard_normal(x.size)
+    noise *= np.sqrt(powers[active].mean() / 10 ** (5 / 10))
+    report = silero.assess(*upload(x + noise)).report
+    assert report.snr_db == pytest.approx(5.0, abs=1.5)
+    assert "low_snr" in report.codes
 
 
 def test_concurrent_use_is_safe(silero: QualityAssessor) -> None:

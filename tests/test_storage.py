@@ -1,4 +1,8 @@
-"""SpeakerStore against a real SQLite file: CRUD, atomicity, profiles, change log, concurrency."""
+"""SpeakerStore against real databases: CRUD, atomicity, profiles, change log, concurrency.
+
+Every test runs twice, on a SQLite file and on a PostgreSQL database (``database_url`` in
+``tests/conftest.py``); the change log's ordering under concurrent PostgreSQL commits is
+proven in ``tests/test_storage_postgres.py``."""
 
 from __future__ import annotations
 
@@ -8,14 +12,21 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 
 from bench.synthetic import bulk_insert_synthetic
+from storage.audit import (
+    ACTION_DELETE,
+    ACTION_ENROLL,
+    ANONYMOUS,
+    Actor,
+    AuditRecord,
+    list_entries,
+)
 from storage.db import make_engine, make_session_factory
 from storage.errors import (
     DuplicateExternalIdError,
@@ -24,7 +35,6 @@ from storage.errors import (
     SpeakerNotFoundError,
     StorageBusyError,
 )
-from storage.migrate import upgrade_to_head
 from storage.records import UtteranceInput
 from storage.speakers import SpeakerStore
 
@@ -60,10 +70,8 @@ def expected_profile(inputs: list[UtteranceInput], space: str) -> np.ndarray:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'vs.db'}"
-    upgrade_to_head(url)
-    return url
+def db_url(migrated_database_url: str) -> str:
+    return migrated_database_url
 
 
 @pytest.fixture
@@ -166,9 +174,9 @@ def test_delete_removes_everything_and_logs_every_space(
             table: conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
             for table in ("speakers", "utterances", "embeddings", "profiles")
         }
-        ops = conn.exec_driver_sql(
-            "SELECT space, speaker_id, op FROM index_changes WHERE seq > ? ORDER BY space",
-            (before,),
+        ops = conn.execute(
+            text("SELECT space, speaker_id, op FROM index_changes WHERE seq > :s ORDER BY space"),
+            {"s": before},
         ).all()
     assert counts == {"speakers": 1, "utterances": 1, "embeddings": 1, "profiles": 1}
     assert [tuple(r) for r in ops] == [(CN, first.id, "delete"), (VOX, first.id, "delete")]
@@ -180,6 +188,22 @@ def test_delete_removes_everything_and_logs_every_space(
     store.delete("keep")
     again, _ = store.create_speaker(external_id="new", name=None, metadata=None, utterances=[])
     assert again.id > keep.id
+
+
+def test_audit_rows_commit_with_their_change(store: SpeakerStore) -> None:
+    enroll = AuditRecord(ACTION_ENROLL, Actor("ops", "admin"), {"files": 0})
+    fields: dict[str, Any] = {"name": None, "metadata": None, "utterances": [], "audit": enroll}
+    store.create_speaker(external_id="au", **fields)
+    with pytest.raises(DuplicateExternalIdError):  # rolled back: no audit row
+        store.create_speaker(external_id="au", **fields)
+    store.delete("au", audit=AuditRecord(ACTION_DELETE, ANONYMOUS))
+    rows, total = list_entries(store.session_factory, limit=10)
+    assert total == 2
+    assert [(r.action, r.speaker_external_id, r.actor) for r in rows] == [
+        (ACTION_DELETE, "au", "anonymous"),
+        (ACTION_ENROLL, "au", "ops"),
+    ]
+    assert rows[1].details == {"files": 0} and rows[1].created_at.tzinfo == UTC
 
 
 # ---------------------------------------------------------------------------------- listing
@@ -450,24 +474,47 @@ def test_invalid_embeddings(store: SpeakerStore, embeddings: dict, message: str)
 
 
 # ---------------------------------------------------------------------------------- concurrency
+class WriteLockHolder:
+    """Another client holding the database's write lock: SQLite's lock (BEGIN IMMEDIATE) or the
+    writers' advisory lock on PostgreSQL (``storage.dialects``)."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite"):
+            self.conn: Any = sqlite3.connect(
+                url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+            )
+            self.conn.execute("BEGIN IMMEDIATE")
+        else:
+            import psycopg
+
+            from storage.dialects import WRITE_LOCK_KEY
+
+            dsn = url.replace("postgresql+psycopg://", "postgresql://")
+            self.conn = psycopg.connect(dsn)
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+
+    def release(self) -> None:
+        self.conn.rollback()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def test_busy_database_retries_then_gives_up(db_url: str, rng: np.random.Generator) -> None:
     engine = make_engine(db_url, busy_timeout_ms=50)
+    blocker = WriteLockHolder(db_url)
     try:
         store = SpeakerStore(make_session_factory(engine), IDENTITIES)
         store.retry_base_delay_s = 0.02
-        blocker = sqlite3.connect(
-            db_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
-        )
-        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
         with pytest.raises(StorageBusyError):
             store.create_speaker(external_id="b", name=None, metadata=None, utterances=[])
 
         # Released while we retry → the write goes through.
-        threading.Timer(0.15, blocker.rollback).start()
+        threading.Timer(0.15, blocker.release).start()
         record, _ = store.create_speaker(external_id="b", name=None, metadata=None, utterances=[])
         assert store.get("b") == record
-        blocker.close()
     finally:
+        blocker.close()
         engine.dispose()
 
 

@@ -7,7 +7,7 @@ Runs the service's own pipeline (decode → Silero VAD → ECAPA → gallery, AS
 unchanged to every condition.
 
 Usage: python -m bench.conditions.run_conditions [--out bench/out/conditions]
-           [--results bench/results/conditions.md] [--model DIR]
+           [--results bench/results/conditions-thresholds.md] [--model DIR]
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def metrics(s: SpaceScores, threshold: float) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=REPO / "bench/out/conditions")
-    parser.add_argument("--results", type=Path, default=REPO / "bench/results/conditions.md")
+    parser.add_argument(
+        "--results", type=Path, default=REPO / "bench/results/conditions-thresholds.md"
+    )
     parser.add_argument(
         "--model", type=Path, default=REPO.parent / "shared/models/spkrec-ecapa-voxceleb"
     )

@@ -28,6 +28,7 @@ from service.api.schemas import (
 from service.pipeline.clip import EmbeddedClip
 from service.pipeline.quality import QualityReport
 from service.search.enrollment import EnrollmentResult
+from service.search.enrollment_amount import EnrollmentAmount, EnrollmentPolicy
 from service.search.matching import Comparison, Match, MatchResult
 from service.search.voicesearch import DetectedLanguage, Health, SpaceCalibration
 from storage.audit import AuditRow
@@ -38,7 +39,19 @@ def quality_out(report: QualityReport) -> QualityOut:
     return QualityOut(**report.to_dict())
 
 
-def speaker_out(record: SpeakerRecord, required_speech_s: float | None = None) -> SpeakerOut:
+def _amount_fields(amount: EnrollmentAmount) -> dict:
+    return {
+        "recommended_speech_seconds": amount.recommended_speech_s,
+        "enrollment_tier": amount.tier,
+        "reason": amount.reason,
+        "warnings": list(amount.warnings),
+    }
+
+
+def speaker_out(record: SpeakerRecord, policy: EnrollmentPolicy | None = None) -> SpeakerOut:
+    # Searchable means "has a profile in the index"; an incomplete enrollment has none.
+    searchable = bool(record.spaces)
+    amount = policy.amount(record.speech_s, searchable) if policy is not None else None
     return SpeakerOut(
         id=record.external_id,
         name=record.name,
@@ -48,9 +61,9 @@ def speaker_out(record: SpeakerRecord, required_speech_s: float | None = None) -
         created_at=record.created_at,
         updated_at=record.updated_at,
         speech_seconds=round(record.speech_s, 3),
-        required_speech_seconds=required_speech_s,
-        # Searchable means "has a profile in the index"; an incomplete enrollment has none.
-        searchable=bool(record.spaces),
+        required_speech_seconds=None if policy is None else policy.required_speech_s,
+        searchable=searchable,
+        **(_amount_fields(amount) if amount is not None else {}),
     )
 
 
@@ -68,8 +81,10 @@ def utterance_out(record: UtteranceRecord) -> UtteranceOut:
 
 
 def enrollment_out(result: EnrollmentResult) -> EnrollmentResponse:
-    required = result.required_speech_s
-    out = speaker_out(result.speaker, required)
+    amount = result.amount
+    out = speaker_out(
+        result.speaker, EnrollmentPolicy(amount.required_speech_s, amount.recommended_speech_s)
+    )
     return EnrollmentResponse(
         speaker=out,
         utterances=[
@@ -77,9 +92,10 @@ def enrollment_out(result: EnrollmentResult) -> EnrollmentResponse:
             for u, r in zip(result.utterances, result.reports, strict=True)
         ],
         speech_seconds=out.speech_seconds,
-        required_speech_seconds=required,
-        missing_speech_seconds=round(max(0.0, required - result.speaker.speech_s), 3),
+        required_speech_seconds=amount.required_speech_s,
+        missing_speech_seconds=round(amount.missing_speech_s, 3),
         searchable=out.searchable,
+        **_amount_fields(amount),
     )
 
 

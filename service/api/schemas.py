@@ -209,8 +209,9 @@ class MatchOut(BaseModel):
 
 class QualityOut(BaseModel):
     codes: list[str] = Field(
-        description="`ok`, or any of `too_short`, `clipped`, `too_quiet`, `low_snr` (warnings); "
-        "`no_speech` rejects the file (422)."
+        description="`ok`, or any of `no_speech_detected` (audible, but no speech found: counts "
+        "0 s), `too_short`, `clipped`, `too_quiet`, `low_snr` (warnings); `no_speech` (nothing "
+        "audible) rejects the file (422)."
     )
     speech_s: float = Field(description="Net speech found by voice activity detection (s).")
     duration_s: float
@@ -218,6 +219,9 @@ class QualityOut(BaseModel):
     level_dbfs: float | None = Field(None, description="Mean level of the speech (dBFS).")
     clipped_fraction: float = Field(description="Fraction of samples at full scale.")
     vad: str = Field(description="Voice activity detector used.")
+    peak_dbfs: float | None = Field(
+        None, description="The clip's level: 99.9th percentile of |x| (dBFS)."
+    )
 
 
 class FindMatchResponse(BaseModel):
@@ -290,7 +294,29 @@ class UtteranceOut(BaseModel):
     quality: QualityOut | None = Field(None, description="Quality feedback for this upload.")
 
 
-class SpeakerOut(BaseModel):
+class EnrollmentAmountOut(BaseModel):
+    """How much a speaker is enrolled with (``service.search.enrollment_amount``)."""
+
+    recommended_speech_seconds: float | None = Field(
+        None, description="Net speech recommended per speaker (s); below it a warning."
+    )
+    enrollment_tier: str | None = Field(
+        None,
+        description="`weak` (< 3 s net speech), `fair` (below the recommended amount) or `good`.",
+    )
+    reason: str | None = Field(
+        None,
+        description="Why the speaker is not searchable: `insufficient_enrollment_speech`; "
+        "null when searchable.",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="`enrollment_below_recommended` when the net speech is below the "
+        "recommended amount.",
+    )
+
+
+class SpeakerOut(EnrollmentAmountOut):
     id: str = Field(description="The speaker's external id (used in every URL).")
     name: str | None
     metadata: dict[str, Any]
@@ -311,7 +337,7 @@ class SpeakerOut(BaseModel):
     )
 
 
-class EnrollmentResponse(BaseModel):
+class EnrollmentResponse(EnrollmentAmountOut):
     success: bool = True
     speaker: SpeakerOut
     utterances: list[UtteranceOut]

@@ -22,6 +22,7 @@ from service.core.settings import Settings
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from service.search.enrollment_amount import EnrollmentAmount
     from service.search.voicesearch import VoiceSearch
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".webm", ".sph"}
@@ -61,9 +62,29 @@ class EnrollReport:
     skipped: list[str] = field(default_factory=list)  # already enrolled (no --add)
     # (speaker, net speech s, required s): stored, but not searchable until more audio is added
     incomplete: list[tuple[str, float, float]] = field(default_factory=list)
+    # (speaker, net speech s, tier): searchable, but below the recommended amount
+    below_recommended: list[tuple[str, float, str]] = field(default_factory=list)
+    recommended_s: float = 0.0
+    tiers: dict[str, int] = field(default_factory=dict)  # tier -> speakers
+
+    def add(self, speaker: str, amount: EnrollmentAmount) -> None:
+        """Record one speaker's enrollment amount (after its last file)."""
+        self.tiers[amount.tier] = self.tiers.get(amount.tier, 0) + 1
+        self.recommended_s = amount.recommended_speech_s
+        if not amount.searchable:
+            self.incomplete.append((speaker, amount.speech_s, amount.required_speech_s))
+        elif amount.warnings:
+            self.below_recommended.append((speaker, amount.speech_s, amount.tier))
 
     def lines(self) -> list[str]:
         out = []
+        if self.tiers:
+            order = [tier for tier in ("good", "fair", "weak") if tier in self.tiers]
+            counts = ", ".join(f"{tier} {self.tiers[tier]}" for tier in order)
+            out.append(
+                f"enrollment amount (net speech per speaker; good >= {self.recommended_s:g} s, "
+                f"weak < 3 s): {counts}"
+            )
         if self.incomplete:
             names = ", ".join(f"{s} ({have:.1f} s)" for s, have, _ in self.incomplete[:20])
             more = f" and {len(self.incomplete) - 20} more" if len(self.incomplete) > 20 else ""
@@ -71,6 +92,15 @@ class EnrollReport:
                 f"NOT SEARCHABLE YET (below the {self.incomplete[0][2]:g} s net-speech "
                 f"enrollment minimum): {names}{more}; add recordings to their folders and run "
                 "again with --add"
+            )
+        if self.below_recommended:
+            shown = self.below_recommended[:20]
+            names = ", ".join(f"{s} ({have:.1f} s, {tier})" for s, have, tier in shown)
+            extra = len(self.below_recommended) - len(shown)
+            more = f" and {extra} more" if extra > 0 else ""
+            out.append(
+                f"below the recommended {self.recommended_s:g} s of net speech (searchable, but "
+                f"less accurate; add recordings and run again with --add): {names}{more}"
             )
         if self.skipped:
             names = ", ".join(self.skipped[:20])
@@ -120,10 +150,7 @@ async def enroll_all(
                     speaker, [p.read_bytes() for p in chunk], language
                 )
             counts["files"] += len(files)
-            if not result.speaker.spaces:  # stored, but below the enrollment minimum
-                report.incomplete.append(
-                    (speaker, result.speaker.speech_s, result.required_speech_s)
-                )
+            report.add(speaker, result.amount)
         except errors.ServiceError as exc:
             counts["failed"] += 1
             bar.write(f"{speaker}: not enrolled: {exc.code}: {exc}")

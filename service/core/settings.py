@@ -65,7 +65,6 @@ class ClipSettings:
 
     max_duration_s: float
     min_duration_s: float
-    min_speech_s: float
     inference_concurrency: int
 
 
@@ -74,7 +73,7 @@ class QualitySettings:
     """Voice activity detection and quality codes (``service.pipeline.quality``)."""
 
     vad: str
-    min_speech_s: float
+    audible_floor_dbfs: float
     min_probe_speech_s: float
     clipped_fraction_warn: float
     low_snr_db: float
@@ -179,10 +178,12 @@ class Settings(BaseSettings):
     min_duration_s: float = Field(
         0.5, ge=0, description="Shortest accepted decoded audio, per file (seconds)."
     )
-    min_speech_s: float = Field(
-        0.5,
-        ge=0,
-        description="Least net speech (non-silent audio) a file must contain to be embedded.",
+    audible_floor_dbfs: float = Field(
+        -75.0,
+        le=0,
+        description="An upload whose level (99.9th percentile of |x|) is below this is refused "
+        "as 'no_speech' (digital silence, dither). The only speech-based refusal: audible "
+        "clips in which the VAD finds no speech are accepted with 'no_speech_detected'.",
     )
     max_files_per_enrollment: int = Field(20, ge=1)
     max_top_n: int = Field(100, ge=1)
@@ -240,14 +241,22 @@ class Settings(BaseSettings):
         "silero",
         pattern="^(silero|energy)$",
         description="Voice activity detector: 'silero' (Silero VAD, model inside its pip "
-        "package; speech is trimmed before embedding) or 'energy' (frame-energy check only, "
-        "no trimming; for synthetic test audio).",
+        "package, run gain-normalised and at 8 kHz for narrowband uploads) or 'energy' "
+        "(frame-energy detector; for synthetic test audio). It measures net speech only: the "
+        "whole clip is embedded.",
     )
     min_enroll_speech_s: float = Field(
-        10.0,
+        1.0,
         ge=0,
         description="Net speech a speaker's utterances must add up to before the speaker is "
-        "searchable; below it the profile is stored but incomplete.",
+        "searchable; below it the profile is stored but incomplete "
+        "('insufficient_enrollment_speech').",
+    )
+    recommended_enroll_speech_s: float = Field(
+        8.0,
+        ge=0,
+        description="Net speech recommended per speaker: below it the enrollment answer warns "
+        "('enrollment_below_recommended'); tiers: weak < 3 s, fair < this, good from this.",
     )
     min_probe_speech_s: float = Field(
         1.5,
@@ -258,7 +267,7 @@ class Settings(BaseSettings):
     clipped_fraction_warn: float = Field(
         0.001, ge=0, le=1, description="Fraction of full-scale samples above which 'clipped'."
     )
-    low_snr_db: float = Field(15.0, description="Estimated SNR (dB) below which 'low_snr'.")
+    low_snr_db: float = Field(10.0, description="Estimated SNR (dB) below which 'low_snr'.")
     too_quiet_dbfs: float = Field(-40.0, description="Speech level (dBFS) below which 'too_quiet'.")
     asnorm_spaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -327,14 +336,13 @@ class Settings(BaseSettings):
         return ClipSettings(
             max_duration_s=self.max_duration_s,
             min_duration_s=self.min_duration_s,
-            min_speech_s=self.min_speech_s,
             inference_concurrency=self.inference_concurrency,
         )
 
     def quality(self) -> QualitySettings:
         return QualitySettings(
             vad=self.vad,
-            min_speech_s=self.min_speech_s,
+            audible_floor_dbfs=self.audible_floor_dbfs,
             min_probe_speech_s=self.min_probe_speech_s,
             clipped_fraction_warn=self.clipped_fraction_warn,
             low_snr_db=self.low_snr_db,

@@ -4,10 +4,10 @@
 (``service.search``), ``voicesearch eval`` / ``calibrate`` (``service.evaluation``) and the
 benchmarks. Each step is a public method so callers can time or reuse a step on its own:
 
-* :meth:`~ClipPipeline.decode_assessed` — bytes → 16 kHz mono (``service.pipeline.audio``), the
-  energy check (``service.pipeline.speech``: digital silence is refused without running the VAD),
-  then the VAD and quality codes (``service.pipeline.quality``); the result holds only the speech
-  (what gets embedded) and the :class:`~service.pipeline.quality.QualityReport`.
+* :meth:`~ClipPipeline.decode_assessed` — bytes → 16 kHz mono (``service.pipeline.audio``), then
+  speech detection and quality codes (``service.pipeline.quality``): an inaudible clip is
+  refused (``no_speech``), anything else is kept whole (what gets embedded) with its
+  :class:`~service.pipeline.quality.QualityReport`.
 * :meth:`~ClipPipeline.route` — the caller's language, else the detected one → encoder space.
 * :meth:`~ClipPipeline.embed_routed` — all of the above plus the routed space's encoder.
 
@@ -31,7 +31,6 @@ from service.pipeline.audio import DecodedAudio, decode_audio
 from service.pipeline.language import LanguageDetection, LanguageRouter, normalise_language
 from service.pipeline.quality import QualityAssessor, QualityReport
 from service.pipeline.registry import LANGID_ROLE, ModelRegistry
-from service.pipeline.speech import ensure_speech
 
 T = TypeVar("T")
 
@@ -51,7 +50,7 @@ class RoutedLanguage:
 class EmbeddedClip:
     """A clip embedded in the space its language routes to."""
 
-    audio: DecodedAudio  # the speech that was embedded (VAD-trimmed)
+    audio: DecodedAudio  # the decoded clip, embedded whole
     routed: RoutedLanguage
     vector: np.ndarray  # float32 (dim,), unit length
     model: str  # identity of the encoder that produced ``vector``
@@ -78,32 +77,24 @@ class ClipPipeline:
 
     # --- steps --------------------------------------------------------------------------------
     def decode_assessed(self, data: bytes) -> tuple[DecodedAudio, QualityReport]:
-        """Decode, check speech quality, and keep only the speech (what gets embedded)."""
+        """Decode and assess the speech; refuse only a clip with nothing audible in it."""
         audio = decode_audio(
             data,
             max_duration_s=self.settings.max_duration_s,
             min_duration_s=self.settings.min_duration_s,
         )
-        # Energy check first: digital silence is refused without running the VAD.
-        ensure_speech(audio, min_speech_s=self.settings.min_speech_s)
-        assessed = self.quality.assess(audio.samples)
-        report = assessed.report
+        report = self.quality.assess(audio.samples, audio.source_sample_rate).report
         if report.rejected:
+            floor = self.quality.detector.audible_floor_dbfs
             raise errors.NoSpeech(
-                f"Found {report.speech_s:.2f} s of speech; at least "
-                f"{self.settings.min_speech_s:g} s is required.",
+                f"Nothing audible: the recording's level is {report.peak_dbfs:.0f} dBFS, below "
+                f"the {floor:g} dBFS floor (silence or dither).",
                 details={
                     "speech_seconds": round(report.speech_s, 3),
-                    "required_seconds": self.settings.min_speech_s,
+                    "level_dbfs": report.peak_dbfs,
+                    "audible_floor_dbfs": floor,
                     "quality": report.to_dict(),
                 },
-            )
-        if assessed.samples is not audio.samples:
-            audio = DecodedAudio(
-                assessed.samples,
-                audio.source_sample_rate,
-                audio.source_channels,
-                audio.source_format,
             )
         return audio, report
 

@@ -45,10 +45,6 @@ MODEL_STACK_PACKAGES = ("torch", "torchaudio", "speechbrain")
 HUB_PROBE_TIMEOUT_S = 5.0
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-_TRANSFER_PROBLEM = re.compile(
-    r"loading from (?P<path>\S+), the (?:transferred parameters did not have parameters for "
-    r"(?P<missing>)|object could not use the parameters loaded with )the key: (?P<key>\S+)"
-)
 _PRETRAINED_PATH_KEY = re.compile(r"^pretrained_path\s*:\s*(?P<value>\S+)?", re.MULTILINE)
 
 
@@ -110,42 +106,54 @@ def _pretrained_path_in(hparams_text: str) -> str | None:
 
 
 @contextmanager
-def _failed_parameter_transfers() -> Iterator[list[str]]:
-    """Collect SpeechBrain's warnings about checkpoint keys that did not match the model.
+def _parameter_transfer_warnings_silenced() -> Iterator[None]:
+    """SpeechBrain logs each mismatched key with the whole module's repr (hundreds of lines);
+    ``_checkpoint_mismatches`` reports them once, briefly, as the load error instead."""
+    target = logging.getLogger("speechbrain.utils.checkpoints")
+    saved = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(saved)
+
+
+def _checkpoint_mismatches(classifier: Any) -> list[str]:
+    """Keys that differ between each loaded module's ``state_dict`` and its checkpoint file.
 
     SpeechBrain's Pretrainer loads checkpoints non-strictly and only *logs* missing or
     unexpected keys; a model whose checkpoint does not fit its hyperparams would then run with
-    random weights. Those warnings are turned into a load error instead.
+    partly random weights. Comparing the keys directly (rather than parsing SpeechBrain's log
+    text, which changes between releases) turns that into a load error. The checkpoint is
+    memory-mapped, so only its key table is read, not the weights a second time. SpeechBrain's
+    own key-renaming hooks are applied first, exactly as its loader does.
     """
+    import torch
+    from speechbrain.utils.checkpoints import (
+        DEFAULT_TRANSFER_HOOKS,
+        get_default_hook,
+        hook_on_loading_state_dict_checkpoint,
+        torch_parameter_transfer,
+    )
+
+    pretrainer = getattr(getattr(classifier, "hparams", None), "pretrainer", None)
+    if pretrainer is None:
+        return []
     problems: list[str] = []
-
-    class _Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            message = record.getMessage()
-            if "During parameter transfer" not in message:
-                return
-            # SpeechBrain's message embeds the whole module's repr; keep what matters.
-            match = _TRANSFER_PROBLEM.search(message)
-            if match is None:
-                problems.append(_short(Exception(message), 200))
-            else:
-                kind = "missing" if match.group("missing") is not None else "unexpected"
-                name = Path(match.group("path")).name
-                problems.append(f"{name}: {kind} {match.group('key')}")
-
-    target = logging.getLogger("speechbrain.utils.checkpoints")
-    handler = _Collect(level=logging.WARNING)
-    saved = target.level, target.propagate
-    if not target.isEnabledFor(logging.WARNING):
-        target.setLevel(logging.WARNING)
-    target.propagate = False  # reported once, briefly, as the load error instead
-    target.addHandler(handler)
-    try:
-        yield problems
-    finally:
-        target.removeHandler(handler)
-        target.setLevel(saved[0])
-        target.propagate = saved[1]
+    for name, module in pretrainer.loadables.items():
+        path = pretrainer.paths.get(name)
+        # Only modules SpeechBrain loads with its plain non-strict state_dict transfer; those
+        # with their own hooks (e.g. InputNormalization's statistics) store another format.
+        plain = get_default_hook(module, DEFAULT_TRANSFER_HOOKS) is torch_parameter_transfer
+        if path is None or name in pretrainer.custom_hooks or not plain:
+            continue
+        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        saved_keys = set(hook_on_loading_state_dict_checkpoint(saved))
+        expected_keys = set(module.state_dict())
+        file_name = Path(str(path)).name
+        problems += [f"{file_name}: missing {key}" for key in sorted(expected_keys - saved_keys)]
+        problems += [f"{file_name}: unexpected {key}" for key in sorted(saved_keys - expected_keys)]
+    return problems
 
 
 def _hub_failure(source: str, exc: BaseException) -> tuple[str, str]:
@@ -303,7 +311,7 @@ def _from_hub(source: str, device: str, hf_cache: str, *, allow_network: bool) -
 def _from_hparams(source: str, overrides: dict[str, str], device: str, config: Any) -> Any:
     from speechbrain.inference.classifiers import EncoderClassifier
 
-    with _failed_parameter_transfers() as problems:
+    with _parameter_transfer_warnings_silenced():
         classifier = EncoderClassifier.from_hparams(
             source=source,
             savedir=None,  # load files where they are: no symlink farm to race over
@@ -311,6 +319,7 @@ def _from_hparams(source: str, overrides: dict[str, str], device: str, config: A
             run_opts={"device": device},
             fetch_config=config,
         )
+    problems = _checkpoint_mismatches(classifier)
     if problems:
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise ModelLoadError(

@@ -1,8 +1,8 @@
 """The energy-based speech detector: which 25 ms frames of a clip look like speech.
 
-Used twice: as the cheap first check on every upload (:func:`ensure_speech`: digital silence is
-refused without running the VAD) and as the ``vad="energy"`` detector of
-``service.pipeline.quality`` (for synthetic test signals, which a real VAD rightly refuses).
+Used as the ``vad="energy"`` detector of ``service.pipeline.detection`` (for synthetic test
+signals, which a real VAD rightly hears as non-speech). It is no longer a gate on uploads: its
+absolute floor refused quiet but clear speech (issue 12); only inaudible clips are refused now.
 
 On non-overlapping 25 ms frames (the window speech front-ends use), a frame is speech when its
 RMS is
@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.core.errors import NoSpeech
-from service.pipeline.audio import TARGET_SAMPLE_RATE, DecodedAudio
+from service.pipeline.audio import TARGET_SAMPLE_RATE
 
 FRAME_S = 0.025
 _ABS_FLOOR_DBFS = -50.0
@@ -53,14 +52,3 @@ def speech_seconds(samples: np.ndarray, sample_rate: int = TARGET_SAMPLE_RATE) -
     """Seconds of ``samples`` (mono float in [-1, 1]) whose 25 ms frames look like speech."""
     mask = speech_frames(samples, sample_rate)
     return int(np.count_nonzero(mask)) * frame_length(sample_rate) / sample_rate
-
-
-def ensure_speech(audio: DecodedAudio, *, min_speech_s: float) -> float:
-    """Return the seconds of speech in ``audio``, or raise :class:`NoSpeech` below the minimum."""
-    seconds = speech_seconds(audio.samples, TARGET_SAMPLE_RATE)
-    if seconds < min_speech_s:
-        raise NoSpeech(
-            f"Found {seconds:.2f} s of speech; at least {min_speech_s:g} s is required.",
-            details={"speech_seconds": round(seconds, 3), "required_seconds": min_speech_s},
-        )
-    return seconds

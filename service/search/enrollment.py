@@ -1,10 +1,10 @@
 """Enrollment: files → utterances embedded in every loaded space → a stored speaker.
 
 Every file is decoded first (any bad file fails the whole request before anything is stored,
-and its error names the file), then each clip is embedded in every loaded space (speech only,
-VAD-trimmed) and all of it is written in one transaction. Blocking; ``service.search.voicesearch``
-runs :meth:`Enrollment.embed_files` under the inference limiter and the writes in a worker
-thread.
+and its error names the file), then each clip is embedded in every loaded space (the whole
+decoded clip; the VAD only measures its net speech) and all of it is written in one
+transaction. Blocking; ``service.search.voicesearch`` runs :meth:`Enrollment.embed_files` under
+the inference limiter and the writes in a worker thread.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from service.core.settings import Settings
 from service.pipeline.audio import DecodedAudio
 from service.pipeline.clip import ClipPipeline
 from service.pipeline.quality import QualityReport
+from service.search.enrollment_amount import EnrollmentAmount, EnrollmentPolicy
 from service.search.fields import check_external_id, check_name
 from service.search.speakers import check_speaker_metadata, translate_storage_errors
 from storage import audit
@@ -31,6 +32,7 @@ class EnrollmentResult:
     utterances: list[UtteranceRecord]
     reports: list[QualityReport]  # one per uploaded file, in upload order
     required_speech_s: float  # net speech a speaker needs before being searchable
+    amount: EnrollmentAmount  # net speech, tier, searchable (and why not), warnings
 
 
 class Enrollment:
@@ -104,8 +106,13 @@ class Enrollment:
         assessed: list[tuple[UtteranceInput, QualityReport]],
     ) -> EnrollmentResult:
         speaker, utterances = written
+        policy = EnrollmentPolicy.from_settings(self.settings)
         return EnrollmentResult(
-            speaker, utterances, [r for _, r in assessed], self.settings.min_enroll_speech_s
+            speaker,
+            utterances,
+            [r for _, r in assessed],
+            policy.required_speech_s,
+            policy.amount(speaker.speech_s, bool(speaker.spaces)),
         )
 
     def create(

@@ -22,7 +22,7 @@ def make_settings(data_dir: Path, model_dirs: dict[str, Path], **overrides: obje
         "model_cnceleb": str(model_dirs["cnceleb"]),
         "model_cache_dir": data_dir.parent / "model-cache",
         # Synthetic test voices are 1-2 s and not speech to a real VAD: the product defaults
-        # (Silero VAD, 10 s per speaker, 1.5 s per probe) are tested in test_quality_api.py.
+        # (Silero VAD, 1 s per speaker, 1.5 s per probe) are tested in test_quality_api.py.
         "vad": "energy",
         "min_enroll_speech_s": 0.0,
         "min_probe_speech_s": 0.0,

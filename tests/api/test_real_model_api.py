@@ -144,3 +144,51 @@ def test_health_and_detect_language_with_real_model_loaded(real_client: TestClie
     assert health["models"]["voxceleb"]["source"] == str(REAL_VOXCELEB_DIR)
     detected = post_audio(real_client, "/detect-language", asr("spk1", 1))
     assert detected["candidates"]
+
+
+def _telephone_quiet(samples: np.ndarray) -> bytes:
+    """-30 dB, 300-3400 Hz, uploaded as an 8 kHz WAV."""
+    from scipy import signal
+
+    sos = signal.butter(6, [300, 3400], btype="bandpass", fs=16_000, output="sos")
+    narrow = signal.resample_poly(signal.sosfilt(sos, samples * 10 ** (-30 / 20)), 1, 2)
+    return wav_bytes(narrow.astype(np.float32), 8_000)
+
+
+def test_the_service_embeds_exactly_what_speechbrain_direct_does(
+    tmp_path: Path,
+    tiny_model_dirs: dict[str, Path],
+    real_registry: ModelRegistry,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Issue 12: no trimming. The embedding /extract-embedding returns (Silero VAD on) equals
+    SpeechBrain's EncoderClassifier.encode_batch on the same decoded samples, also for clips
+    the old trimming changed (silence around the speech, quiet telephone band)."""
+    import torch
+    from speechbrain.inference.speaker import EncoderClassifier
+
+    direct = EncoderClassifier.from_hparams(
+        source=str(REAL_VOXCELEB_DIR),
+        savedir=str(tmp_path_factory.mktemp("ecapa-direct")),
+        overrides={"pretrained_path": str(REAL_VOXCELEB_DIR)},
+        run_opts={"device": "cpu"},
+    )
+    assert direct is not None
+    clip = decode_audio(asr("spk1", 4), max_duration_s=60, min_duration_s=0).samples
+    silence = np.zeros(16_000, np.float32)
+    uploads = {
+        "padded with 1 s of silence": wav_bytes(np.concatenate([silence, clip, silence]), 16_000),
+        "quiet telephone band": _telephone_quiet(clip),
+    }
+    dirs = {**tiny_model_dirs, "voxceleb": REAL_VOXCELEB_DIR}
+    settings = make_settings(tmp_path / "data", dirs, vad="silero")
+    with TestClient(create_app(settings, models=real_registry)) as client:
+        for name, data in uploads.items():
+            body = post_audio(client, "/extract-embedding", data, language="en")
+            served = np.asarray(body["embedding"], dtype=np.float64)
+            samples = decode_audio(data, max_duration_s=60, min_duration_s=0).samples
+            with torch.no_grad():
+                want = direct.encode_batch(torch.from_numpy(samples)[None]).reshape(-1)
+            want = want.double().numpy()
+            cosine = float(served @ want / np.linalg.norm(served) / np.linalg.norm(want))
+            assert cosine >= 0.9999, (name, cosine)

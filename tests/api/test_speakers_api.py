@@ -1,7 +1,11 @@
 """Issue 3 over HTTP with tiny random models: enroll → search → update → delete, idempotency,
-atomic failures, persistence across restarts, and index-backed find-match modes."""
+atomic failures, persistence across restarts, and index-backed find-match modes.
+
+Every test runs on SQLite and on PostgreSQL (``database_url``, ``tests/conftest.py``)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +14,13 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.core.settings import Settings
 from service.pipeline.registry import ModelRegistry
-from tests.api.conftest import assert_error
+from tests.api.conftest import assert_error, make_settings
 from tests.audio_factory import synth_voice, wav_bytes
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_model_dirs: dict[str, Path], database_url: str) -> Settings:
+    return make_settings(tmp_path / "data", tiny_model_dirs, database_url=database_url)
 
 
 def clip(seed: int, duration_s: float = 2.0) -> bytes:

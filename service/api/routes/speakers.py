@@ -17,6 +17,7 @@ from service.api.schemas import (
     SpeakerPatch,
     SpeakerResponse,
 )
+from service.search.enrollment_amount import EnrollmentPolicy
 from service.search.fields import EXTERNAL_ID_PATTERN, MAX_EXTERNAL_ID_LENGTH, MAX_OFFSET
 
 # Reads need the `read` role (router-wide); writes also take an AdminActor parameter (`admin`).
@@ -119,7 +120,7 @@ async def list_speakers(
         offset=offset, limit=limit, name=name, metadata=parse_metadata(metadata)
     )
     return SpeakerListResponse(
-        speakers=[speaker_out(r, settings.min_enroll_speech_s) for r in records],
+        speakers=[speaker_out(r, EnrollmentPolicy.from_settings(settings)) for r in records],
         total=total,
         offset=offset,
         limit=limit,
@@ -136,7 +137,7 @@ async def get_speaker(
     voice: VoiceSearchDep, settings: SettingsDep, speaker_id: SpeakerId
 ) -> SpeakerResponse:
     record = await voice.get_speaker(speaker_id)
-    return SpeakerResponse(speaker=speaker_out(record, settings.min_enroll_speech_s))
+    return SpeakerResponse(speaker=speaker_out(record, EnrollmentPolicy.from_settings(settings)))
 
 
 @router.patch(
@@ -154,7 +155,7 @@ async def update_speaker(
 ) -> SpeakerResponse:
     changes = body.model_dump(exclude_unset=True)
     record = await voice.update_speaker(speaker_id, changes, actor)
-    return SpeakerResponse(speaker=speaker_out(record, settings.min_enroll_speech_s))
+    return SpeakerResponse(speaker=speaker_out(record, EnrollmentPolicy.from_settings(settings)))
 
 
 @router.delete(

@@ -1,0 +1,463 @@
+"""The service against SpeechBrain used directly, per degraded condition (issue 12).
+
+For each condition the script degrades the *probe* audio itself (enrollment stays clean) and
+measures two systems on exactly the same files:
+
+* **service**: the real HTTP app in-process (ASGI TestClient): ``POST /speakers`` enrolls,
+  ``POST /find-match`` (``top_n`` = gallery size) answers. Everything the service does is in
+  the loop: decode, speech detection, embedding, gallery, score normalisation and *its own
+  decision* (``decision == "match"`` and ``match.id``), read from the response. When the
+  decision rule changes (branch ``decide``), re-run this script: nothing here knows the rule.
+* **direct**: ``speechbrain.inference.speaker.EncoderClassifier.encode_batch`` on the file
+  read with soundfile (PyAV for what libsndfile cannot read), resampled to 16 kHz with
+  torchaudio, whole clip; a profile is the normalised mean of the speaker's clip embeddings.
+  Its threshold is its own best: 1 % false accepts over all probe x profile pairs of all
+  conditions pooled.
+
+Columns: top-1 (enrolled probes whose best-scoring profile is their own; a refused probe is a
+miss), EER over probe x profile cosine pairs (refused probes left out), refusals (422), and the
+open-set rates of each system's decisions: FPIR = unenrolled probes accepted as anyone, FNIR =
+enrolled probes not returned as the right match (wrong-speaker accepts included).
+
+Data. Default: dev-speech (``bench/manifests/dev-speech.csv`` under ``../shared/data/
+dev-speech``). ``--manifest M`` (columns ``path,speaker,...``, paths relative to M's folder,
+e.g. /work/data/calib/manifest.csv), optionally restricted to the speakers of one split of a
+protocol file (``--protocol protocol.json --split TEST``). Per speaker, clips sorted by name:
+a speaker with several clips is enrolled from up to 3 and probed with up to 3 others; a
+speaker with one long clip (>= 4 s) is enrolled from its first half and probed with the second
+(every other such speaker is kept unenrolled instead); the rest are unenrolled probes. Every
+probe clip >= 4 s gives non-overlapping ~2 s excerpts (at most 3), ``short`` takes 1-1.5 s
+excerpts (up to 2 per probe).
+
+    python -m bench.bench_conditions [--manifest M] [--limit-speakers N] [--conditions a,b]
+
+Writes ``bench/results/conditions.md`` (a hand-written "Reading" section below the generated
+table is kept across runs) and ``bench/results/conditions.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile as sf
+import torch
+from fastapi.testclient import TestClient
+
+from bench.conditions.make_conditions import mp3_32k, tel8k
+from service.app import create_app
+from service.bootstrap import load_models
+from service.core.settings import Settings
+from service.decisions.scoring import eer
+from service.pipeline.audio import decode_audio
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VOICESEARCH_TEST_SHARED", REPO.parent / "shared"))
+SR = 16_000
+READING = "## Reading"
+Degrade = Callable[[np.ndarray, "Context"], list[tuple[bytes, str]]]
+
+
+@dataclass
+class Unit:
+    """One probe before degradation: a clip or an excerpt of one."""
+
+    key: str
+    speaker: str
+    samples: np.ndarray
+    enrolled: bool
+
+
+@dataclass
+class Context:
+    rng: np.random.Generator
+    babble: list[np.ndarray]  # clips of other speakers than the probe's
+
+
+def _seed(*parts: str) -> int:
+    return zlib.crc32("/".join(parts).encode())
+
+
+def _wav(x: np.ndarray, rate: int = SR) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(x, -1, 1), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _read(path: Path) -> np.ndarray:
+    return decode_audio(path.read_bytes(), max_duration_s=600, min_duration_s=0).samples
+
+
+# --- conditions ------------------------------------------------------------------------------
+def _noise(kind: str, snr_db: float) -> Degrade:
+    def degrade(x: np.ndarray, ctx: Context) -> list[tuple[bytes, str]]:
+        if kind == "white":
+            noise = ctx.rng.standard_normal(x.size)
+        else:  # babble: 3 other talkers, each looped to the probe's length
+            picks = ctx.rng.choice(len(ctx.babble), size=min(3, len(ctx.babble)), replace=False)
+            noise = sum(np.resize(ctx.babble[i], x.size) for i in picks)
+        # SNR over the whole clip's power, as make_conditions does.
+        power = float(np.mean(x.astype(np.float64) ** 2))
+        noise = noise * np.sqrt(power / max(float(np.mean(noise**2)), 1e-20) / 10 ** (snr_db / 10))
+        y = x + noise
+        peak = float(np.max(np.abs(y)))
+        return [(_wav(y / peak * 0.99 if peak > 0.99 else y), "wav")]
+
+    return degrade
+
+
+def _short(x: np.ndarray, ctx: Context) -> list[tuple[bytes, str]]:
+    out = []
+    count = max(1, min(2, int(x.size / SR // 1.5)))
+    span = x.size // count
+    for i in range(count):
+        n = min(int(ctx.rng.uniform(1.0, 1.5) * SR), span)
+        start = i * span + int(ctx.rng.integers(0, max(1, span - n + 1)))
+        out.append((_wav(x[start : start + n]), "wav"))
+    return out
+
+
+def _opus16k(x: np.ndarray, ctx: Context) -> list[tuple[bytes, str]]:
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="ogg") as container:
+        stream = container.add_stream("libopus", rate=SR)
+        stream.bit_rate = 16_000
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(
+            (np.clip(x, -1, 1) * 32767).astype(np.int16)[None, :], format="s16", layout="mono"
+        )
+        frame.sample_rate, frame.pts = SR, 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return [(buffer.getvalue(), "ogg")]
+
+
+def _one(fn: Callable[[np.ndarray, int], tuple[bytes, str]]) -> Degrade:
+    return lambda x, ctx: [fn(x, 0)]
+
+
+def _quiet(x: np.ndarray) -> np.ndarray:
+    return x * np.float32(10 ** (-30 / 20))
+
+
+CONDITIONS: dict[str, Degrade] = {
+    "clean": lambda x, ctx: [(_wav(x), "wav")],
+    "short": _short,
+    "tel8k": _one(tel8k),
+    "quiet30": lambda x, ctx: [(_wav(_quiet(x)), "wav")],
+    "quiet30_tel8k": lambda x, ctx: [tel8k(_quiet(x), 0)],
+    **{f"white{s}": _noise("white", s) for s in (0, 5, 10)},
+    **{f"babble{s}": _noise("babble", s) for s in (0, 5, 10)},
+    "mp3_32k": _one(mp3_32k),
+    "opus16k": _opus16k,
+}
+
+
+# --- protocol --------------------------------------------------------------------------------
+def excerpts(x: np.ndarray) -> list[np.ndarray]:
+    """A probe clip >= 4 s gives up to 3 non-overlapping ~2 s excerpts; shorter ones stay whole."""
+    if x.size < 4 * SR:
+        return [x]
+    count = min(3, x.size // (2 * SR))
+    return list(np.array_split(x, count))
+
+
+def build_protocol(
+    rows: list[dict[str, str]], root: Path
+) -> tuple[dict[str, list[np.ndarray]], list[Unit], list[tuple[str, np.ndarray]]]:
+    by_speaker: dict[str, list[Path]] = {}
+    for row in rows:
+        by_speaker.setdefault(row["speaker"], []).append(root / row["path"])
+    enroll: dict[str, list[np.ndarray]] = {}
+    probes: list[tuple[str, str, np.ndarray, bool]] = []
+    single_long = 0
+    for speaker in sorted(by_speaker):
+        clips = [(p.name, _read(p)) for p in sorted(by_speaker[speaker])]
+        unenrolled_pick = int(hashlib.sha1(speaker.encode()).hexdigest(), 16) % 3 == 0
+        if len(clips) >= 2 and not (unenrolled_pick and len(by_speaker) > 20):
+            n_enroll = min(3, max(1, len(clips) // 2))
+            enroll[speaker] = [x for _, x in clips[:n_enroll]]
+            probes += [(speaker, n, x, True) for n, x in clips[n_enroll : n_enroll + 3]]
+        elif len(clips) == 1 and clips[0][1].size >= 4 * SR and single_long % 2 == 0:
+            single_long += 1
+            name, x = clips[0]
+            enroll[speaker] = [x[: x.size // 2]]
+            probes.append((speaker, name + "#b", x[x.size // 2 :], True))
+        else:
+            single_long += len(clips) == 1 and clips[0][1].size >= 4 * SR
+            probes += [(speaker, n, x, False) for n, x in clips[:3]]
+    units = [
+        Unit(f"{spk}/{name}#{i}", spk, part, known)
+        for spk, name, x, known in probes
+        for i, part in enumerate(excerpts(x))
+    ]
+    babble = [(spk, x) for spk, xs in enroll.items() for x in xs]
+    babble += [(spk, x) for spk, _, x, known in probes if not known]
+    return enroll, units, babble
+
+
+# --- the two systems -------------------------------------------------------------------------
+class Direct:
+    """SpeechBrain's EncoderClassifier on the file as a user would load it."""
+
+    def __init__(self, model_dir: Path, savedir: Path) -> None:
+        from speechbrain.inference.speaker import EncoderClassifier
+
+        self.model = EncoderClassifier.from_hparams(
+            source=str(model_dir),
+            savedir=str(savedir),
+            overrides={"pretrained_path": str(model_dir)},
+            run_opts={"device": "cpu"},
+        )
+
+    @staticmethod
+    def load(data: bytes) -> np.ndarray:
+        import torchaudio
+
+        try:
+            x, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+            x = x.mean(axis=1)
+        except sf.LibsndfileError:  # e.g. Ogg Opus with an old libsndfile
+            with av.open(io.BytesIO(data)) as container:
+                stream = container.streams.audio[0]
+                rate = stream.rate
+                frames = [f.to_ndarray().astype(np.float32) for f in container.decode(stream)]
+            x = np.concatenate([f.reshape(-1, f.shape[-1]).mean(axis=0) for f in frames])
+        wave = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if rate != SR:
+            wave = torchaudio.functional.resample(wave, rate, SR)
+        return wave.numpy()
+
+    def embed(self, data: bytes) -> np.ndarray:
+        with torch.no_grad():
+            vector = self.model.encode_batch(torch.from_numpy(self.load(data))[None])
+        vector = vector.reshape(-1).double().numpy()
+        return vector / np.linalg.norm(vector)
+
+
+@dataclass
+class Outcome:
+    """One probe file through one system."""
+
+    unit: Unit
+    scores: dict[str, float] = field(default_factory=dict)  # cosine per enrolled speaker
+    refused: bool = False
+    accepted_as: str | None = None  # the system's own decision (None: no match)
+    codes: list[str] = field(default_factory=list)
+
+
+def service_probe(client: TestClient, unit: Unit, data: bytes, ext: str, n: int) -> Outcome:
+    response = client.post(
+        "/find-match",
+        files={"audio": (f"probe.{ext}", data, "application/octet-stream")},
+        data={"top_n": str(n)},
+    )
+    if response.status_code == 422:
+        return Outcome(unit, refused=True)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    match = body.get("match")
+    return Outcome(
+        unit,
+        {m["id"]: m["similarity"] for m in body["top_matches"]},
+        accepted_as=match["id"] if body.get("decision") == "match" and match else None,
+        codes=(body.get("quality") or {}).get("codes", []),
+    )
+
+
+# --- metrics ---------------------------------------------------------------------------------
+def pairs(outcomes: list[Outcome]) -> tuple[np.ndarray, np.ndarray]:
+    genuine, impostor = [], []
+    for o in outcomes:
+        for speaker, score in o.scores.items():
+            (genuine if speaker == o.unit.speaker else impostor).append(score)
+    return np.asarray(genuine), np.asarray(impostor)
+
+
+def summarise(outcomes: list[Outcome], threshold: float | None = None) -> dict[str, float]:
+    """``threshold``: decide here (direct); None: use each outcome's own decision (service)."""
+    enrolled = [o for o in outcomes if o.unit.enrolled]
+    strangers = [o for o in outcomes if not o.unit.enrolled]
+
+    def best(o: Outcome) -> tuple[str | None, float]:
+        if not o.scores:
+            return None, -1.0
+        speaker = max(o.scores, key=o.scores.__getitem__)
+        return speaker, o.scores[speaker]
+
+    def accepted(o: Outcome) -> str | None:
+        if threshold is None:
+            return o.accepted_as
+        speaker, score = best(o)
+        return speaker if score >= threshold else None
+
+    genuine, impostor = pairs(outcomes)
+    rate = float(eer(genuine, impostor)[0]) if genuine.size and impostor.size else float("nan")
+    return {
+        "top1": float(np.mean([best(o)[0] == o.unit.speaker for o in enrolled])),
+        "eer": rate,
+        "refused": sum(o.refused for o in outcomes),
+        "no_speech_detected": sum("no_speech_detected" in o.codes for o in outcomes),
+        "fpir": float(np.mean([accepted(o) is not None for o in strangers])),
+        "fnir": float(np.mean([accepted(o) != o.unit.speaker for o in enrolled])),
+        "n_enrolled": len(enrolled),
+        "n_unenrolled": len(strangers),
+    }
+
+
+def threshold_at_far(impostor: np.ndarray, far: float) -> float:
+    """Smallest threshold with at most ``far`` of impostor pairs at or above it."""
+    ordered = np.sort(impostor)[::-1]
+    k = int(np.floor(far * ordered.size))
+    return float(np.nextafter(ordered[k], np.inf)) if k < ordered.size else float(ordered[-1])
+
+
+# --- run -------------------------------------------------------------------------------------
+def load_rows(args: argparse.Namespace) -> tuple[list[dict[str, str]], Path]:
+    with open(args.manifest, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("speaker")]
+    root = args.root or args.manifest.parent
+    if args.protocol:
+        speakers = json.loads(args.protocol.read_text())["speakers"]
+        rows = [r for r in rows if speakers.get(r["speaker"], {}).get("split") == args.split]
+    if args.limit_speakers:
+        keep = sorted({r["speaker"] for r in rows})[: args.limit_speakers]
+        rows = [r for r in rows if r["speaker"] in keep]
+    return rows, root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", type=Path, default=REPO / "bench/manifests/dev-speech.csv")
+    parser.add_argument("--root", type=Path, help="folder the manifest's paths are relative to")
+    parser.add_argument("--protocol", type=Path, help="protocol.json: keep one split's speakers")
+    parser.add_argument("--split", default="TEST")
+    parser.add_argument("--limit-speakers", type=int, default=0)
+    parser.add_argument("--conditions", default=",".join(CONDITIONS))
+    parser.add_argument("--model", type=Path, default=SHARED / "models/spkrec-ecapa-voxceleb")
+    parser.add_argument("--far", type=float, default=0.01, help="direct's pair FAR target")
+    parser.add_argument("--results", type=Path, default=REPO / "bench/results/conditions.md")
+    parser.add_argument("--work", type=Path, default=REPO / "bench/out/bench-conditions")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the .md from the existing .json"
+    )
+    args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads(args.results.with_suffix(".json").read_text())
+        write_report(args, saved["conditions"], saved["meta"])
+        return
+    if args.root is None and args.manifest == parser.get_default("manifest"):
+        args.root = SHARED / "data/dev-speech"
+
+    started = time.perf_counter()
+    rows, root = load_rows(args)
+    enroll, units, babble = build_protocol(rows, root)
+    conditions = [c for c in args.conditions.split(",") if c]
+    args.work.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        _env_file=None,
+        data_dir=args.work / f"data-{os.getpid()}",
+        model_voxceleb=str(args.model),
+        model_langid="off",
+        model_cnceleb="off",
+        model_cache_dir=args.work / "model-cache",
+    )
+    direct = Direct(args.model, args.work / "direct-model")
+    results: dict[str, dict[str, list[Outcome]]] = {"service": {}, "direct": {}}
+    with TestClient(create_app(settings, models=load_models(settings))) as client:
+        profiles: dict[str, np.ndarray] = {}
+        for speaker, clips in enroll.items():
+            files = [("audio", (f"{i}.wav", _wav(x), "audio/wav")) for i, x in enumerate(clips)]
+            answer = client.post("/speakers", files=files, data={"external_id": speaker})
+            assert answer.status_code == 201, answer.text
+            mean = np.mean([direct.embed(_wav(x)) for x in clips], axis=0)
+            profiles[speaker] = mean / np.linalg.norm(mean)
+        n = len(enroll)
+        for name in conditions:
+            t0 = time.perf_counter()
+            service, bare = [], []
+            for unit in units:
+                others = [x for speaker, x in babble if speaker != unit.speaker]
+                ctx = Context(np.random.default_rng(_seed(name, unit.key)), others)
+                for data, ext in CONDITIONS[name](unit.samples, ctx):
+                    service.append(service_probe(client, unit, data, ext, n))
+                    vector = direct.embed(data)
+                    bare.append(Outcome(unit, {s: float(p @ vector) for s, p in profiles.items()}))
+            results["service"][name], results["direct"][name] = service, bare
+            print(f"{name}: {len(service)} probes, {time.perf_counter() - t0:.0f}s", flush=True)
+        searchable = client.get("/health").json()["spaces"]["voxceleb"]["indexed_speakers"]
+    pooled = np.concatenate([pairs(results["direct"][c])[1] for c in conditions])
+    threshold = threshold_at_far(pooled, args.far)
+    table = {
+        c: {
+            "service": summarise(results["service"][c]),
+            "direct": summarise(results["direct"][c], threshold),
+        }
+        for c in conditions
+    }
+    meta = {
+        "manifest": args.manifest.name,
+        "enrolled_speakers": n,
+        "searchable_speakers": searchable,
+        "probe_units": len(units),
+        "direct_threshold": threshold,
+        "far": args.far,
+        "seconds": round(time.perf_counter() - started, 1),
+        "loadavg": os.getloadavg(),
+    }
+    write_report(args, table, meta)
+
+
+def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
+    def pct(v: float) -> str:
+        return "–" if v != v else f"{100 * v:.1f}"
+
+    lines = [
+        "# The service against SpeechBrain direct, per condition",
+        "",
+        "Generated by `python -m bench.bench_conditions` "
+        f"(manifest `{Path(meta['manifest']).name}`; {meta['seconds']:.0f} s, load average "
+        f"{meta['loadavg'][0]:.1f}). {meta['enrolled_speakers']} enrolled speakers "
+        f"({meta['searchable_speakers']} searchable in the service); probes per condition: "
+        "enrolled / unenrolled speakers (`short`: up to 2 excerpts per probe). Direct's threshold: "
+        f"{meta['direct_threshold']:.4f} (its own {100 * meta['far']:g} % pair FAR over all "
+        "conditions pooled). The service decides with its own defaults, read from find-match.",
+        "",
+        "| condition | probes | top-1 % direct / service | EER % direct / service | service "
+        "refused (422) | service `no_speech_detected` | FPIR % direct / service | FNIR % "
+        "direct / service |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in table.items():
+        d, s = row["direct"], row["service"]
+        lines.append(
+            f"| {name} | {s['n_enrolled']} / {s['n_unenrolled']} | "
+            f"{pct(d['top1'])} / {pct(s['top1'])} | {pct(d['eer'])} / "
+            f"{pct(s['eer'])} | {s['refused']} | {s['no_speech_detected']} | "
+            f"{pct(d['fpir'])} / {pct(s['fpir'])} | {pct(d['fnir'])} / {pct(s['fnir'])} |"
+        )
+    reading = ""
+    if args.results.is_file():
+        old = args.results.read_text()
+        reading = old[old.index(READING) :] if READING in old else ""
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text("\n".join(lines) + "\n\n" + (reading or f"{READING}\n\n(to write)\n"))
+    args.results.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "conditions": table}, indent=2) + "\n"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
