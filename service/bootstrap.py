@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from index.spec import IndexSpec
 from service.core.settings import SPACE_CNCELEB, AsNormSettings, Settings
+from service.decisions.cohort import resolve_scoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import DecisionPolicy
 from service.pipeline.backends.export_cache import ProgressFactory, default_progress
@@ -105,15 +106,15 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
             auto_threshold=settings.index_auto_threshold,
         ),
     )
-    # Checked before the indexes open: a bad cohort file stops start-up with its reason.
-    normalizer = None
-    if settings.asnorm_spaces:
-        asnorm = settings.asnorm()
-        normalizer = AsNorm(
-            gallery, asnorm.spaces, top_k=asnorm.top_k, cohorts=load_cohorts(asnorm, dims)
-        )
+    # Checked before the indexes open: a bad operator cohort file stops start-up with its
+    # reason (resolve_scoring below then reads the same files, cached).
+    load_cohorts(settings.asnorm(), dims)
     for space, how in gallery.open().items():
         log.info("index %s: %s", space, how)
+    # Per space: cosine or AS-norm, which cohort (shipped only for its own checkpoint).
+    scoring = resolve_scoring(settings.asnorm(), identities, gallery.dims)
+    for space, chosen in scoring.items():
+        log.info("scores %s: %s, %s", space, chosen.score_type, chosen.cohort_status)
     # Speech quality (the VAD, loaded once), the decision policy (stored calibrations), AS-norm.
     return VoiceSearch(
         settings,
@@ -126,9 +127,12 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
         gallery,
         quality=QualityAssessor.from_settings(settings.quality()),
         policy=DecisionPolicy(
-            settings.decisions(), CalibrationStore(make_session_factory(engine)), identities
+            settings.decisions(),
+            CalibrationStore(make_session_factory(engine)),
+            identities,
+            scoring,
         ),
-        normalizer=normalizer,
+        normalizer=AsNorm.from_scoring(scoring, gallery, top_k=settings.asnorm_top_k),
     )
 
 

@@ -1,5 +1,7 @@
-"""Calibrated thresholds: stored by `voicesearch calibrate`, used for is_match, shown by
-GET /calibration, ignored when made with another model."""
+"""Calibrated decision rules: stored by `voicesearch calibrate` (an impostor tail that sets t(N),
+with FPIR/FNIR measured and predicted), used for is_match, shown by GET /calibration, ignored
+when made with another model. Calibrations stored before the tail (a fixed pair-FAR threshold)
+still work as fixed thresholds."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.decisions.cohort import resolve_scoring
+from service.decisions.openset import TailFit
 from service.decisions.policy import DecisionPolicy
-from service.evaluation.calibrate import SpaceScores, fit_space
+from service.evaluation.calibrate import PREDICTED_SIZES, SpaceScores, fit_space
 from service.pipeline.registry import ModelRegistry
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationStore
 from storage.db import make_engine, make_session_factory
@@ -65,14 +69,57 @@ def test_store_newest_matching_identity_and_score_type(migrated_database_url: st
     assert store.in_force({VOX: "m@3"}) == {}
 
 
-def test_fit_space_meets_target_far() -> None:
-    rng = np.random.default_rng(0)
+def _scores(rng: np.random.Generator, n_speakers: int = 20) -> SpaceScores:
+    """Trials of a synthetic open-set run: 200 enrolled probes (top-1 right for 90 %), 100
+    unenrolled ones, 2,000 impostor pair scores."""
     genuine = rng.normal(0.7, 0.1, 200)
     impostor = rng.normal(0.1, 0.1, 2000)
-    result = fit_space(SpaceScores(VOX, SCORE_COSINE, genuine, impostor, 20), "m@1", 0.01)
-    assert result.far <= 0.01 and result.frr < 0.05
-    assert np.mean(impostor >= result.threshold) <= 0.01
+    enrolled = np.r_[np.ones(200, bool), np.zeros(100, bool)]
+    best = np.r_[genuine, rng.normal(0.1, 0.1, (100, n_speakers)).max(axis=1)]
+    top1 = np.r_[rng.random(200) < 0.9, np.zeros(100, bool)]
+    return SpaceScores(
+        VOX,
+        SCORE_COSINE,
+        genuine,
+        impostor,
+        n_speakers,
+        probe_enrolled=enrolled,
+        probe_top1=top1,
+        probe_best=best,
+    )
+
+
+def test_fit_space_fits_the_impostor_tail_and_measures_open_set_rates() -> None:
+    scores = _scores(np.random.default_rng(0))
+    result = fit_space(scores, "m@1", 0.03, live_gallery_size=250)
+    u = np.quantile(scores.impostor, 0.95)
+    assert result.tail.u == pytest.approx(u)
+    assert result.tail.beta == pytest.approx((scores.impostor[scores.impostor > u] - u).mean())
+    assert result.tail.mass == pytest.approx(0.05, abs=1e-3)
+    m = result.measured
+    assert m.measured and m.gallery_size == 20
+    assert m.threshold == pytest.approx(result.tail.threshold(0.03, 20))
+    unenrolled_best = scores.probe_best[~scores.probe_enrolled]
+    assert m.fpir == pytest.approx(np.mean(unenrolled_best >= m.threshold))
+    hit = (scores.probe_best >= m.threshold) & scores.probe_top1
+    assert m.fnir == pytest.approx(1 - hit[scores.probe_enrolled].mean())
+    # Predictions (a model, labelled so) at 10, 100, 1000 and the live size: t grows with N,
+    # and so does the predicted FNIR.
+    sizes = [p.gallery_size for p in result.predictions]
+    assert sizes == sorted({*PREDICTED_SIZES, 250})
+    assert not any(p.measured for p in result.predictions)
+    assert all(p.summary()["kind"] == "model prediction" for p in result.predictions)
+    thresholds = [p.threshold for p in result.predictions]
+    assert thresholds == sorted(thresholds)
+    big = [p for p in result.predictions if p.gallery_size > 20]
+    assert [p.fnir for p in big] == sorted(p.fnir for p in big)
     assert result.logistic.probability(0.7) > 0.9 > 0.1 > result.logistic.probability(0.1)
+
+
+def test_fit_space_refuses_too_few_impostors() -> None:
+    scores = SpaceScores(VOX, SCORE_COSINE, np.array([0.8, 0.9]), np.linspace(0, 0.3, 12), 3)
+    with pytest.raises(ValueError, match="impostor scores"):
+        fit_space(scores, "m@1", 0.03)
 
 
 def test_calibration_in_force_drives_is_match_and_is_reported(
@@ -81,24 +128,33 @@ def test_calibration_in_force_drives_is_match_and_is_reported(
     settings = make_settings(tmp_path / "data", tiny_model_dirs)
     with TestClient(create_app(settings, models=tiny_registry)) as client:
         before = client.get("/calibration").json()["spaces"][VOX]
-        assert before["source"] == "default" and before["setting"] == "VOICESEARCH_THRESHOLDS"
-        assert before["threshold"] == settings.threshold_for(VOX)
+        # A random test model is not the checkpoint the shipped cohort belongs to: raw cosine,
+        # the shipped cosine tail, and it says so.
+        assert before["source"] == "shipped" and before["rule"] == "max_of_n_tail"
+        assert before["note"] == "shipped default (uncalibrated for this checkpoint)"
+        assert before["score_type"] == "cosine" and before["asnorm"] is False
+        assert "shipped cohort ignored" in before["cohort"]
+        assert before["fpir_target"] == 0.03 and before["gallery_size"] == 0
         assert client.post("/speakers", files=files(clip(1)), data={"external_id": "a"}).is_success
         found = client.post("/find-match", files=files(clip(1))).json()
         assert found["best_match"]["match_probability"] is None  # uncalibrated
+        assert found["gallery_size"] == 1 and found["threshold_source"] == "shipped"
 
         identity = tiny_registry.encoder(VOX).identity
         store = _store(settings.resolved_database_url)
+        # A calibration from before the open-set rule: a fixed threshold, used as is.
         _add(store, identity, 0.999)
         _add(store, "some-other-model@sha256:0", 0.1)  # newer, but another model: ignored
         shown = client.get("/calibration").json()["spaces"][VOX]  # (also refreshes the policy)
         assert shown["source"] == "calibrated" and shown["threshold"] == 0.999
+        assert shown["rule"] == "fixed" and shown["tail"] is None
         assert shown["target_far"] == 0.01 and shown["n_impostor"] == 90
         assert shown["data"] == "test.csv" and shown["calibrated_at"]
         assert shown["match_probability"] is True and shown["model_identity"] == identity
 
         same = client.post("/find-match", files=files(clip(1))).json()
         assert same["threshold"] == 0.999 and same["threshold_source"] == "calibrated"
+        assert same["threshold_rule"] == "fixed"
         assert same["best_match"]["is_match"] is True  # cosine 1.0 >= 0.999
         assert same["best_match"]["match_probability"] > 0.99
         other = client.post("/find-match", files=files(clip(5))).json()
@@ -109,6 +165,43 @@ def test_calibration_in_force_drives_is_match_and_is_reported(
         compared = client.post("/compare-voices", json={"embedding1": e, "embedding2": e}).json()
         assert compared["threshold"] == 0.999 and compared["match_probability"] > 0.99
 
+        # A calibration with a tail: t(N) at the live gallery size, FPIR/FNIR reported.
+        tail = TailFit(0.5, 0.05, 0.05, 5000)
+        _add(store, identity, 0.6, details={"tail": tail.to_dict(), "fpir": 0.02, "fnir": 0.1})
+        shown = client.get("/calibration").json()["spaces"][VOX]
+        assert shown["source"] == "calibrated" and shown["rule"] == "max_of_n_tail"
+        assert shown["tail"] == {"u": 0.5, "beta": 0.05, "mass": 0.05}
+        assert shown["fpir"] == 0.02 and shown["fnir"] == 0.1 and shown["gallery_size"] == 1
+        assert shown["threshold"] == pytest.approx(tail.threshold(0.03, 1))
+        by_n = shown["thresholds_by_gallery_size"]
+        assert by_n["1000"] == pytest.approx(tail.threshold(0.03, 1000), abs=1e-4)
+        found = client.post("/find-match", files=files(clip(1))).json()
+        assert found["threshold"] == pytest.approx(tail.threshold(0.03, 1))
+        assert found["threshold_rule"] == "max_of_n_tail" and found["fpir_target"] == 0.03
+
+
+def test_operator_threshold_wins_as_a_fixed_threshold(
+    tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry
+) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_dirs, thresholds={VOX: 0.42})
+    with TestClient(create_app(settings, models=tiny_registry)) as client:
+        store = _store(settings.resolved_database_url)
+        _add(store, tiny_registry.encoder(VOX).identity, 0.999)
+        shown = client.get("/calibration").json()["spaces"][VOX]
+        assert shown["source"] == "setting" and shown["setting"] == "VOICESEARCH_THRESHOLDS"
+        assert shown["rule"] == "fixed" and shown["threshold"] == 0.42
+        for i in range(3):
+            form = {"external_id": f"s{i}"}
+            assert client.post("/speakers", files=files(clip(i)), data=form).is_success
+        found = client.post("/find-match", files=files(clip(1))).json()
+        assert found["threshold"] == 0.42 and found["gallery_size"] == 3
+        assert found["threshold_source"] == "setting" and found["fpir_target"] is None
+
+
+def _policy(settings, store, identities) -> DecisionPolicy:
+    scoring = resolve_scoring(settings.asnorm(), identities, {VOX: 8})
+    return DecisionPolicy(settings.decisions(), store, identities, scoring)
+
 
 def test_policy_ignores_calibration_of_other_score_type(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'vs.db'}"
@@ -116,12 +209,10 @@ def test_policy_ignores_calibration_of_other_score_type(tmp_path: Path) -> None:
     store = _store(url)
     _add(store, "m@1", 0.6)
     settings = make_settings(tmp_path / "d", {"langid": "x", "voxceleb": "y", "cnceleb": "z"})
-    policy = DecisionPolicy(settings.decisions(), store, {VOX: "m@1"})
-    assert policy.decision(VOX).source == "calibrated"
+    assert _policy(settings, store, {VOX: "m@1"}).decision(VOX).source == "calibrated"
     asnorm = settings.model_copy(update={"asnorm_spaces": [VOX]})
-    policy = DecisionPolicy(asnorm.decisions(), store, {VOX: "m@1"})
-    decision = policy.decision(VOX)
-    assert decision.source == "default" and decision.score_type == SCORE_ASNORM
+    decision = _policy(asnorm, store, {VOX: "m@1"}).decision(VOX)
+    assert decision.source == "shipped" and decision.score_type == SCORE_ASNORM
 
 
 def test_calibrate_command_end_to_end(tmp_path: Path, tiny_model_dirs) -> None:
@@ -130,41 +221,61 @@ def test_calibrate_command_end_to_end(tmp_path: Path, tiny_model_dirs) -> None:
     audio = tmp_path / "audio"
     audio.mkdir()
     rows = []
-    for spk in range(3):
-        for take in range(3):
+    # 8 speakers x (2 enroll + 2 probes) and 4 strangers: 16 genuine and 112 + 32 impostor
+    # trials, enough for a tail (it needs 20).
+    for spk in range(8):
+        for take in range(4):
             name = f"s{spk}_{take}.wav"
-            data = synth_voice(2.0, seed=10 * spk + take, f0=100.0 + 30 * spk)
+            data = synth_voice(1.5, seed=10 * spk + take, f0=90.0 + 20 * spk)
             (audio / name).write_bytes(wav_bytes(data, 16_000))
             rows.append((name, f"s{spk}", "enroll" if take < 2 else "probe", "en"))
-    (audio / "x.wav").write_bytes(clip(9))
-    rows.append(("x.wav", "stranger", "probe", "en"))
+    for i in range(4):
+        (audio / f"x{i}.wav").write_bytes(clip(90 + i, 1.5))
+        rows.append((f"x{i}.wav", f"stranger{i}", "probe", "en"))
     manifest = audio / "manifest.csv"
     with open(manifest, "w", newline="") as fh:
         csv.writer(fh).writerows([("path", "speaker", "role", "language"), *rows])
 
     settings = make_settings(tmp_path / "data", tiny_model_dirs, min_enroll_speech_s=10.0)
     args = argparse.Namespace(
-        manifest=manifest, root=None, target_far=0.1, dry_run=False, json_path=tmp_path / "c.json"
+        manifest=manifest,
+        root=None,
+        fpir_target=0.05,
+        target_far=None,
+        dry_run=False,
+        json_path=tmp_path / "c.json",
     )
     assert calibrate.run(args, settings) == 0
     assert (tmp_path / "c.json").is_file()
     records = _store(settings.resolved_database_url).all()
     assert {r.space for r in records} == {"voxceleb", "cnceleb"}
     vox = next(r for r in records if r.space == VOX)
-    # 3 probes x 3 speakers + a stranger: 3 genuine, 9 impostor trials; enrollments below the
-    # 10 s product minimum are still scored (calibration measures scores, not enrollment policy).
-    assert (vox.n_genuine, vox.n_impostor, vox.n_speakers) == (3, 9, 3)
-    assert vox.score_type == SCORE_COSINE and vox.target_far == 0.1
+    # Enrollments below the 10 s product minimum are still scored (calibration measures
+    # scores, not enrollment policy).
+    assert (vox.n_genuine, vox.n_impostor, vox.n_speakers) == (16, 144, 8)
+    assert vox.score_type == SCORE_COSINE and vox.target_far == 0.05
     assert vox.logistic is not None and vox.source == str(manifest)
-    assert vox.far is not None and vox.far <= 0.1
+    tail = TailFit.from_dict(vox.details["tail"])
+    assert vox.details["fpir_target"] == 0.05 and vox.details["gallery_size"] == 8
+    assert vox.threshold == pytest.approx(tail.threshold(0.05, 8))
+    assert 0.0 <= vox.details["fpir"] <= 1.0 and 0.0 <= vox.details["fnir"] <= 1.0
+    predicted = vox.details["predictions"]
+    # The live gallery is empty (0 speakers): predictions at 10, 100, 1000.
+    assert [p["gallery_size"] for p in predicted] == [10, 100, 1000]
+    assert all(p["kind"] == "model prediction" for p in predicted)
 
 
-@pytest.mark.parametrize("bad", [1.0, -0.1])
-def test_calibrate_rejects_bad_target(tmp_path: Path, bad: float) -> None:
+@pytest.mark.parametrize(("fpir", "far"), [(1.0, None), (-0.1, None), (0.0, None), (None, 0.01)])
+def test_calibrate_rejects_bad_target(tmp_path: Path, fpir, far) -> None:
     from service.commands import calibrate
 
     settings = make_settings(tmp_path / "d", {"langid": "x", "voxceleb": "y", "cnceleb": "z"})
     args = argparse.Namespace(
-        manifest=tmp_path / "m.csv", root=None, target_far=bad, dry_run=True, json_path=None
+        manifest=tmp_path / "m.csv",
+        root=None,
+        fpir_target=fpir,
+        target_far=far,
+        dry_run=True,
+        json_path=None,
     )
     assert calibrate.run(args, settings) == 2

@@ -128,6 +128,10 @@ def find_match_out(result: MatchResult) -> FindMatchResponse:
         reason=result.reason,
         score_type=result.decision.score_type,
         threshold_source=result.decision.source,
+        threshold_rule=result.decision.rule,
+        fpir_target=result.decision.fpir_target,
+        gallery_size=result.decision.gallery_size,
+        threshold_note=result.decision.note,
         quality=quality_out(result.quality) if result.quality is not None else None,
     )
 
@@ -216,6 +220,8 @@ def calibration_out(spaces: list[SpaceCalibration]) -> CalibrationResponse:
     for space in spaces:
         decision = space.decision
         record = decision.record
+        details = record.details if record else {}
+        tail = decision.tail
         out[space.space] = CalibrationSpaceOut(
             space=space.space,
             model_identity=space.model_identity,
@@ -223,8 +229,22 @@ def calibration_out(spaces: list[SpaceCalibration]) -> CalibrationResponse:
             score_type=decision.score_type,
             source=decision.source,
             setting=decision.setting,
+            rule=decision.rule,
+            fpir_target=decision.fpir_target,
+            gallery_size=decision.gallery_size,
+            note=decision.note,
+            tail={"u": tail.u, "beta": tail.beta, "mass": tail.mass} if tail else None,
+            thresholds_by_gallery_size=(
+                {f"{n}": round(decision.at_size(n).threshold, 4) for n in SIZES_SHOWN}
+                if tail
+                else None
+            ),
+            cohort=space.cohort,
+            fpir=details.get("fpir"),
+            fnir=details.get("fnir"),
+            calibrated_gallery_size=details.get("gallery_size"),
             calibrated_at=record.created_at if record else None,
-            target_far=record.target_far if record else None,
+            target_far=record.target_far if record and not tail else None,
             far=record.far if record else None,
             frr=record.frr if record else None,
             eer=record.eer if record else None,
@@ -236,6 +256,10 @@ def calibration_out(spaces: list[SpaceCalibration]) -> CalibrationResponse:
             asnorm=space.asnorm,
         )
     return CalibrationResponse(spaces=out)
+
+
+#: Gallery sizes /calibration shows t(N) for.
+SIZES_SHOWN = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 
 
 def audit_entry_out(row: AuditRow) -> AuditEntryOut:

@@ -286,20 +286,37 @@ class FindMatchResponse(BaseModel):
     decision: str | None = Field(
         None,
         description="`match` (best_match passes the threshold), `no_match` (open set: nobody "
-        "enrolled passes it; the closest candidates are still listed) or `undecided` (the probe "
-        "has too little speech for a decision).",
+        "enrolled passes it; the closest candidates are still listed) or `undecided` (no speech "
+        "was detected in the probe; any detected speech gets a decision).",
     )
     match: MatchOut | None = Field(
         None, description="The matching speaker when `decision` is `match`, else null."
     )
     reason: str | None = Field(
         None,
-        description="Why there is no match: `below_threshold`, `insufficient_speech`, "
-        "`empty_gallery`.",
+        description="Why there is no match: `below_threshold`, `no_speech_detected` (undecided: "
+        "no speech was detected in the probe), `empty_gallery`.",
     )
     score_type: str | None = Field(None, description="`cosine` or `asnorm` (what `score` is).")
     threshold_source: str | None = Field(
-        None, description="`calibrated` (see GET /calibration) or `default` (settings)."
+        None,
+        description="Where the rule comes from: `shipped` (the package's default), `calibrated` "
+        "(`voicesearch calibrate`; see GET /calibration) or `setting` (an operator's fixed "
+        "threshold).",
+    )
+    threshold_rule: str | None = Field(
+        None,
+        description="`max_of_n_tail` (the threshold follows the gallery size so that at most "
+        "`fpir_target` of unenrolled voices are matched) or `fixed`.",
+    )
+    fpir_target: float | None = Field(
+        None, description="FPIR the threshold stands for (`max_of_n_tail` only)."
+    )
+    gallery_size: int | None = Field(
+        None, description="Searchable speakers the threshold was set for (N in t(N))."
+    )
+    threshold_note: str | None = Field(
+        None, description="e.g. `shipped default (uncalibrated for this checkpoint)`."
     )
     quality: QualityOut | None = Field(None, description="Speech quality of the probe audio.")
 
@@ -402,14 +419,45 @@ class DeletedResponse(BaseModel):
 class CalibrationSpaceOut(BaseModel):
     space: str
     model_identity: str | None = Field(None, description="Identity of the loaded encoder.")
-    threshold: float = Field(description="Threshold in force for `is_match`.")
+    threshold: float = Field(description="Threshold in force for `is_match` now.")
     score_type: str = Field(description="`cosine` or `asnorm`: the score it applies to.")
-    source: str = Field(description="`calibrated` or `default`.")
-    setting: str | None = Field(None, description="For defaults: the setting it comes from.")
+    source: str = Field(
+        description="`shipped` (package default), `calibrated` (`voicesearch calibrate`) or "
+        "`setting` (an operator's fixed threshold)."
+    )
+    setting: str | None = Field(None, description="For `setting`: which one.")
+    rule: str = Field(description="`max_of_n_tail` (t(N) follows the gallery) or `fixed`.")
+    fpir_target: float | None = Field(None, description="FPIR* the threshold stands for.")
+    gallery_size: int | None = Field(None, description="Searchable speakers now (N).")
+    note: str | None = Field(
+        None, description="e.g. `shipped default (uncalibrated for this checkpoint)`."
+    )
+    tail: dict[str, float] | None = Field(
+        None,
+        description="Impostor tail behind t(N): u (its quantile), beta (mean excess), mass "
+        "(share above u); t(N) = u + beta·ln(mass / (1 − (1 − fpir_target)^(1/N))).",
+    )
+    thresholds_by_gallery_size: dict[str, float] | None = Field(
+        None, description="t(N) for a few N (model, not measurement)."
+    )
+    cohort: str | None = Field(
+        None, description="AS-norm cohort in use, or why the shipped one is not used."
+    )
+    fpir: float | None = Field(
+        None, description="FPIR measured by the calibration (unenrolled probes matched)."
+    )
+    fnir: float | None = Field(
+        None,
+        description="FNIR measured by the calibration (enrolled probes not returned as the "
+        "right match), at its gallery size.",
+    )
+    calibrated_gallery_size: int | None = Field(
+        None, description="Gallery size of the calibration's own measurement."
+    )
     calibrated_at: datetime | None = None
-    target_far: float | None = None
-    far: float | None = Field(None, description="FAR measured at the threshold.")
-    frr: float | None = Field(None, description="FRR measured at the threshold.")
+    target_far: float | None = Field(None, description="Old pair-FAR calibrations only.")
+    far: float | None = Field(None, description="Pair FAR measured at the threshold.")
+    frr: float | None = Field(None, description="Pair FRR measured at the threshold.")
     eer: float | None = None
     n_genuine: int | None = None
     n_impostor: int | None = None

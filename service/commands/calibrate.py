@@ -1,9 +1,11 @@
-"""`voicesearch calibrate MANIFEST --target-far 0.01 [--root DIR] [--dry-run] [--json FILE]`:
-measure genuine/impostor scores on labelled audio through the service's own pipeline and store
-per-space thresholds (and a score → probability calibration) in the database.
+"""`voicesearch calibrate MANIFEST [--fpir-target 0.03] [--root DIR] [--dry-run] [--json FILE]`:
+fit the open-set decision rule on labelled audio through the service's own pipeline and store it.
 
-The service then uses the newest calibration whose model identity (and score type: cosine or
-AS-norm, per ``VOICESEARCH_ASNORM_SPACES``) matches what it runs; ``GET /calibration`` shows it.
+Per space: the exponential tail (u, β) of the impostor scores, which sets t(N) for any gallery
+size N so that at most the FPIR target of unenrolled voices are matched; FPIR and FNIR measured
+on the manifest's gallery, and predicted (a model, labelled so) at the live gallery size and at
+N = 10, 100, 1000. The service then uses the newest calibration whose model identity and score
+type (cosine or AS-norm) match what it runs; ``GET /calibration`` shows it.
 """
 
 from __future__ import annotations
@@ -23,17 +25,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Enroll the manifest's enroll rows and score its probe rows (CSV: "
         "path,speaker,role[,language]; role enroll|probe; probes of unenrolled speakers are "
         "open-set impostors) in a fresh temporary store through the service's pipeline "
-        "(decode, VAD, encoder, gallery, AS-norm where on). Per encoder space: the lowest "
-        "threshold whose FAR <= --target-far, the EER and a logistic calibration, stored in the "
-        "database with the model identity, score type, data sizes and date.",
+        "(decode, VAD, encoder, gallery, AS-norm where on). Per encoder space: the impostor "
+        "score tail (u, beta) that sets the threshold t(N) for the FPIR target at any gallery "
+        "size N, FPIR/FNIR measured on the manifest and predicted at the live gallery size and "
+        "N = 10, 100, 1000, the EER and a logistic calibration, stored in the database with the "
+        "model identity, score type, data sizes and date.",
     )
     parser.add_argument("manifest", type=Path)
     parser.add_argument(
         "--root", type=Path, help="folder the manifest's paths are relative to (default: its own)"
     )
     parser.add_argument(
-        "--target-far", type=float, default=0.01, help="false-accept rate to meet (0.01 = 1%%)"
+        "--fpir-target",
+        type=float,
+        default=None,
+        help="share of unenrolled voices allowed to be matched, reported with the fit "
+        "(default: VOICESEARCH_FPIR_TARGET, 0.03); the service applies the setting in force",
     )
+    parser.add_argument(
+        "--target-far", type=float, default=None, help=argparse.SUPPRESS
+    )  # the old pair-FAR target: refused with a pointer to --fpir-target
     parser.add_argument("--dry-run", action="store_true", help="measure and print; store nothing")
     parser.add_argument("--json", type=Path, dest="json_path", help="write the figures as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,42 +57,50 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from service.evaluation.trials import read_manifest
     from storage.calibration import CalibrationStore
     from storage.db import make_session_factory
+    from storage.speakers import SpeakerStore
 
-    if not 0.0 <= args.target_far < 1.0:
-        print("error: --target-far must be in [0, 1)", file=sys.stderr)
+    if args.target_far is not None:
+        print(
+            "error: --target-far (a pair false-accept rate) is gone: 'match' is decided for the "
+            "whole gallery now; use --fpir-target (share of unenrolled voices matched)",
+            file=sys.stderr,
+        )
         return 2
+    if args.fpir_target is not None:
+        if not 0.0 < args.fpir_target < 1.0:
+            print("error: --fpir-target must be in (0, 1)", file=sys.stderr)
+            return 2
+        settings = settings.model_copy(update={"fpir_target": args.fpir_target})
     rows = read_manifest(args.manifest, args.root)
     models = load_models(settings)
     if not models.encoders:
         print("error: no speaker encoder could be loaded; see the log", file=sys.stderr)
         return 2
-    try:
-        results = calibrate(
-            settings,
-            models,
-            rows,
-            args.target_far,
-            show_progress=not getattr(args, "no_progress", False),
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    summary = {space: c.summary() for space, c in results.items()}
-    for space, f in summary.items():
-        print(
-            f"{space} ({f['score_type']}): threshold {f['threshold']:.4f} "
-            f"at target FAR {args.target_far:g} -> FAR {f['far']:.2%}, FRR {f['frr']:.2%}; "
-            f"EER {f['eer']:.2%} at {f['eer_threshold']:.4f}; genuine min "
-            f"{f['genuine_min']:.4f}, impostor max {f['impostor_max']:.4f}; {f['n_genuine']} "
-            f"genuine / {f['n_impostor']} impostor trials, {f['n_speakers']} speakers"
-        )
-    if args.json_path:
-        args.json_path.write_text(json.dumps(summary, indent=2) + "\n")
-    if args.dry_run:
-        print("dry run: nothing stored")
-        return 0
+    identities = {space: enc.identity for space, enc in models.encoders.items()}
     engine = open_database(settings)
     try:
+        # The operator's searchable speakers per space: the N the predictions are made for.
+        live_store = SpeakerStore(make_session_factory(engine), identities)
+        live = {space: live_store.profile_count(space) for space in identities}
+        try:
+            results = calibrate(
+                settings,
+                models,
+                rows,
+                live_gallery_sizes=live,
+                show_progress=not getattr(args, "no_progress", False),
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        summary = {space: c.summary() for space, c in results.items()}
+        for space, f in summary.items():
+            print(describe(space, f, live.get(space, 0)))
+        if args.json_path:
+            args.json_path.write_text(json.dumps(summary, indent=2) + "\n")
+        if args.dry_run:
+            print("dry run: nothing stored")
+            return 0
         records = store_calibrations(
             CalibrationStore(make_session_factory(engine)), results, source=str(args.manifest)
         )
@@ -90,3 +109,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for record in records:
         print(f"stored calibration {record.id} for {record.space} ({record.model_identity})")
     return 0
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def describe(space: str, f: dict, live: int) -> str:
+    tail, m = f["tail"], f["measured"]
+    lines = [
+        f"{space} ({f['score_type']}): impostor tail u {tail['u']:.4f}, beta {tail['beta']:.4f} "
+        f"({f['n_impostor']} impostor / {f['n_genuine']} genuine trials, {f['n_speakers']} "
+        f"speakers); FPIR target {f['fpir_target']:g}",
+        f"  measured at N={m['gallery_size']}: t={m['threshold']:.4f}, FPIR {_pct(m['fpir'])}, "
+        f"FNIR {_pct(m['fnir'])}; EER {f['eer']:.2%}",
+    ]
+    for p in f["predictions"]:
+        here = " (your gallery now)" if p["gallery_size"] == live else ""
+        lines.append(
+            f"  model prediction at N={p['gallery_size']}{here}: t={p['threshold']:.4f}, "
+            f"FPIR {_pct(p['fpir'])}, FNIR {_pct(p['fnir'])}"
+        )
+    return "\n".join(lines)

@@ -122,7 +122,31 @@ def _model_checks(settings: Settings) -> list[Check]:
             kind = status.error_kind or "other"
             detail = f"{status.source}: {status.error} → {ADVICE.get(kind, ADVICE['other'])}"
             checks.append(Check(name, False, detail, kind))
+    checks.extend(_scoring_checks(settings, registry))
     return checks
+
+
+def _scoring_checks(settings: Settings, registry: Any) -> list[Check]:
+    """Per loaded encoder: cosine or AS-norm, which cohort, and why the shipped one is or is
+    not used (it belongs to one checkpoint only)."""
+    from service.decisions.cohort import resolve_scoring
+
+    identities = {space: enc.identity for space, enc in registry.encoders.items()}
+    dims = {space: enc.dim for space, enc in registry.encoders.items()}
+    try:
+        scoring = resolve_scoring(settings.asnorm(), identities, dims)
+    except (OSError, ValueError) as exc:
+        return [Check("scores", False, f"AS-norm cohort: {exc}", "config")]
+    return [
+        Check(
+            f"scores {space}",
+            True,
+            f"{chosen.score_type}: {chosen.cohort_status}; default rule "
+            f"{chosen.default_note(chosen.score_type)}",
+            extra={"score_type": chosen.score_type, "cohort": chosen.cohort_origin},
+        )
+        for space, chosen in scoring.items()
+    ]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

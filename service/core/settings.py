@@ -28,9 +28,6 @@ DEFAULT_CNCELEB_LANGUAGES = ("zh", "cmn", "yue", "ja", "ko", "th", "vi")
 SPACE_VOXCELEB = "voxceleb"
 SPACE_CNCELEB = "cnceleb"
 
-#: Cosine threshold of a space that ``thresholds`` does not name.
-DEFAULT_COSINE_THRESHOLD = 0.25
-
 
 def _split_csv(value: object) -> object:
     """Accept ``a,b,c`` from the environment as well as a JSON list / Python list."""
@@ -96,15 +93,13 @@ class InferenceSettings:
 
 @dataclass(frozen=True)
 class DecisionSettings:
-    """Default thresholds until a calibration is stored (``service.decisions.policy``)."""
+    """What decides ``is_match`` (``service.decisions.policy``): the open-set FPIR target, and the
+    operator's fixed thresholds, which win over every calibrated or shipped rule."""
 
-    thresholds: Mapping[str, float]  # cosine threshold per space
-    asnorm_spaces: frozenset[str]  # spaces whose scores are AS-norm normalised
-    asnorm_thresholds: Mapping[str, float]  # AS-norm threshold per space
-
-    def threshold_for(self, space: str) -> float:
-        """The configured cosine threshold of ``space``."""
-        return self.thresholds.get(space, DEFAULT_COSINE_THRESHOLD)
+    thresholds: Mapping[str, float]  # fixed cosine threshold per space (operator)
+    asnorm_spaces: frozenset[str]  # spaces the operator put under AS-norm
+    asnorm_thresholds: Mapping[str, float]  # fixed AS-norm threshold per space (operator)
+    fpir_target: float = 0.03  # FPIR* of the max-of-N rule t(N)
 
 
 @dataclass(frozen=True)
@@ -114,6 +109,7 @@ class AsNormSettings:
     spaces: tuple[str, ...]
     top_k: int
     cohorts: Mapping[str, str]  # space -> .npy file of cohort embeddings
+    shipped: bool = True  # use the package's cohort where it matches the loaded model
 
 
 @dataclass(frozen=True)
@@ -206,12 +202,18 @@ class Settings(BaseSettings):
         "'voxceleb'. Comma-separated in the environment.",
     )
     thresholds: Annotated[dict[str, float], NoDecode] = Field(
-        # voxceleb 0.34: `voicesearch calibrate bench/manifests/dev-speech.csv --target-far 0.01`
-        # with the real model gave 0.3367 (see README, "How to calibrate for your own audio").
-        # cnceleb 0.25: not measured here (no CN-Celeb model available); calibrate it.
-        default_factory=lambda: {SPACE_VOXCELEB: 0.34, SPACE_CNCELEB: 0.25},
-        description="Cosine-similarity decision threshold per encoder space, used for is_match "
-        "until a calibration is stored (`space=value,space=value` in the environment).",
+        # Empty by default: is_match follows the open-set rule t(N) (see fpir_target). A value
+        # here is the operator's fixed threshold and wins over calibrated and shipped rules.
+        default_factory=dict,
+        description="Fixed cosine-similarity threshold per encoder space (`space=value,...`); "
+        "wins over the open-set rule t(N) for spaces that decide on the cosine. Default: none.",
+    )
+    fpir_target: float = Field(
+        0.03,
+        gt=0,
+        lt=1,
+        description="Open-set target: share of unenrolled voices allowed to be matched (FPIR*). "
+        "The threshold in force grows with the gallery so that FPIR stays at it.",
     )
 
     # --- HTTP ---------------------------------------------------------------------------------
@@ -328,8 +330,8 @@ class Settings(BaseSettings):
     min_probe_speech_s: float = Field(
         1.5,
         ge=0,
-        description="Net speech a probe needs for a match decision; below it find-match ranks "
-        "candidates but answers is_match=false with reason 'insufficient_speech'.",
+        description="Net speech below which a probe's quality report warns 'too_short'. It no "
+        "longer withholds the decision: only a probe with no detected speech is 'undecided'.",
     )
     clipped_fraction_warn: float = Field(
         0.001, ge=0, le=1, description="Fraction of full-scale samples above which 'clipped'."
@@ -343,13 +345,18 @@ class Settings(BaseSettings):
     asnorm_top_k: int = Field(100, ge=1, description="AS-norm: top-K cohort scores used.")
     asnorm_thresholds: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict,
-        description="AS-norm score threshold per space until a calibration with AS-norm is "
-        "stored (`space=value,…`; default 3.0).",
+        description="Fixed AS-norm score threshold per space (`space=value,…`); wins over the "
+        "open-set rule t(N) for spaces that decide on AS-norm. Default: none.",
     )
     asnorm_cohort: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        description="Optional per-space cohort (.npy of embeddings, `space=path,…`); default "
-        "cohort is the enrolled gallery itself.",
+        description="Per-space cohort (.npy of embeddings, `space=path,…`); overrides the "
+        "shipped cohort. A space in asnorm_spaces without one uses the enrolled gallery.",
+    )
+    shipped_cohort: bool = Field(
+        True,
+        description="Use the package's AS-norm cohort for the voxceleb space when the loaded "
+        "checkpoint is the one it was made with (sha256 and dimension checked).",
     )
 
     # --- recordings (identify-speakers) ----------------------------------------------------------
@@ -411,9 +418,6 @@ class Settings(BaseSettings):
             SPACE_CNCELEB: self.model_cnceleb,
         }
 
-    def threshold_for(self, space: str) -> float:
-        return self.decisions().threshold_for(space)
-
     # --- typed sections: each part of the service gets only what it reads ---------------------
     def clip(self) -> ClipSettings:
         return ClipSettings(
@@ -445,6 +449,7 @@ class Settings(BaseSettings):
             thresholds=dict(self.thresholds),
             asnorm_spaces=frozenset(self.asnorm_spaces),
             asnorm_thresholds=dict(self.asnorm_thresholds),
+            fpir_target=self.fpir_target,
         )
 
     def recordings(self) -> RecordingSettings:
@@ -462,4 +467,5 @@ class Settings(BaseSettings):
             spaces=tuple(self.asnorm_spaces),
             top_k=self.asnorm_top_k,
             cohorts=dict(self.asnorm_cohort),
+            shipped=self.shipped_cohort,
         )

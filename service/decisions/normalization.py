@@ -4,32 +4,36 @@
 the top-K scores of the probe (``_p``) and of the candidate's profile (``_c``) against a cohort
 of impostors (Matějka et al., 2017; :func:`service.decisions.scoring.as_norm`).
 
-Cohort:
+Cohort (chosen per space by ``service.decisions.cohort.resolve_scoring``):
 
-* **the enrolled gallery itself** (default). Probe side: the probe's top K+1 neighbours (the
-  find-match search itself goes that deep, so this costs nothing extra); for each candidate its
-  own score is left out (it is the trial, not an impostor). Candidate side: computed lazily for
-  the *returned* candidates only — their profile vectors in one batched top-(K+1) search (self
-  excluded) — and cached per ``(space, speaker_id)``. Any change to the gallery (its
-  ``version()`` moves) drops the cache, because every speaker's cohort changed.
-* **an operator-provided cohort** (``VOICESEARCH_ASNORM_COHORT=space=/path/cohort.npy``): rows are
-  embeddings of speakers *not* enrolled (the classic setup); stats are ``x @ cohort.T`` top-K.
-  Candidate stats are cached per ``(space, speaker_id)`` too, under the same invalidation rule
-  (a changed profile changes its stats).
+* **a fixed cohort**: the shipped one (``cohorts/ecapa-voxceleb.npy``, used when the loaded
+  checkpoint is the one it was made with) or an operator file (``VOICESEARCH_ASNORM_COHORT``).
+  Rows are embeddings of speakers *not* enrolled; stats are ``x @ cohort.T`` top-K. A candidate's
+  stats depend on its own profile only, so they are cached per ``(space, speaker_id)`` together
+  with a fingerprint of the profile vector they were computed from: a changed profile recomputes
+  its own entry and nothing else (a write elsewhere, or a change-log row of a speaker who is not
+  searchable, invalidates nothing).
+* **the enrolled gallery itself** (a space in ``VOICESEARCH_ASNORM_SPACES`` without a cohort
+  file). Probe side: the probe's top K+1 neighbours (the find-match search itself goes that deep,
+  so this costs nothing extra); for each candidate its own score is left out (it is the trial,
+  not an impostor). Candidate side: computed lazily for the *returned* candidates only — their
+  profile vectors in one batched top-(K+1) search (self excluded) — and cached per
+  ``(space, speaker_id)``. Any change to the gallery (its ``version()`` moves) drops this cache,
+  because every speaker's cohort may have changed.
 
 With fewer than 2 cohort scores available, normalisation is skipped (returns None).
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from service.core.settings import AsNormSettings
+from service.decisions.cohort import SpaceScoring
 from service.decisions.scoring import top_k_stats
 
 _EPS = 1e-6
@@ -74,14 +78,23 @@ class AsNorm:
                 raise ValueError(f"cohort of {space}: need a (n >= 2, dim) matrix, got {m.shape}")
             self.cohorts[space] = m / np.linalg.norm(m, axis=1, keepdims=True)
         self._lock = threading.Lock()
+        # Gallery cohort: space -> (gallery version, speaker_id -> stats).
         self._cache: dict[str, tuple[tuple[int, int], dict[int, tuple[float, float]]]] = {}
+        # Fixed cohort: (space, speaker_id) -> (profile fingerprint, stats).
+        self._fixed: dict[tuple[str, int], tuple[bytes, tuple[float, float]]] = {}
         self.hits = 0
         self.misses = 0
 
     @classmethod
-    def from_settings(cls, settings: AsNormSettings, gallery: CohortGallery) -> AsNorm:
-        cohorts = {space: np.load(Path(path)) for space, path in settings.cohorts.items()}
-        return cls(gallery, settings.spaces, top_k=settings.top_k, cohorts=cohorts)
+    def from_scoring(
+        cls, scoring: Mapping[str, SpaceScoring], gallery: CohortGallery, *, top_k: int
+    ) -> AsNorm | None:
+        """AS-norm for the spaces ``scoring`` puts under it; None when no space is."""
+        spaces = [s for s, sc in scoring.items() if sc.cohort_origin is not None]
+        if not spaces:
+            return None
+        cohorts = {s: sc.cohort for s, sc in scoring.items() if sc.cohort is not None}
+        return cls(gallery, spaces, top_k=top_k, cohorts=cohorts)
 
     def enabled(self, space: str) -> bool:
         return space in self.spaces
@@ -91,6 +104,7 @@ class AsNorm:
         benchmarks of the first search after a change)."""
         with self._lock:
             self._cache.clear()
+            self._fixed.clear()
 
     # ------------------------------------------------------------------ statistics
     @staticmethod
@@ -119,6 +133,8 @@ class AsNorm:
         probe = np.asarray(probe, dtype=np.float32).reshape(1, -1)
         ids = [int(i) for i in speaker_ids]
         cohort = self.cohorts.get(space)
+        if cohort is not None:
+            return self._against_cohort(space, probe, ids, raw, cohort)
         for attempt in range(2):
             version = self.gallery.version(space)
             with self._lock:
@@ -131,12 +147,6 @@ class AsNorm:
             vectors = self.gallery.vectors(space, wanted)
             ok = ~np.isnan(vectors).any(axis=1)
             fresh: dict[int, tuple[float, float] | None] = {int(i): None for i in wanted[~ok]}
-            if cohort is not None:
-                probe_scores = (probe @ cohort.T)[0].astype(np.float64)
-                for i, row in zip(wanted[ok], vectors[ok] @ cohort.T, strict=True):
-                    fresh[int(i)] = self._stats(row.astype(np.float64), self.top_k)
-                pairs: list[tuple[int, float]] = []
-                break
             search_probe = probe_hits is None
             queries = np.concatenate([probe, vectors[ok]]) if search_probe else vectors[ok]
             rows = self.gallery.search(space, queries, self.top_k + 1) if queries.shape[0] else []
@@ -156,14 +166,53 @@ class AsNorm:
         cand = {**known, **fresh}
         out: list[float | None] = []
         for i, s in zip(ids, raw, strict=True):
-            if cohort is not None:
-                p = self._stats(probe_scores, self.top_k)
-            else:
-                kept = [score for sid, score in pairs if sid != i][: self.top_k]
-                p = self._stats(np.asarray(kept, dtype=np.float64), self.top_k)
+            kept = [score for sid, score in pairs if sid != i][: self.top_k]
+            p = self._stats(np.asarray(kept, dtype=np.float64), self.top_k)
             c = cand.get(i)
-            if p is None or c is None:
-                out.append(None)
-                continue
-            out.append(0.5 * ((s - p[0]) / p[1] + (s - c[0]) / c[1]))
+            out.append(None if p is None or c is None else _combine(s, p, c))
         return out
+
+    def _against_cohort(
+        self,
+        space: str,
+        probe: np.ndarray,
+        ids: list[int],
+        raw: Sequence[float],
+        cohort: np.ndarray,
+    ) -> list[float | None]:
+        """AS-norm against a fixed cohort. A candidate whose profile is gone from the index
+        (deleted since the search) gets None."""
+        p = self._stats((probe @ cohort.T)[0].astype(np.float64), self.top_k)
+        unique = list(dict.fromkeys(ids))
+        vectors = self.gallery.vectors(space, np.asarray(unique, dtype=np.int64))
+        stats: dict[int, tuple[float, float] | None] = {}
+        hits = misses = 0
+        for i, vector in zip(unique, vectors, strict=True):
+            if np.isnan(vector).any():
+                stats[i] = None
+                continue
+            key = hashlib.blake2b(vector.tobytes(), digest_size=16).digest()
+            with self._lock:
+                cached = self._fixed.get((space, i))
+            if cached is not None and cached[0] == key:
+                stats[i] = cached[1]
+                hits += 1
+                continue
+            value = self._stats((vector[None, :] @ cohort.T)[0].astype(np.float64), self.top_k)
+            stats[i] = value
+            misses += 1
+            if value is not None:
+                with self._lock:
+                    self._fixed[(space, i)] = (key, value)
+        with self._lock:
+            self.hits += hits
+            self.misses += misses
+        out: list[float | None] = []
+        for i, s in zip(ids, raw, strict=True):
+            c = stats.get(i)
+            out.append(None if p is None or c is None else _combine(s, p, c))
+        return out
+
+
+def _combine(score: float, probe: tuple[float, float], cand: tuple[float, float]) -> float:
+    return 0.5 * ((score - probe[0]) / probe[1] + (score - cand[0]) / cand[1])

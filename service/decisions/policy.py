@@ -1,16 +1,26 @@
-"""Which decision is in force per encoder space: threshold, score type, probability map.
+"""Which decision is in force per encoder space, at the gallery size in force.
 
-:class:`DecisionPolicy` is built once at start-up. Per encoder space it gives the threshold
-``is_match`` uses, the score it applies to (``cosine`` or ``asnorm``), and the logistic map
-that turns a score into ``match_probability``. It is the newest stored calibration whose model
-identity *and* score type match what the service runs; otherwise the configured default
-(``VOICESEARCH_THRESHOLDS`` / ``VOICESEARCH_ASNORM_THRESHOLDS``). Stored calibrations are
-re-read at most every ``refresh_s`` seconds, so ``voicesearch calibrate`` (see
-``service.evaluation.calibrate``) takes effect in running workers without a restart.
+``decision: match`` means "the best of the N enrolled speakers clears t(N)", where t(N) keeps
+the false-positive identification rate (FPIR: unenrolled voices matched) at the target
+``VOICESEARCH_FPIR_TARGET`` whatever N is (``service.decisions.openset``). Per space, the rule
+comes from, in order:
+
+1. ``setting``: an operator's fixed threshold (``VOICESEARCH_THRESHOLDS`` for cosine spaces,
+   ``VOICESEARCH_ASNORM_THRESHOLDS`` for AS-norm spaces). It does not follow N; reported as such.
+2. ``calibrated``: the newest stored calibration whose model identity and score type match what
+   runs (``voicesearch calibrate``). New calibrations store an impostor tail (u, β), which gives
+   t(N); one stored before the tail existed holds a fixed pair-FAR threshold and is used as is.
+3. ``shipped``: the package's tail for the space's score (``service.decisions.cohort``),
+   labelled "uncalibrated for this checkpoint" when the loaded model is not the one it was
+   measured with.
+
+Stored calibrations are re-read at most every ``refresh_s`` seconds, so ``voicesearch calibrate``
+takes effect in running workers without a restart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,24 +28,47 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.core.settings import DecisionSettings
+from service.decisions.cohort import FALLBACK, SpaceScoring, shipped_cohort
+from service.decisions.openset import TailFit
 from service.decisions.scoring import LogisticCalibration
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationRecord, CalibrationStore
 
 log = logging.getLogger(__name__)
 
+SOURCE_SETTING = "setting"
 SOURCE_CALIBRATED = "calibrated"
-SOURCE_DEFAULT = "default"
+SOURCE_SHIPPED = "shipped"
+
+RULE_TAIL = "max_of_n_tail"  # t(N) from an impostor tail
+RULE_FIXED = "fixed"  # one threshold whatever N is
 
 
 @dataclass(frozen=True)
 class Decision:
     space: str
-    threshold: float
+    threshold: float  # in force at ``gallery_size``
     score_type: str
-    source: str  # SOURCE_CALIBRATED or SOURCE_DEFAULT
-    setting: str | None = None  # for defaults: the setting the threshold comes from
+    source: str  # SOURCE_SETTING, SOURCE_CALIBRATED or SOURCE_SHIPPED
+    rule: str = RULE_FIXED
+    fpir_target: float | None = None  # for RULE_TAIL
+    gallery_size: int | None = None  # the N the threshold stands for
+    tail: TailFit | None = None
+    setting: str | None = None  # the setting a fixed threshold comes from
+    note: str | None = None  # e.g. "shipped default (uncalibrated for this checkpoint)"
     record: CalibrationRecord | None = None
     logistic: LogisticCalibration | None = None
+
+    def at_size(self, n: int) -> Decision:
+        """This rule at gallery size ``n`` (a fixed threshold stays what it is)."""
+        n = max(int(n), 0)
+        if self.tail is None or self.fpir_target is None:
+            return dataclasses.replace(self, gallery_size=n)
+        threshold = self.tail.threshold(self.fpir_target, n)
+        return dataclasses.replace(self, threshold=threshold, gallery_size=n)
+
+    def predicted_fpir(self, n: int) -> float | None:
+        """Modelled FPIR of this threshold at gallery size ``n`` (None without a tail)."""
+        return None if self.tail is None else self.tail.predicted_fpir(self.threshold, n)
 
     def probability(self, score: float | None) -> float | None:
         if self.logistic is None or score is None:
@@ -49,19 +82,22 @@ class DecisionPolicy:
         settings: DecisionSettings,
         store: CalibrationStore | None,
         model_identities: Mapping[str, str],
+        scoring: Mapping[str, SpaceScoring],
         *,
         refresh_s: float = 30.0,
     ) -> None:
         self.settings = settings
         self.store = store
         self.model_identities = dict(model_identities)
+        self.scoring = dict(scoring)
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
         self._records: dict[str, CalibrationRecord] = {}
         self._loaded_at = -float("inf")
 
     def score_type(self, space: str) -> str:
-        return SCORE_ASNORM if space in self.settings.asnorm_spaces else SCORE_COSINE
+        scoring = self.scoring.get(space)
+        return scoring.score_type if scoring is not None else SCORE_COSINE
 
     def refresh(self) -> None:
         records: dict[str, CalibrationRecord] = {}
@@ -78,47 +114,82 @@ class DecisionPolicy:
             self._records = records
             self._loaded_at = time.monotonic()
 
-    def decision(self, space: str) -> Decision:
+    def _record(self, space: str) -> CalibrationRecord | None:
         if time.monotonic() - self._loaded_at > self.refresh_s:
             self.refresh()
         with self._lock:
-            record = self._records.get(space)
+            return self._records.get(space)
+
+    def decision(self, space: str, gallery_size: int = 1) -> Decision:
+        """The rule in force for the space's own score, at ``gallery_size`` speakers."""
         score_type = self.score_type(space)
+        fixed = self._fixed(space, score_type)
+        if fixed is not None:
+            return fixed.at_size(gallery_size)
+        record = self._record(space)
         if record is not None:
             logistic = LogisticCalibration.from_dict(record.logistic) if record.logistic else None
-            return Decision(
-                space, record.threshold, score_type, SOURCE_CALIBRATED, None, record, logistic
-            )
-        if score_type == SCORE_ASNORM:
+            tail = stored_tail(record)
             return Decision(
                 space,
-                self.settings.asnorm_thresholds.get(space, DEFAULT_ASNORM_THRESHOLD),
+                record.threshold,
                 score_type,
-                SOURCE_DEFAULT,
-                "VOICESEARCH_ASNORM_THRESHOLDS",
-            )
+                SOURCE_CALIBRATED,
+                rule=RULE_TAIL if tail is not None else RULE_FIXED,
+                fpir_target=self.settings.fpir_target if tail is not None else None,
+                tail=tail,
+                record=record,
+                logistic=logistic,
+            ).at_size(gallery_size)
+        return self._shipped(space, score_type).at_size(gallery_size)
+
+    def cosine_decision(self, space: str, gallery_size: int = 1) -> Decision:
+        """The rule for raw cosines (pairwise compare: N = 1; stateless ranking: N = the
+        caller's candidates; a search whose candidates lack AS-norm statistics). Where the space
+        decides on AS-norm, its cosine rule is the operator's cosine threshold or the shipped
+        cosine tail."""
+        if self.score_type(space) == SCORE_COSINE:
+            return self.decision(space, gallery_size)
+        fixed = self._fixed(space, SCORE_COSINE)
+        chosen = fixed if fixed is not None else self._shipped(space, SCORE_COSINE)
+        return chosen.at_size(gallery_size)
+
+    def _fixed(self, space: str, score_type: str) -> Decision | None:
+        asnorm = score_type == SCORE_ASNORM
+        table = self.settings.asnorm_thresholds if asnorm else self.settings.thresholds
+        name = "VOICESEARCH_ASNORM_THRESHOLDS" if asnorm else "VOICESEARCH_THRESHOLDS"
+        value = table.get(space)
+        if value is None:
+            return None
+        return Decision(space, float(value), score_type, SOURCE_SETTING, setting=name)
+
+    def _shipped(self, space: str, score_type: str) -> Decision:
+        scoring = self.scoring.get(space)
+        if scoring is None:  # a space whose model is not loaded: nothing was measured for it
+            tail = shipped_cohort(FALLBACK).tail(score_type)
+            note = "shipped default (uncalibrated for this checkpoint)"
+        else:
+            tail, note = scoring.default_tail(score_type), scoring.default_note(score_type)
         return Decision(
             space,
-            self.settings.threshold_for(space),
+            tail.threshold(self.settings.fpir_target, 1),
             score_type,
-            SOURCE_DEFAULT,
-            "VOICESEARCH_THRESHOLDS",
-        )
-
-    def cosine_decision(self, space: str) -> Decision:
-        """The decision for raw cosines (pairwise compare, stateless ranking): AS-norm needs the
-        gallery, so where it is on these fall back to the cosine default threshold."""
-        decision = self.decision(space)
-        if decision.score_type == SCORE_COSINE:
-            return decision
-        return Decision(
-            space,
-            self.settings.threshold_for(space),
-            SCORE_COSINE,
-            SOURCE_DEFAULT,
-            "VOICESEARCH_THRESHOLDS",
+            SOURCE_SHIPPED,
+            rule=RULE_TAIL,
+            fpir_target=self.settings.fpir_target,
+            tail=tail,
+            note=note,
         )
 
 
-#: AS-norm threshold when neither a calibration nor ``asnorm_thresholds`` gives one.
-DEFAULT_ASNORM_THRESHOLD = 3.0
+def stored_tail(record: CalibrationRecord) -> TailFit | None:
+    """The impostor tail a calibration stored (``details["tail"]``); None for calibrations made
+    before the open-set rule, which hold a fixed pair-FAR threshold."""
+    data = record.details.get("tail")
+    if not isinstance(data, dict):
+        return None
+    try:
+        return TailFit.from_dict(data)
+    except (KeyError, TypeError, ValueError):
+        log.warning("calibration %s has an unreadable tail; using its fixed threshold", record.id)
+        return None

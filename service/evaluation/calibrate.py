@@ -1,14 +1,20 @@
-"""Calibration (``voicesearch calibrate``): measure the decision thresholds and store them.
+"""Calibration (``voicesearch calibrate``): fit the open-set rule on the user's audio and store it.
 
 :func:`calibrate`: genuine and impostor score distributions on a labelled manifest, measured
 through the service's own pipeline (decode → VAD/quality → encoder → gallery search, with
-AS-norm when it is on) in a fresh temporary store (``service.evaluation.trials``, every probe
-in every loaded space); per space the lowest threshold meeting the target FAR, the EER, and a
-logistic calibration. :func:`store_calibrations` writes them; the thresholds in force are then
-chosen by ``service.decisions.policy.DecisionPolicy``.
+AS-norm where it is on) in a fresh temporary store (``service.evaluation.trials``, every probe
+in every loaded space). Per space it fits the exponential tail of the impostor scores
+(u = 95th percentile, β = mean excess above u; ``service.decisions.openset``), which gives the
+threshold t(N) for any gallery size N at the FPIR target; then it measures FPIR (unenrolled
+probes matched) and FNIR (enrolled probes not returned as the right match) on the manifest's own
+gallery at t(N_manifest), and *predicts* both at the live gallery size and at N = 10, 100, 1000
+(labelled as model predictions). The EER, the pair FAR/FRR at t and a logistic calibration
+(``match_probability``) are kept as before. :func:`store_calibrations` writes them (the tail and
+the open-set figures go into the row's ``details``); the rule in force is then chosen by
+``service.decisions.policy.DecisionPolicy``.
 
 Manifest: the format of ``voicesearch eval`` (``service.evaluation.trials``). Probes of speakers
-with no enroll rows are open-set impostors: they only add impostor trials.
+with no enroll rows are open-set impostors: they add impostor trials and the FPIR measurement.
 """
 
 from __future__ import annotations
@@ -22,12 +28,8 @@ import numpy as np
 
 from service.bootstrap import temporary_voicesearch
 from service.core.settings import Settings
-from service.decisions.scoring import (
-    LogisticCalibration,
-    eer,
-    fit_logistic_calibration,
-    threshold_for_far,
-)
+from service.decisions.openset import TailFit, fit_tail, open_set_rates
+from service.decisions.scoring import LogisticCalibration, eer, fit_logistic_calibration, rates_at
 from service.evaluation.trials import (
     Progress,
     Row,
@@ -62,14 +64,36 @@ class SpaceScores:
     probe_best: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
+@dataclass(frozen=True)
+class OpenSetPoint:
+    """FPIR/FNIR of t(N) at one gallery size; ``measured`` False: a model prediction."""
+
+    gallery_size: int
+    threshold: float
+    fpir: float | None
+    fnir: float | None
+    measured: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "gallery_size": self.gallery_size,
+            "threshold": round(self.threshold, 4),
+            "fpir": None if self.fpir is None else round(self.fpir, 4),
+            "fnir": None if self.fnir is None else round(self.fnir, 4),
+            "kind": "measured" if self.measured else "model prediction",
+        }
+
+
 @dataclass
 class SpaceCalibration:
     space: str
     model_identity: str
     score_type: str
-    threshold: float
-    target_far: float
-    far: float
+    tail: TailFit
+    fpir_target: float
+    measured: OpenSetPoint  # on the manifest's own gallery
+    predictions: list[OpenSetPoint]  # live gallery size and N = 10, 100, 1000
+    far: float  # pair rates at the measured threshold
     frr: float
     eer: float
     eer_threshold: float
@@ -80,12 +104,19 @@ class SpaceCalibration:
     genuine_min: float
     impostor_max: float
 
+    @property
+    def threshold(self) -> float:
+        return self.measured.threshold
+
     def summary(self) -> dict[str, Any]:
         return {
             "space": self.space,
             "score_type": self.score_type,
+            "tail": {k: round(v, 6) for k, v in self.tail.to_dict().items()},
+            "fpir_target": self.fpir_target,
+            "measured": self.measured.summary(),
+            "predictions": [p.summary() for p in self.predictions],
             "threshold": round(self.threshold, 4),
-            "target_far": self.target_far,
             "far": round(self.far, 4),
             "frr": round(self.frr, 4),
             "eer": round(self.eer, 4),
@@ -99,20 +130,64 @@ class SpaceCalibration:
         }
 
 
-def fit_space(scores: SpaceScores, identity: str, target_far: float) -> SpaceCalibration:
+#: Gallery sizes ``calibrate`` predicts FPIR/FNIR for, besides the live one.
+PREDICTED_SIZES = (10, 100, 1000)
+
+
+def open_set_point(scores: SpaceScores, tail: TailFit, fpir_target: float, n: int) -> OpenSetPoint:
+    """FPIR/FNIR of t(n) on the manifest's trials. At the manifest's own gallery size this is a
+    measurement. At another size it is a model: each probe's best score is what it measured
+    against the manifest's gallery, and each of the ``n − N`` extra impostors beats a score s
+    with the tail probability P(S ≥ s) (so more speakers add false matches for unenrolled probes
+    and take right matches away from enrolled ones). Below N it keeps the measured best scores
+    (pessimistic for FPIR)."""
+    n_now = scores.n_speakers
+    threshold = tail.threshold(fpir_target, n)
+    best, enrolled, correct = scores.probe_best, scores.probe_enrolled, scores.probe_top1
+    if n == n_now:
+        rates = open_set_rates(best, enrolled, correct, threshold)
+        return OpenSetPoint(n, threshold, rates.fpir, rates.fnir, True)
+    extra = max(n - n_now, 0)
+    accepted = best >= threshold
+    exceed = np.asarray([tail.exceedance(float(b)) if np.isfinite(b) else 1.0 for b in best])
+    survive = (1.0 - exceed) ** extra
+    p_false = 1.0 - (1.0 - accepted) * (1.0 - tail.exceedance(threshold)) ** extra
+    fpir = float(p_false[~enrolled].mean()) if (~enrolled).any() else None
+    hit = (accepted & correct) * survive
+    fnir = float(1.0 - hit[enrolled].mean()) if enrolled.any() else None
+    return OpenSetPoint(n, threshold, fpir, fnir, False)
+
+
+def fit_space(
+    scores: SpaceScores,
+    identity: str,
+    fpir_target: float,
+    live_gallery_size: int | None = None,
+) -> SpaceCalibration:
     if scores.genuine.size == 0 or scores.impostor.size == 0:
         raise ValueError(
             f"{scores.space}: need genuine and impostor trials "
             f"(got {scores.genuine.size} and {scores.impostor.size})"
         )
-    point = threshold_for_far(scores.genuine, scores.impostor, target_far)
+    try:
+        tail = fit_tail(scores.impostor)
+    except ValueError as exc:
+        raise ValueError(f"{scores.space}: {exc}; add speakers or probes") from exc
+    measured = open_set_point(scores, tail, fpir_target, scores.n_speakers)
+    sizes = sorted({*PREDICTED_SIZES, *([live_gallery_size] if live_gallery_size else [])})
+    predictions = [
+        open_set_point(scores, tail, fpir_target, n) for n in sizes if n != scores.n_speakers
+    ]
+    point = rates_at(scores.genuine, scores.impostor, measured.threshold)
     rate, eer_t = eer(scores.genuine, scores.impostor)
     return SpaceCalibration(
         space=scores.space,
         model_identity=identity,
         score_type=scores.score_type,
-        threshold=float(point.threshold),
-        target_far=float(target_far),
+        tail=tail,
+        fpir_target=fpir_target,
+        measured=measured,
+        predictions=predictions,
         far=point.far,
         frr=point.frr,
         eer=float(rate),
@@ -189,15 +264,18 @@ def calibrate(
     settings: Settings,
     models: ModelRegistry,
     rows: list[Row],
-    target_far: float,
     *,
+    live_gallery_sizes: Mapping[str, int] | None = None,
     show_progress: bool = False,
 ) -> dict[str, SpaceCalibration]:
+    """Fit every loaded space's tail at ``settings.fpir_target``; ``live_gallery_sizes``: the
+    operator's searchable speakers per space, for the predictions at the size in force."""
     with progress_bar("calibrate", work_items(rows), enabled=show_progress) as bar:
         scores = measure_scores(settings, models, rows, bar.update)
     identities = {space: enc.identity for space, enc in models.encoders.items()}
+    live = dict(live_gallery_sizes or {})
     return {
-        space: fit_space(space_scores, identities[space], target_far)
+        space: fit_space(space_scores, identities[space], settings.fpir_target, live.get(space))
         for space, space_scores in scores.items()
     }
 
@@ -205,13 +283,16 @@ def calibrate(
 def store_calibrations(
     store: CalibrationStore, results: Mapping[str, SpaceCalibration], source: str
 ) -> list[CalibrationRecord]:
+    """One row per space. The fixed ``threshold``/``target_far`` columns hold t(N) at the
+    manifest's gallery size and the FPIR target (what older readers expect); the tail that
+    drives t(N) and the open-set figures go into ``details``."""
     return [
         store.add(
             space=c.space,
             model_identity=c.model_identity,
             score_type=c.score_type,
             threshold=c.threshold,
-            target_far=c.target_far,
+            target_far=c.fpir_target,
             far=c.far,
             frr=c.frr,
             eer=c.eer,
@@ -221,6 +302,12 @@ def store_calibrations(
             logistic=c.logistic.to_dict(),
             source=source,
             details={
+                "tail": c.tail.to_dict(),
+                "fpir_target": c.fpir_target,
+                "gallery_size": c.measured.gallery_size,
+                "fpir": c.measured.fpir,
+                "fnir": c.measured.fnir,
+                "predictions": [p.summary() for p in c.predictions],
                 "eer_threshold": c.eer_threshold,
                 "genuine_min": c.genuine_min,
                 "impostor_max": c.impostor_max,

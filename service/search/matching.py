@@ -2,11 +2,16 @@
 
 Everything here is blocking (SQLite, FAISS) and returns domain results — :class:`MatchResult`,
 :class:`Comparison` — that ``service.api.mappers`` turns into response bodies. The decision
-rule is the same in every mode: a candidate ``is_match`` when its decision score (the cosine, or
-the AS-norm score where AS-norm is on for the space) reaches the threshold in force
-(``service.decisions.policy``), and the verdict says it plainly for an open set: ``match``,
-``no_match`` (``below_threshold`` or ``empty_gallery``) or ``undecided`` (the probe has too
-little speech).
+rule is the same in every mode: candidates are ranked by their decision score (the AS-norm
+score where AS-norm is on for the space, else the cosine; ``similarity`` always stays the raw
+cosine), and the best one ``is_match`` when it reaches the threshold in force *at the size of
+the gallery searched* (``service.decisions.policy``: t(N) keeps the share of unenrolled voices
+matched at the FPIR target). The verdict says it plainly for an open set: ``match``,
+``no_match`` (``below_threshold`` or ``empty_gallery``) or ``undecided`` (``no_speech_detected``:
+the probe's audio holds no detected speech at all; any speech gets a decision).
+
+Scores of one answer are always in one unit: if AS-norm cannot score every candidate (a gallery
+cohort too small for statistics), the whole answer falls back to raw cosines and the cosine rule.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from storage.speakers import SpeakerStore
 VERDICT_MATCH = "match"
 VERDICT_NO_MATCH = "no_match"
 VERDICT_UNDECIDED = "undecided"
+REASON_NO_SPEECH = "no_speech_detected"
+#: Cosine neighbours re-ranked by AS-norm when top_n asks for fewer.
+RERANK_POOL = 20
 
 
 def unit(vector: np.ndarray) -> np.ndarray:
@@ -151,14 +159,16 @@ class Matcher:
         )
 
     # --- verdict ------------------------------------------------------------------------------
-    def _verdict(
-        self, matches: list[Match], decision: Decision, speech_s: float | None
-    ) -> tuple[str, str | None]:
+    @staticmethod
+    def _verdict(matches: list[Match], speech_s: float | None) -> tuple[str, str | None]:
         """Open-set wording shared by every find-match mode: the verdict and its reason."""
-        if speech_s is not None and speech_s < self.settings.min_probe_speech_s:
+        if speech_s is not None and speech_s <= 0.0:
+            # Nothing in the probe was detected as speech (noise, tones, music): rank, never
+            # match. Any detected speech, however short, gets a decision (issue 12: a 1.5 s
+            # cut-off left most word-length probes unanswered at no FPIR gain).
             for m in matches:
                 m.is_match = False
-            return VERDICT_UNDECIDED, "insufficient_speech"
+            return VERDICT_UNDECIDED, REASON_NO_SPEECH
         if not matches:
             return VERDICT_NO_MATCH, "empty_gallery"
         if matches[0].is_match:
@@ -174,7 +184,7 @@ class Matcher:
         space: str,
         searched: int,
     ) -> MatchResult:
-        verdict, reason = self._verdict(matches, decision, speech_s)
+        verdict, reason = self._verdict(matches, speech_s)
         return MatchResult(matches, decision, verdict, reason, space=space, searched=searched)
 
     # --- the modes ----------------------------------------------------------------------------
@@ -186,7 +196,7 @@ class Matcher:
             )
         space = self.space_of_request(space, None)
         similarity = float(np.dot(unit(np.array(e1)), unit(np.array(e2))))
-        decision = self.policy.cosine_decision(space)
+        decision = self.policy.cosine_decision(space, 1)  # one pair: 1:1 verification
         return Comparison(
             similarity=similarity,
             is_match=similarity >= decision.threshold,
@@ -206,7 +216,8 @@ class Matcher:
     ) -> MatchResult:
         """The original stateless find-match: rank the caller's own candidate embeddings."""
         space = self.space_of_request(space, language)
-        decision = self.policy.cosine_decision(space)
+        # The caller's candidates are the gallery: t(N) at their number.
+        decision = self.policy.cosine_decision(space, len(candidates))
         threshold = decision.threshold
         top_n = self.clamp_top_n(top_n)
         if not candidates:
@@ -246,17 +257,21 @@ class Matcher:
                 f"embedding has {vector.shape[0]} values; the {space} space uses {dim}",
                 details={"expected": dim, "got": int(vector.shape[0])},
             )
-        decision = self.policy.decision(space)
+        size = self.gallery.size(space)
+        decision = self.policy.decision(space, size)
         normalizer = self.normalizer if decision.score_type == SCORE_ASNORM else None
-        # With AS-norm the probe's cohort (its top K+1) comes from this same search.
+        # With AS-norm the probe's cohort (its top K+1) comes from this same search (gallery
+        # cohort), and candidates are re-ranked by the AS-norm score: a pool of at least
+        # RERANK_POOL cosine neighbours is normalised so one just outside the cosine top_n
+        # can still come first.
         depth = max(top_n, normalizer.top_k + 1) if normalizer is not None else top_n
-        # One database round trip: the hits' speakers come back with the change cursor that
+        pool = max(top_n, RERANK_POOL) if normalizer is not None else top_n
+        # One database round trip: the pool's speakers come back with the change cursor that
         # proves the index searched was current (Gallery.search_briefs).
-        deep, speakers = self.gallery.search_briefs(space, vector, depth, describe=top_n)
+        deep, speakers = self.gallery.search_briefs(space, vector, max(depth, pool), describe=pool)
         # A speaker deleted between the index search and this lookup is simply skipped.
-        hits = [hit for hit in deep[:top_n] if hit.speaker_id in speakers]
-        cosine = self.policy.cosine_decision(space)
-        normed: list[float | None] = [hit.score for hit in hits]
+        hits = [hit for hit in deep[:pool] if hit.speaker_id in speakers]
+        scores: list[float] = [hit.score for hit in hits]
         if normalizer is not None:
             normed = normalizer.normalise(
                 space,
@@ -265,24 +280,23 @@ class Matcher:
                 [hit.score for hit in hits],
                 probe_hits=deep,
             )
-        matches = []
-        for hit, score in zip(hits, normed, strict=True):
-            # No cohort statistics (a gallery too small for AS-norm): decide on the cosine.
-            used = decision if score is not None else cosine
-            value = score if score is not None else hit.score
-            matches.append(
-                Match(
-                    id=speakers[hit.speaker_id].external_id,
-                    name=speakers[hit.speaker_id].name,
-                    metadata=speakers[hit.speaker_id].metadata,
-                    similarity=hit.score,
-                    is_match=value >= used.threshold,
-                    score=value,
-                    match_probability=used.probability(value),
-                )
+            if all(score is not None for score in normed):
+                scores = [float(score) for score in normed if score is not None]
+            else:
+                # Some candidate has no cohort statistics: never sort AS-norm scores and
+                # cosines together; the whole answer is in cosines, under the cosine rule.
+                decision = self.policy.cosine_decision(space, size)
+        order = sorted(range(len(hits)), key=lambda j: -scores[j])[:top_n]
+        matches = [
+            Match(
+                id=speakers[hits[j].speaker_id].external_id,
+                name=speakers[hits[j].speaker_id].name,
+                metadata=speakers[hits[j].speaker_id].metadata,
+                similarity=hits[j].score,
+                is_match=scores[j] >= decision.threshold,
+                score=scores[j],
+                match_probability=decision.probability(scores[j]),
             )
-        if decision.score_type == SCORE_ASNORM:
-            matches.sort(key=lambda m: -(m.score if m.score is not None else -np.inf))
-        return self._result(
-            matches, decision, speech_s, space=space, searched=self.gallery.size(space)
-        )
+            for j in order
+        ]
+        return self._result(matches, decision, speech_s, space=space, searched=size)

@@ -24,6 +24,7 @@ import anyio
 import numpy as np
 
 from service.core.settings import Settings
+from service.decisions.cohort import resolve_scoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import Decision, DecisionPolicy
 from service.pipeline.clip import ClipPipeline, EmbeddedClip
@@ -84,8 +85,9 @@ class SpaceCalibration:
 
     space: str
     model_identity: str | None
-    decision: Decision
+    decision: Decision  # at the space's current gallery size
     asnorm: bool
+    cohort: str | None  # which AS-norm cohort, or why the shipped one is not used
 
 
 class VoiceSearch:
@@ -112,9 +114,14 @@ class VoiceSearch:
         # by service.bootstrap.build_voicesearch; the fallbacks keep hand-built instances working.
         self.quality = quality or QualityAssessor.from_settings(settings.quality())
         identities = {space: enc.identity for space, enc in models.encoders.items()}
-        self.policy = policy or DecisionPolicy(settings.decisions(), None, identities)
-        if normalizer is None and settings.asnorm_spaces:
-            normalizer = AsNorm.from_settings(settings.asnorm(), gallery)
+        dims = {space: enc.dim for space, enc in models.encoders.items()}
+        #: Per space: cosine or AS-norm, which cohort, the shipped default rule.
+        self.scoring = (
+            dict(policy.scoring) if policy else resolve_scoring(settings.asnorm(), identities, dims)
+        )
+        self.policy = policy or DecisionPolicy(settings.decisions(), None, identities, self.scoring)
+        if normalizer is None:
+            normalizer = AsNorm.from_scoring(self.scoring, gallery, top_k=settings.asnorm_top_k)
         self.normalizer = normalizer
         self.pipeline = ClipPipeline(settings.clip(), models, router, self.quality)
         self.matcher = Matcher(settings, models, router, store, gallery, self.policy, normalizer)
@@ -147,10 +154,15 @@ class VoiceSearch:
         """Run database / index work in a thread."""
         return await anyio.to_thread.run_sync(fn, *args)
 
+    def decision(self, space: str) -> Decision:
+        """The decision in force for ``space`` at its current gallery size (see
+        service.decisions.policy.DecisionPolicy)."""
+        size = self.gallery.size(space) if space in self.gallery.dims else 0
+        return self.policy.decision(space, size)
+
     def threshold(self, space: str) -> float:
-        """Threshold in force for ``is_match``: the newest matching calibration, else the
-        configured default (see service.decisions.policy.DecisionPolicy)."""
-        return self.policy.decision(space).threshold
+        """Threshold ``is_match`` uses in ``space`` now (it grows with the gallery)."""
+        return self.decision(space).threshold
 
     # --- language and embeddings --------------------------------------------------------------
     async def detect_language(self, data: bytes) -> DetectedLanguage:
@@ -328,15 +340,16 @@ class VoiceSearch:
 
     def _calibration_in_force(self) -> list[SpaceCalibration]:
         self.policy.refresh()
+        decisions = {s: self.decision(s) for s in self.models.statuses if s != LANGID_ROLE}
         return [
             SpaceCalibration(
                 space=space,
-                model_identity=status.identity,
-                decision=self.policy.decision(space),
+                model_identity=self.models.statuses[space].identity,
+                decision=decision,
                 asnorm=self.normalizer is not None and self.normalizer.enabled(space),
+                cohort=self.scoring[space].cohort_status if space in self.scoring else None,
             )
-            for space, status in self.models.statuses.items()
-            if space != LANGID_ROLE
+            for space, decision in decisions.items()
         ]
 
     async def index_stats(self) -> list[IndexStats]:

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.decisions.cohort import shipped_cohort
 from service.pipeline.registry import ModelRegistry
 from tests.api.conftest import assert_error, make_settings
 from tests.audio_factory import encode_audio, synth_voice, wav_bytes
@@ -27,7 +28,9 @@ def test_health_reports_every_model(client: TestClient) -> None:
     assert body["models_loaded"] is True
     assert set(body["models"]) == {"langid", "voxceleb", "cnceleb"}
     assert all(m["loaded"] and m["identity"] for m in body["models"].values())
-    assert body["spaces"]["voxceleb"]["threshold"] == pytest.approx(0.34)
+    # Empty gallery, random test model: the shipped cosine tail at N = 0 (taken as 1).
+    t1 = shipped_cohort("ecapa-voxceleb").tail("cosine").threshold(0.03, 1)
+    assert body["spaces"]["voxceleb"]["threshold"] == pytest.approx(t1)
 
 
 # --- extract-embedding -----------------------------------------------------------------------
