@@ -269,6 +269,9 @@ class Matcher:
         # One database round trip: the pool's speakers come back with the change cursor that
         # proves the index searched was current (Gallery.search_briefs).
         deep, speakers = self.gallery.search_briefs(space, vector, max(depth, pool), describe=pool)
+        # The search may have caught the index up with the database: N is the size searched.
+        size = self.gallery.size(space)
+        decision = self.policy.decision(space, size)
         # A speaker deleted between the index search and this lookup is simply skipped.
         hits = [hit for hit in deep[:pool] if hit.speaker_id in speakers]
         scores: list[float] = [hit.score for hit in hits]
