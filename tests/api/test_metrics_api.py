@@ -72,10 +72,11 @@ def test_requests_stages_and_state(client: TestClient, voice_wav: Callable[..., 
     assert value(after, "voicesearch_index_changes_behind", space=space) == 0
     assert value(after, "voicesearch_inference_queue", state="running") == 0
     assert value(after, "voicesearch_inference_queue", state="capacity") >= 1
-    threshold = client.get("/calibration").json()["spaces"][space]["threshold"]
+    in_force = client.get("/calibration").json()["spaces"][space]
+    assert in_force["source"] == "shipped"  # no calibration stored: the shipped t(N) rule
     assert value(
-        after, "voicesearch_decision_threshold", space=space, source="default"
-    ) == pytest.approx(threshold)
+        after, "voicesearch_decision_threshold", space=space, source="shipped"
+    ) == pytest.approx(in_force["threshold"])
     assert value(after, "voicesearch_calibrated", space=space) == 0
 
     client.delete("/speakers/alice")

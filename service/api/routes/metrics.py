@@ -73,12 +73,13 @@ def state_families(
             age.add_metric([index.space], index.snapshot_age_s)
     threshold = GaugeMetricFamily(
         "voicesearch_decision_threshold",
-        "Threshold in force for is_match per space; `source` is calibrated or default.",
+        "Threshold in force for is_match per space; `source`: calibrated, shipped (the t(N) "
+        "rule for the current gallery size) or setting (an operator's fixed threshold).",
         labels=["space", "score_type", "source"],
     )
     calibrated = GaugeMetricFamily(
         "voicesearch_calibrated",
-        "1 when the space's threshold comes from a stored calibration, 0 for the default.",
+        "1 when the space's threshold comes from a stored calibration, else 0.",
         labels=["space"],
     )
     for space in calibrations:
