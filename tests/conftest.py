@@ -179,3 +179,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'vs.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="module")
+def real_registry(
+    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> ModelRegistry:
+    """The real VoxCeleb ECAPA with tiny language-ID and CN-Celeb models (tests that use it are
+    marked ``requires_real_model``); a module may define its own ``real_registry`` instead."""
+    from tests.paths import REAL_VOXCELEB_DIR
+
+    sources = {
+        "langid": str(tiny_model_dirs["langid"]),
+        "voxceleb": str(REAL_VOXCELEB_DIR),
+        "cnceleb": str(tiny_model_dirs["cnceleb"]),
+    }
+    registry = ModelRegistry.load(sources, cache_dir=tmp_path_factory.mktemp("cache"))
+    assert registry.all_loaded, registry.statuses
+    return registry

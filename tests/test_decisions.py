@@ -183,20 +183,6 @@ def test_random_model_ignores_the_shipped_cohort_and_says_why(
 
 
 # --- the real model ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def real_registry(
-    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> ModelRegistry:
-    sources = {
-        "langid": str(tiny_model_dirs["langid"]),
-        "voxceleb": str(REAL_VOXCELEB_DIR),
-        "cnceleb": str(tiny_model_dirs["cnceleb"]),
-    }
-    registry = ModelRegistry.load(sources, cache_dir=tmp_path_factory.mktemp("cache"))
-    assert registry.all_loaded, registry.statuses
-    return registry
-
-
 def _files(*paths: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("audio", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths]
 

@@ -27,20 +27,6 @@ ASR_DIR = DEV_SPEECH_DIR / "speechbrain_samples" / "ASR"
 RTVC_DIR = DEV_SPEECH_DIR / "rtvc_samples"
 
 
-@pytest.fixture(scope="module")
-def real_registry(
-    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> ModelRegistry:
-    sources = {
-        "langid": str(tiny_model_dirs["langid"]),
-        "voxceleb": str(REAL_VOXCELEB_DIR),
-        "cnceleb": str(tiny_model_dirs["cnceleb"]),
-    }
-    registry = ModelRegistry.load(sources, cache_dir=tmp_path_factory.mktemp("cache"))
-    assert registry.all_loaded, registry.statuses
-    return registry
-
-
 @pytest.fixture
 def real_client(
     tmp_path: Path, tiny_model_dirs: dict[str, Path], real_registry: ModelRegistry
