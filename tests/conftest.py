@@ -6,9 +6,11 @@ runs a test once on a SQLite file and once on a PostgreSQL database."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from types import FrameType
 
 from service.pipeline.threads import quiet_openmp
 
@@ -197,3 +199,14 @@ def real_registry(
     registry = ModelRegistry.load(sources, cache_dir=tmp_path_factory.mktemp("cache"))
     assert registry.all_loaded, registry.statuses
     return registry
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM to the test run (a CI timeout, `kill`) stops it like Ctrl-C, so fixture
+    finalisers still kill the servers and PostgreSQL clusters the tests started; Python's
+    default SIGTERM ends the process without running them."""
+    signal.signal(signal.SIGTERM, _interrupt)
