@@ -13,12 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from filelock import FileLock
 from sqlalchemy import Engine
 
 from index.spec import IndexSpec
-from service.core.settings import SPACE_CNCELEB, AsNormSettings, Settings
+from service.core.settings import SPACE_CNCELEB, Settings
 from service.decisions.cohort import resolve_scoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import DecisionPolicy
@@ -49,39 +48,6 @@ def open_database(settings: Settings) -> Engine:
     return make_engine(settings.resolved_database_url)
 
 
-class CohortConfigError(ValueError):
-    """An AS-norm cohort file (``VOICESEARCH_ASNORM_COHORT``) cannot be used with the loaded
-    encoder: start-up stops with the reason, instead of every search of that space failing."""
-
-
-def load_cohorts(settings: AsNormSettings, dims: dict[str, int]) -> dict[str, np.ndarray]:
-    """The configured cohort matrices, each checked against the encoder of its space: 2-D,
-    at least 2 rows, as many columns as the encoder's embeddings, finite, no all-zero row."""
-    cohorts: dict[str, np.ndarray] = {}
-    for space, path in settings.cohorts.items():
-        where = f"AS-norm cohort of {space!r} ({path})"
-        if space not in dims:
-            log.warning("%s: no encoder is loaded for this space; cohort not used", where)
-            continue
-        try:
-            matrix = np.load(Path(path), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise CohortConfigError(f"{where}: cannot be read as a .npy array: {exc}") from None
-        if matrix.ndim != 2 or matrix.shape[0] < 2 or matrix.shape[1] != dims[space]:
-            raise CohortConfigError(
-                f"{where}: need a (n >= 2, {dims[space]}) matrix of {space} embeddings, "
-                f"got shape {matrix.shape}"
-            )
-        if not np.issubdtype(matrix.dtype, np.number):
-            raise CohortConfigError(f"{where}: not numbers ({matrix.dtype})")
-        matrix = matrix.astype(np.float32)
-        norms = np.linalg.norm(matrix, axis=1)
-        if not np.isfinite(matrix).all() or not (norms > 0).all():
-            raise CohortConfigError(f"{where}: has NaN/infinite values or an all-zero row")
-        cohorts[space] = matrix
-    return cohorts
-
-
 def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine) -> VoiceSearch:
     """Open storage and indexes for already-loaded models (also used by the CLI)."""
     identities = {space: enc.identity for space, enc in models.encoders.items()}
@@ -106,13 +72,11 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
             auto_threshold=settings.index_auto_threshold,
         ),
     )
-    # Checked before the indexes open: a bad operator cohort file stops start-up with its
-    # reason (resolve_scoring below then reads the same files, cached).
-    load_cohorts(settings.asnorm(), dims)
+    # Per space: cosine or AS-norm, which cohort (shipped only for its own checkpoint). Before
+    # the indexes open: a bad operator cohort file stops start-up with its reason.
+    scoring = resolve_scoring(settings.asnorm(), identities, dims)
     for space, how in gallery.open().items():
         log.info("index %s: %s", space, how)
-    # Per space: cosine or AS-norm, which cohort (shipped only for its own checkpoint).
-    scoring = resolve_scoring(settings.asnorm(), identities, gallery.dims)
     for space, chosen in scoring.items():
         log.info("scores %s: %s, %s", space, chosen.score_type, chosen.cohort_status)
     # Speech quality (the VAD, loaded once), the decision policy (stored calibrations), AS-norm.

@@ -32,7 +32,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 
 from service.app import create_app
-from service.bootstrap import CohortConfigError
+from service.decisions.cohort import CohortConfigError
 from service.pipeline.registry import ModelRegistry
 from tests.api.conftest import make_settings
 from tests.audio_factory import encode_audio, synth_voice, wav_bytes

@@ -91,6 +91,35 @@ def shipped_cohort(name: str) -> ShippedCohort:
     return ShippedCohort(name, meta, COHORT_DIR / meta["file"])
 
 
+class CohortConfigError(ValueError):
+    """An AS-norm cohort file (``VOICESEARCH_ASNORM_COHORT``) cannot be used with the loaded
+    encoder: start-up stops with the reason, instead of every search of that space failing."""
+
+
+def load_operator_cohort(space: str, path: Path, dim: int) -> np.ndarray:
+    """An operator's cohort matrix, checked against the encoder of its space (2-D, at least 2
+    rows, ``dim`` columns, finite numbers, no all-zero row) and L2-normalised."""
+    where = f"AS-norm cohort of {space!r} ({path})"
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CohortConfigError(f"{where}: cannot be read as a .npy array: {exc}") from None
+    if matrix.ndim != 2 or matrix.shape[0] < 2 or matrix.shape[1] != dim:
+        raise CohortConfigError(
+            f"{where}: need a (n >= 2, {dim}) matrix of {space} embeddings, "
+            f"got shape {matrix.shape}"
+        )
+    if not np.issubdtype(matrix.dtype, np.number):
+        raise CohortConfigError(f"{where}: not numbers ({matrix.dtype})")
+    matrix = matrix.astype(np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if not np.isfinite(matrix).all() or not (norms > 0).all():
+        raise CohortConfigError(f"{where}: has NaN/infinite values or an all-zero row")
+    matrix /= norms
+    matrix.setflags(write=False)
+    return matrix
+
+
 @lru_cache(maxsize=8)
 def load_matrix(path: Path) -> np.ndarray:
     """Cohort rows as L2-normalised float32 (read once per process)."""
@@ -151,12 +180,7 @@ def resolve_scoring(
         origin: str | None
         if space in settings.cohorts:
             origin = COHORT_OPERATOR
-            cohort = load_matrix(Path(settings.cohorts[space]))
-            if space in dims and cohort.shape[1] != dims[space]:
-                raise ValueError(
-                    f"cohort {settings.cohorts[space]} has {cohort.shape[1]}-dimensional rows; "
-                    f"the {space} model makes {dims[space]}"
-                )
+            cohort = load_operator_cohort(space, Path(settings.cohorts[space]), dims[space])
             status = f"operator cohort {settings.cohorts[space]} ({cohort.shape[0]} rows)"
         elif shipped is not None and why_not is None:
             origin, cohort = COHORT_SHIPPED, shipped.matrix()
