@@ -257,9 +257,8 @@ class Matcher:
                 f"embedding has {vector.shape[0]} values; the {space} space uses {dim}",
                 details={"expected": dim, "got": int(vector.shape[0])},
             )
-        size = self.gallery.size(space)
-        decision = self.policy.decision(space, size)
-        normalizer = self.normalizer if decision.score_type == SCORE_ASNORM else None
+        asnorm = self.policy.score_type(space) == SCORE_ASNORM
+        normalizer = self.normalizer if asnorm else None
         # With AS-norm the probe's cohort (its top K+1) comes from this same search (gallery
         # cohort), and candidates are re-ranked by the AS-norm score: a pool of at least
         # RERANK_POOL cosine neighbours is normalised so one just outside the cosine top_n
@@ -269,7 +268,7 @@ class Matcher:
         # One database round trip: the pool's speakers come back with the change cursor that
         # proves the index searched was current (Gallery.search_briefs).
         deep, speakers = self.gallery.search_briefs(space, vector, max(depth, pool), describe=pool)
-        # The search may have caught the index up with the database: N is the size searched.
+        # The rule at N = the size searched (the search may have caught the index up first).
         size = self.gallery.size(space)
         decision = self.policy.decision(space, size)
         # A speaker deleted between the index search and this lookup is simply skipped.
