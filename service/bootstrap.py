@@ -57,6 +57,15 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
         identities,
         min_profile_speech_s=settings.min_enroll_speech_s,
     )
+    floor = store.apply_floor()
+    if floor.made_searchable or floor.made_unsearchable:
+        log.info(
+            "enrollment floor %.1f s of net speech: %d speaker(s) made searchable, %d made "
+            "unsearchable (decided under another floor, e.g. by an earlier release)",
+            settings.min_enroll_speech_s,
+            floor.made_searchable,
+            floor.made_unsearchable,
+        )
     gallery = Gallery(
         store,
         settings.data_dir / "index",

@@ -30,6 +30,7 @@ from storage.errors import DuplicateExternalIdError, SpeakerNotFoundError
 from storage.metadata import readable_metadata, storable_metadata
 from storage.metadata_filter import metadata_condition
 from storage.models import OP_DELETE, Embedding, IndexChange, Profile, Speaker, Utterance, utcnow
+from storage.profile_floor import FloorChanges, apply_profile_floor
 from storage.profiles import (
     identity_condition,
     prepare_utterances,
@@ -262,6 +263,11 @@ class SpeakerStore(ChangeLog):
             add_audit(session, audit, external_id)
 
         self.write_transaction(tx)
+
+    def apply_floor(self) -> FloorChanges:
+        """Bring every speaker's searchability in line with this store's floor (run at start-up:
+        the floor may have changed since the speaker was written; ``storage.profile_floor``)."""
+        return apply_profile_floor(self, self.model_identities, self.min_profile_speech_s)
 
     # ------------------------------------------------------------------ public reads
     def get(self, external_id: str) -> SpeakerRecord:

@@ -6,6 +6,7 @@ proven in ``tests/test_storage_postgres.py``."""
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import sqlite3
 import threading
@@ -566,3 +567,45 @@ def test_concurrent_creates_with_same_external_id(db_url: str) -> None:
         assert store.profile_count(VOX) == len(ids)
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------------------ floor changes
+def test_a_changed_enrollment_floor_is_applied_to_stored_speakers(
+    engine: Engine, rng: np.random.Generator
+) -> None:
+    """Speakers written under one floor (an earlier release required 10 s of net speech) follow
+    the floor in force when the store applies it at start-up: made searchable, or hidden again,
+    each through the change log so every index follows."""
+
+    def speech(sha: str, seconds: float) -> UtteranceInput:
+        base = utt(rng, sha, spaces=(VOX,))
+        return dataclasses.replace(base, speech_s=seconds)
+
+    old = SpeakerStore(make_session_factory(engine), IDENTITIES, min_profile_speech_s=10.0)
+    old.create_speaker(
+        external_id="short", name=None, metadata=None, utterances=[speech("a" * 64, 4.0)]
+    )
+    old.create_speaker(
+        external_id="long", name=None, metadata=None, utterances=[speech("b" * 64, 12.0)]
+    )
+    assert set(profiles_by_id(old, VOX)) == {old.get("long").id}
+    seq, _ = old.changes_since(VOX, 0)
+
+    new = SpeakerStore(make_session_factory(engine), IDENTITIES, min_profile_speech_s=1.0)
+    changes = new.apply_floor()
+    assert (changes.made_searchable, changes.made_unsearchable) == (1, 0)
+    assert set(profiles_by_id(new, VOX)) == {new.get("short").id, new.get("long").id}
+    assert new.get("short").spaces == [VOX]
+    _, logged = new.changes_since(VOX, seq)
+    assert [(sid, vec is not None) for sid, vec in logged] == [(new.get("short").id, True)]
+    # Nothing left to do: a second start changes nothing and logs nothing.
+    assert new.apply_floor() == type(changes)(0, 0)
+    assert new.changes_since(VOX, new.changes_since(VOX, 0)[0])[1] == []
+
+    strict = SpeakerStore(make_session_factory(engine), IDENTITIES, min_profile_speech_s=20.0)
+    changes = strict.apply_floor()
+    assert (changes.made_searchable, changes.made_unsearchable) == (0, 2)
+    assert profiles_by_id(strict, VOX) == {}
+    # The utterances are kept: lowering the floor again brings both back.
+    assert new.apply_floor().made_searchable == 2
+    assert new.get("long").utterance_count == 1

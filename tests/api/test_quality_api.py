@@ -87,6 +87,33 @@ def test_incomplete_enrollment_is_not_searchable_until_enough_speech(make_client
     assert client.get("/speakers/a").json()["speaker"]["searchable"] is True
 
 
+def test_speakers_left_unsearchable_by_an_earlier_floor_are_found_after_an_upgrade(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], tiny_registry: ModelRegistry
+) -> None:
+    """Earlier releases required 10 s of net speech; a speaker they stored with less stayed
+    unsearchable. Started with today's floor on the same data, the service makes it searchable
+    (and a stricter floor hides it again, keeping its audio's embeddings)."""
+    data = tmp_path / "data"
+    clip = wav_bytes(voice(2.0), SR)
+
+    def app(floor: float) -> TestClient:
+        settings = make_settings(data, tiny_model_dirs, min_enroll_speech_s=floor)
+        return TestClient(create_app(settings, models=tiny_registry))
+
+    with app(10.0) as old:
+        stored = old.post("/speakers", files=files(clip), data={"external_id": "a"}).json()
+        assert stored["searchable"] is False
+    with app(1.0) as upgraded:
+        assert upgraded.get("/speakers/a").json()["speaker"]["searchable"] is True
+        found = upgraded.post("/find-match", files=files(clip)).json()
+        assert found["best_match"]["id"] == "a" and found["decision"] == "match"
+    with app(10.0) as strict:
+        assert strict.get("/speakers/a").json()["speaker"]["searchable"] is False
+        probe = strict.post("/find-match", files=files(clip)).json()
+        assert probe["best_match"] is None and probe["reason"] == "empty_gallery"
+        assert strict.get("/speakers/a").json()["speaker"]["utterance_count"] == 1
+
+
 def test_probe_with_little_speech_still_gets_a_decision(make_client) -> None:
     """Issue 12: the 1.5 s "undecided" rule is gone; a short probe is warned about, and decided
     (only a probe with no detected speech is undecided: tests/test_decisions.py)."""
