@@ -116,6 +116,50 @@ def test_fit_space_fits_the_impostor_tail_and_measures_open_set_rates() -> None:
     assert result.logistic.probability(0.7) > 0.9 > 0.1 > result.logistic.probability(0.1)
 
 
+def test_probes_without_detected_speech_are_never_counted_as_matches() -> None:
+    """The service answers a probe with no detected speech ``undecided`` (never a match), so the
+    FPIR/FNIR that calibrate measures and predicts count it as not matched, whatever its score."""
+    scores = _scores(np.random.default_rng(0))
+    everyone = fit_space(scores, "m@1", 0.03)
+    silent = np.ones(scores.probe_best.shape, bool)
+    silent[:50] = False  # 50 enrolled probes without detected speech
+    silent[200:220] = False  # and 20 unenrolled ones
+    scores.probe_decided = silent
+    result = fit_space(scores, "m@1", 0.03)
+    t = result.measured.threshold
+    assert t == everyone.measured.threshold  # same trials, same tail
+    accepted = (scores.probe_best >= t) & silent
+    assert result.measured.fnir == pytest.approx(
+        1 - (accepted & scores.probe_top1)[scores.probe_enrolled].mean()
+    )
+    assert result.measured.fnir > everyone.measured.fnir
+    assert result.measured.fpir == pytest.approx(accepted[~scores.probe_enrolled].mean())
+    for before, after in zip(everyone.predictions, result.predictions, strict=True):
+        assert after.fnir >= before.fnir and after.fpir <= before.fpir
+
+
+def test_search_probe_says_whether_the_service_would_decide(
+    tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry
+) -> None:
+    import asyncio
+
+    from service.bootstrap import temporary_voicesearch
+    from service.evaluation.trials import Row, search_probe
+
+    tone = np.sin(2 * np.pi * 440 * np.arange(32_000) / 16_000).astype(np.float32) * 0.3
+    (tmp_path / "tone.wav").write_bytes(wav_bytes(tone, 16_000))
+    (tmp_path / "voice.wav").write_bytes(clip(1))
+    settings = make_settings(tmp_path / "data", tiny_model_dirs, vad="silero")
+    with temporary_voicesearch(settings, tiny_registry) as vs:
+        (found,) = asyncio.run(search_probe(vs, Row(tmp_path / "tone.wav", "x", "probe", None), 5))
+        assert found.decided is False
+    # The energy detector takes the synthetic voice for speech (Silero does not: conftest).
+    energy = make_settings(tmp_path / "data2", tiny_model_dirs, vad="energy")
+    with temporary_voicesearch(energy, tiny_registry) as vs:
+        (found,) = asyncio.run(search_probe(vs, Row(tmp_path / "voice.wav", "x", "probe", None), 5))
+        assert found.decided is True
+
+
 def test_fit_space_refuses_too_few_impostors() -> None:
     scores = SpaceScores(VOX, SCORE_COSINE, np.array([0.8, 0.9]), np.linspace(0, 0.3, 12), 3)
     with pytest.raises(ValueError, match="impostor scores"):

@@ -62,6 +62,9 @@ class SpaceScores:
     probe_enrolled: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     probe_top1: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     probe_best: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # Per probe: speech was detected, so the service decides it (without, it is ``undecided``:
+    # never a match). Empty: every probe decided.
+    probe_decided: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
 @dataclass(frozen=True)
@@ -144,11 +147,12 @@ def open_set_point(scores: SpaceScores, tail: TailFit, fpir_target: float, n: in
     n_now = scores.n_speakers
     threshold = tail.threshold(fpir_target, n)
     best, enrolled, correct = scores.probe_best, scores.probe_enrolled, scores.probe_top1
+    decided = scores.probe_decided if scores.probe_decided.size else np.ones(best.shape, bool)
     if n == n_now:
-        rates = open_set_rates(best, enrolled, correct, threshold)
+        rates = open_set_rates(best, enrolled, correct, threshold, decided)
         return OpenSetPoint(n, threshold, rates.fpir, rates.fnir, True)
     extra = max(n - n_now, 0)
-    accepted = best >= threshold
+    accepted = (best >= threshold) & decided
     exceed = np.asarray([tail.exceedance(float(b)) if np.isfinite(b) else 1.0 for b in best])
     survive = (1.0 - exceed) ** extra
     p_false = 1.0 - (1.0 - accepted) * (1.0 - tail.exceedance(threshold)) ** extra
@@ -222,11 +226,13 @@ async def _scores(vs: VoiceSearch, rows: list[Row], progress: Progress) -> dict[
     cos_i: dict[str, list[float]] = {s: [] for s in spaces}
     top1: dict[str, list[bool]] = {s: [] for s in spaces}
     best: dict[str, list[float]] = {s: [] for s in spaces}
+    decided: dict[str, list[bool]] = {s: [] for s in spaces}
     for row in probes:
         searched = await search_probe(vs, row, len(ids), spaces=spaces)
         progress(1)
         for found in searched:
             space, vector, hits = found.space, found.vector, found.hits
+            decided[space].append(found.decided)
             raw = [h.score for h in hits]
             scored = raw
             if vs.normalizer is not None and vs.normalizer.enabled(space):
@@ -236,9 +242,12 @@ async def _scores(vs: VoiceSearch, rows: list[Row], progress: Progress) -> dict[
                 if score is None:
                     continue
                 same = ids.get(hit.speaker_id) == row.speaker
+                ranked.append((float(score), same))
+                if not found.decided:
+                    # Ranked, never decided by the service: not a trial of its threshold.
+                    continue
                 (genuine if same else impostor)[space].append(float(score))
                 (cos_g if same else cos_i)[space].append(float(cosine))
-                ranked.append((float(score), same))
             ranked.sort(key=lambda t: -t[0])
             top1[space].append(bool(ranked and ranked[0][1]))
             best[space].append(ranked[0][0] if ranked else -np.inf)
@@ -255,6 +264,7 @@ async def _scores(vs: VoiceSearch, rows: list[Row], progress: Progress) -> dict[
             np.asarray([r.speaker in enrolled for r in probes], dtype=bool),
             np.asarray(top1[s], dtype=bool),
             np.asarray(best[s], dtype=np.float64),
+            np.asarray(decided[s], dtype=bool),
         )
         for s in spaces
     }

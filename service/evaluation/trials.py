@@ -124,6 +124,9 @@ class ProbeSearch:
     space: str
     vector: np.ndarray  # the probe's embedding in that space
     hits: list[Hit]  # enrolled speakers, best first
+    # Speech was detected in the probe. The service never matches a probe without any (its
+    # verdict is ``undecided``), so evaluation and calibration must not count one as decided.
+    decided: bool = True
 
 
 async def search_probe(
@@ -134,11 +137,12 @@ async def search_probe(
     manifest's language, else detection when the language-ID model is loaded, else voxceleb) —
     what ``VoiceSearch.search_audio`` does before searching, minus the top_n cap."""
     pipeline = vs.pipeline
-    audio = await pipeline.infer(pipeline.decode, row.path.read_bytes())
+    audio, report = await pipeline.infer(pipeline.decode_assessed, row.path.read_bytes())
     if spaces is None:
         spaces = [(await pipeline.infer(pipeline.route_or_default, audio, row.language)).space]
     found = []
     for space in spaces:
         vector = await pipeline.infer(vs.models.encoder(space).embed, audio.samples)
-        found.append(ProbeSearch(space, vector, vs.gallery.search(space, vector[None, :], k)[0]))
+        hits = vs.gallery.search(space, vector[None, :], k)[0]
+        found.append(ProbeSearch(space, vector, hits, decided=report.speech_s > 0.0))
     return found
