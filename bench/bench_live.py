@@ -14,7 +14,10 @@ server process's user+system CPU seconds while streaming, per second of audio, a
 same run, (a) the same server idle for as long and (b) one find-match of the same audio
 uploaded whole (the offline cost of that audio). Load averages before and after.
 
-    python -m bench.bench_live [--talk 6] [--backend torch|onnx|onnx-int8]
+    python -m bench.bench_live [--talk 6] [--backend torch|onnx|onnx-int8] [--threads N]
+
+``--threads``: ``VOICESEARCH_INFERENCE_THREADS`` of the server (default: the service's, every
+core this process may use). On a shared, loaded CPU one thread is faster (service.pipeline.threads).
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def trial(address: str, speaker: str, speech: np.ndarray, enrolled: bool) -> dic
     times = [result["t0"]] + [t for t, _ in events]
     # Windows holding at least a second of the speech (the first ones hold only its onset).
     voiced = [e for _, e in events if e["end"] >= LEAD_S + 1.0]
+    took = [e["took_ms"] for _, e in events]
     hits = sum(e["state"] == "speaker" and e["speaker"] == speaker for e in voiced)
     return {
         "speaker": speaker,
@@ -116,6 +120,8 @@ def trial(address: str, speaker: str, speech: np.ndarray, enrolled: bool) -> dic
         "silence_before_speech": all(
             e["state"] == "silence" for _, e in events if e["end"] <= LEAD_S
         ),
+        "took_ms_p50": round(float(np.median(took)), 1) if took else None,
+        "took_ms_max": round(max(took), 1) if took else None,
         "dropped": next(
             (e["dropped_windows"] for _, e in result["arrivals"] if e["type"] == "summary"), None
         ),
@@ -126,6 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--talk", type=float, default=6.0, help="seconds of speech per trial")
     parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"])
+    parser.add_argument("--threads", type=int, help="VOICESEARCH_INFERENCE_THREADS")
+    parser.add_argument("--name", default="live", help="results/<name>.json")
     args = parser.parse_args()
     audio = speaker_audio()
     root = Path(tempfile.gettempdir()) / "voicesearch-bench-live"
@@ -134,6 +142,8 @@ def main() -> None:
     extra = {"VOICESEARCH_MODEL_CACHE_DIR": str(BENCH_MODEL_CACHE)}
     if args.backend:
         extra["VOICESEARCH_BACKEND"] = args.backend
+    if args.threads:
+        extra["VOICESEARCH_INFERENCE_THREADS"] = str(args.threads)
     load_before = os.getloadavg()
     env = bench_env(root / "data", **extra)
     with Server(env, log=root / "server.log") as server:
@@ -191,6 +201,9 @@ def main() -> None:
         and len(latencies) == len(enrolled),
         "gap_met": max(t["max_gap_s"] or 0.0 for t in trials) <= TARGET_GAP_S,
         "backend": args.backend or "torch",
+        "threads": args.threads or "default",
+        "took_ms_p50": round(float(np.median([t["took_ms_p50"] for t in trials])), 1),
+        "took_ms_max": max(t["took_ms_max"] for t in trials),
     }
     columns = [
         "speaker",
@@ -203,11 +216,13 @@ def main() -> None:
         "wrong_names",
         "max_gap_s",
         "silence_before_speech",
+        "took_ms_p50",
+        "took_ms_max",
         "dropped",
     ]
     print(table(trials, columns))
     print(json.dumps(summary, indent=2))
-    path = write_json("live", {"summary": summary, "trials": trials, "args": vars(args)})
+    path = write_json(args.name, {"summary": summary, "trials": trials, "args": vars(args)})
     print(f"wrote {path}")
     shutil.rmtree(root, ignore_errors=True)
 

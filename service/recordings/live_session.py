@@ -120,7 +120,10 @@ class LiveSession:
         except ClientGone:
             pass
         if self.failure is not None:
-            return close_code(self.failure), self.failure.message[:120]
+            # A close reason is at most 123 bytes of UTF-8.
+            return close_code(self.failure), self.failure.message.encode()[:120].decode(
+                errors="ignore"
+            )
         return CLOSE_NORMAL, reason
 
     async def guarded(self, task: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:

@@ -106,6 +106,26 @@ def test_the_key_in_the_query_string_works_and_is_not_logged(
     assert READ_KEY not in caplog.text
 
 
+def test_f32le_at_8_khz_is_resampled_and_events_follow_the_stream(address: str) -> None:
+    """Float PCM at 8 kHz (32 kB/s; sent at 2x, inside this server's 40 kB/s and its burst),
+    in frames that split samples across messages: the events' stream time is the audio's own
+    (resampled to 16 kHz), about one event per 0.5 s hop."""
+    voice = synth_voice(2.0, sample_rate=8_000)
+    data = voice.astype("<f4").tobytes()
+    frames = [data[i : i + 4001] for i in range(0, len(data), 4001)]  # 4001: not a sample
+    start = {"type": "start", "format": "f32le", "sample_rate": 8_000, "top_n": 2}
+    run = run_live(address, frames, start, headers=AUTH, speed=2.0, frame_s=4001 / 4 / 8_000)
+    assert run.close_code == 1000, run.events
+    assert run.events[0]["sample_rate"] == 8_000
+    ends = [e["end"] for e in run.speaking]
+    # Each event is about the newest audio once a hop is due: frames of 0.125 s (and the
+    # resampler's delay) put its end up to a frame past the hop.
+    assert 0.5 <= ends[0] <= 0.65 and abs(ends[-1] - 2.0) <= 0.05, ends
+    assert all(0 < gap <= 0.65 for gap in np.diff(ends)), ends  # the last: what is left
+    assert all(e["state"] in ("unknown", "silence") for e in run.speaking)  # nobody enrolled
+    assert any(e["state"] == "unknown" and e["reason"] == "empty_gallery" for e in run.speaking)
+
+
 def test_idle_timeout_closes_with_4408(address: str) -> None:
     run = run_live(address, [], headers=AUTH, stop=False, linger_s=0.0)
     assert error_of(run)["code"] == "idle_timeout" and run.close_code == 4408

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -25,6 +27,7 @@ from service.api.auth import ROLE_READ, check_role, presented_key
 from service.core import errors
 from service.recordings.live_session import ClientGone, LiveSession, close_code
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["live"])
 
 #: The query parameter a browser sends its key in.
@@ -99,6 +102,7 @@ async def identify_live(websocket: WebSocket) -> None:
     except errors.ServiceError as refused:
         await refuse(websocket, refused)
         return
+    opened = time.monotonic()
     try:
         await websocket.accept()
         session = LiveSession(
@@ -108,6 +112,13 @@ async def identify_live(websocket: WebSocket) -> None:
             max_top_n=settings.max_top_n,
         )
         code, reason = await session.run()
+        log.info(
+            "live session closed: code %d (%s) after %.1f s, %d windows",
+            code,
+            reason,
+            time.monotonic() - opened,
+            session.tally.windows,
+        )
         if code != 1000 or reason != "client gone":
             # The client may have left first.
             with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
