@@ -89,6 +89,7 @@ class LiveSession:
         self.failure: errors.ServiceError | None = None
         self.stopped = False  # the client said stop: analyse what is left, then end
         self.gone = False  # the client closed the socket: end now
+        self.last_end = 0  # stream position the last analysed window ended at
         self.started = time.monotonic()
 
     # --- the whole session --------------------------------------------------------------------
@@ -233,7 +234,7 @@ class LiveSession:
                     await anyio.to_thread.run_sync(self.decoder.join, DRAIN_S)
                     drained = True
                     continue
-                if total > due - self.hop:  # audio since the last event: one more
+                if total > self.last_end:  # audio since the last event: one more
                     await self.analyse_newest(total)
                 return
             await anyio.sleep(POLL_S)
@@ -242,7 +243,12 @@ class LiveSession:
         """Analyse the newest window; the stream position the next event is due at."""
         assert self.analyser is not None
         samples, end = self.window.latest(self.settings.window_s)
-        self.tally.dropped += max(0, (end - due) // self.hop)
+        self.last_end = end
+        # Events stay on the grid of hops: the hops this one arrived too late for (the analysis
+        # of an earlier window was still running) are dropped, counted, never queued.
+        skipped = max(0, (end - due) // self.hop)
+        self.tally.dropped += skipped
+        next_due = due + (skipped + 1) * self.hop
         queue = self.voicesearch.pipeline.queue
         started = time.perf_counter()
         try:
@@ -257,7 +263,7 @@ class LiveSession:
                     "retry_after_s": int(busy.headers.get("Retry-After", "1")),
                 }
             )
-            return end + self.hop
+            return next_due
         result = None
         if embedded.vector is not None:
             result = await anyio.to_thread.run_sync(self.analyser.decide, embedded)
@@ -270,4 +276,4 @@ class LiveSession:
         )
         self.tally.add(event)
         await self.transport.send(event)
-        return end + self.hop
+        return next_due

@@ -92,6 +92,16 @@ def test_a_missing_or_wrong_key_is_refused_before_the_handshake(address: str) ->
     assert status == 401 and body["error"]["message"] == "invalid API key"
 
 
+def test_a_page_of_another_origin_is_refused(address: str) -> None:
+    status, body = refused_handshake(
+        address, additional_headers=AUTH, origin="http://elsewhere.example"
+    )
+    assert status == 403 and body["error"]["details"] == {"origin": "http://elsewhere.example"}
+    # The service's own page (same host) is let in.
+    run = run_live(address, [], headers={**AUTH, "Origin": f"http://{address}"})
+    assert run.events[0]["type"] == "ready"
+
+
 def test_the_key_in_the_query_string_works_and_is_not_logged(
     address: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -10,6 +10,11 @@ query parameter. Query-string secrets are scrubbed from uvicorn's access and con
 (``service.api.access_log``). A refused handshake gets the service's JSON error with its HTTP
 status (401, 403, 503 too_many_sessions) where the server supports WebSocket denial responses
 (uvicorn does), else a close before accept with code 4000 + that status.
+
+Origin: WebSockets are not subject to CORS, so a page on any site could open one to this
+service from a visitor's browser. A handshake that carries an ``Origin`` (browsers always send
+one) must come from this service's own origin or one of ``VOICESEARCH_ALLOWED_ORIGINS``, else
+403; clients that send none (scripts, servers) are not affected.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.responses import JSONResponse
@@ -79,6 +85,19 @@ class SocketTransport:
             raise ClientGone from exc
 
 
+def check_origin(websocket: WebSocket, allowed: list[str]) -> None:
+    """403 for a browser page of another origin (see the module docstring)."""
+    origin = websocket.headers.get("origin")
+    if origin is None or origin in allowed or "*" in allowed:
+        return
+    if urlsplit(origin).netloc.lower() == websocket.headers.get("host", "").lower():
+        return  # the service's own page (scheme aside: a TLS proxy may sit in front)
+    raise errors.Forbidden(
+        "this page's origin may not open live sessions (VOICESEARCH_ALLOWED_ORIGINS)",
+        details={"origin": origin[:200]},
+    )
+
+
 async def refuse(websocket: WebSocket, refused: errors.ServiceError) -> None:
     """Refuse the handshake: an HTTP error response if the server can send one, else a close."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
@@ -97,6 +116,7 @@ async def identify_live(websocket: WebSocket) -> None:
     sessions: LiveSessions = app.state.live_sessions
     key = presented_key(websocket.headers) or websocket.query_params.get(KEY_PARAMETER)
     try:
+        check_origin(websocket, settings.allowed_origins)
         check_role(app.state.keyring.actor_for(key), ROLE_READ)
         sessions.acquire()
     except errors.ServiceError as refused:
