@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from service.app import create_app
@@ -186,6 +186,21 @@ def test_a_bad_start_message_is_refused_with_4422(address: str, start: dict, fie
     error = error_of(run)
     assert error["code"] == "validation_error" and field in error["details"]
     assert run.close_code == 4422
+
+
+def test_audio_before_start_or_other_commands_after_it_are_refused_with_4422(
+    address: str,
+) -> None:
+    url = f"ws://{address}/identify-live"
+    with connect(url, additional_headers=AUTH) as ws:
+        ws.send(b"\0" * 320)  # audio before the start message
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and error["error"]["details"] == {"expected": "text"}
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4422
+    run = run_live(address, ['{"type": "pause"}'], headers=AUTH)  # type: ignore[list-item]
+    assert error_of(run)["details"] == {"expected": "stop"} and run.close_code == 4422
 
 
 def test_bytes_that_are_not_webm_are_refused_with_4415(address: str) -> None:
