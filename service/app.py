@@ -29,7 +29,7 @@ from service.api.observe import RequestObserverMiddleware
 from service.api.offline_docs import install_offline_docs
 from service.api.routes import audit as audit_api
 from service.api.routes import calibration as calibration_api
-from service.api.routes import health, matching, speakers, voice
+from service.api.routes import health, live, matching, speakers, voice
 from service.api.routes import metrics as metrics_api
 from service.api.routes import recordings as recordings_api
 from service.api.routes.page import install_page
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     keyring = KeyRing.from_settings(settings)  # a bad key configuration fails here, loudly
     log_auth_state(keyring)
     scrub_access_log()  # keys sent in a query string (refused) must not be logged either
+    scrub_access_log("uvicorn.error")  # where uvicorn logs WebSocket handshakes (with the query)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         install_offline_docs(app)
     app.state.settings = settings
     app.state.keyring = keyring
+    app.state.live_sessions = live.LiveSessions(settings.live_max_sessions)
     # Every router whose routes need a key: the access-control middleware learns their roles.
     routers = (
         health,
@@ -146,6 +148,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     install_error_handlers(app)
     for module in routers:
         app.include_router(module.router, form_limits=form_limits(settings))
+    app.include_router(live.router)  # a WebSocket: authenticated by the route, before accept
     install_page(app)
     # JSON bodies the routes parse themselves, off the event loop (service.api.deps).
     add_body_schemas(app, [FindMatchRequest, CompareVoicesRequest, SpeakerPatch])

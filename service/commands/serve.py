@@ -113,5 +113,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], settings: Settings) -> in
         log_config=logging_config(args.log_level, settings.log_format),
         log_level=args.log_level,
         timeout_graceful_shutdown=30,
+        # The live WebSocket's frame cap, enforced by the protocol library before a frame is
+        # buffered whole (the route checks it again, with a JSON error, for other servers).
+        ws_max_size=settings.live_max_frame_bytes,
     )
     return 0

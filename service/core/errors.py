@@ -147,3 +147,32 @@ class Overloaded(ServiceError):
 
     status_code = 503
     code = "overloaded"
+
+
+# --- live sessions (WebSocket) -----------------------------------------------------------------
+class RateLimited(ServiceError):
+    """A live session sends audio faster than ``VOICESEARCH_LIVE_MAX_BYTES_PER_S``."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
+class TooManySessions(ServiceError):
+    """``VOICESEARCH_LIVE_MAX_SESSIONS`` live sessions are open in this process already."""
+
+    status_code = 503
+    code = "too_many_sessions"
+
+
+class IdleTimeout(ServiceError):
+    """A live session sent nothing for ``VOICESEARCH_LIVE_IDLE_TIMEOUT_S``."""
+
+    status_code = 408
+    code = "idle_timeout"
+
+
+class SessionTooLong(ServiceError):
+    """A live session lasted ``VOICESEARCH_LIVE_MAX_SESSION_S``."""
+
+    status_code = 408
+    code = "session_too_long"

@@ -124,6 +124,21 @@ class RecordingSettings:
     max_speakers: int
 
 
+@dataclass(frozen=True)
+class LiveSettings:
+    """Live "who is speaking now" over a WebSocket (``service.recordings.live``)."""
+
+    window_s: float  # rolling window each event is decided on
+    hop_s: float  # stream time between events
+    min_speech_s: float  # less speech than this in a window: "silence"
+    max_session_s: float
+    idle_timeout_s: float
+    max_frame_bytes: int
+    max_bytes_per_s: int
+    max_buffer_bytes: int  # compressed bytes waiting for the decoder
+    max_sessions: int  # per worker process
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VOICESEARCH_",
@@ -377,6 +392,40 @@ class Settings(BaseSettings):
         20, ge=1, le=100, description="Largest num_speakers / max_speakers a request may ask."
     )
 
+    # --- live (WebSocket /identify-live) ---------------------------------------------------------
+    live_window_s: float = Field(
+        2.0, ge=0.5, le=10, description="Live: the rolling window each event is decided on (s)."
+    )
+    live_hop_s: float = Field(
+        0.5, ge=0.1, le=1.0, description="Live: stream time between two events (s; at most 1)."
+    )
+    live_min_speech_s: float = Field(
+        0.5, ge=0.0, le=10, description="Live: less speech than this in a window is `silence`."
+    )
+    live_max_session_s: float = Field(
+        3600.0, gt=0, description="Live: longest session (s of wall-clock time)."
+    )
+    live_idle_timeout_s: float = Field(
+        10.0, gt=0, description="Live: a session with no message for this long is closed (s)."
+    )
+    live_max_frame_bytes: int = Field(
+        131_072, ge=1024, description="Live: largest WebSocket message (bytes)."
+    )
+    live_max_bytes_per_s: int = Field(
+        262_144,
+        ge=32_000,
+        description="Live: sustained input rate allowed per session (bytes/s; 16 kHz s16 PCM "
+        "is 32 000, float32 64 000), with a burst of one second's allowance.",
+    )
+    live_max_buffer_bytes: int = Field(
+        1_048_576,
+        ge=65_536,
+        description="Live: compressed bytes (WebM/Opus) waiting for the decoder, at most.",
+    )
+    live_max_sessions: int = Field(
+        4, ge=1, description="Live: concurrent sessions per worker process."
+    )
+
     @field_validator("cnceleb_languages", "allowed_origins", "asnorm_spaces", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
@@ -460,6 +509,19 @@ class Settings(BaseSettings):
             bridge_gap_s=0.5,
             cluster_threshold=self.identify_cluster_threshold,
             max_speakers=self.identify_max_speakers,
+        )
+
+    def live(self) -> LiveSettings:
+        return LiveSettings(
+            window_s=self.live_window_s,
+            hop_s=self.live_hop_s,
+            min_speech_s=self.live_min_speech_s,
+            max_session_s=self.live_max_session_s,
+            idle_timeout_s=self.live_idle_timeout_s,
+            max_frame_bytes=self.live_max_frame_bytes,
+            max_bytes_per_s=self.live_max_bytes_per_s,
+            max_buffer_bytes=self.live_max_buffer_bytes,
+            max_sessions=self.live_max_sessions,
         )
 
     def asnorm(self) -> AsNormSettings:

@@ -17,7 +17,7 @@ def test_page_and_assets_are_served_without_a_key(keyed_client: TestClient) -> N
     assert "script-src 'self'" in csp and "connect-src 'self'" in csp
     html = page.text
     assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
-    assert sorted(assets) == ["/static/page.css", "/static/page.js"]
+    assert sorted(assets) == ["/static/live.js", "/static/page.css", "/static/page.js"]
     for asset in assets:
         response = keyed_client.get(asset)
         assert response.status_code == 200, asset

@@ -1,6 +1,6 @@
 """`GET /`: the web page (enroll, identify, manage speakers), served from the package itself.
 
-The page is three static files in ``service/api/static`` (HTML, CSS, JavaScript; no framework,
+The page is static files in ``service/api/static`` (HTML, CSS, JavaScript; no framework,
 no CDN: it works offline) shipped as package data. The page itself needs no key: it holds no
 data, and asks the user for an API key when ``/health`` says keys are on (kept in the tab's
 session storage). A Content-Security-Policy allows only this origin's scripts and styles, and
