@@ -95,6 +95,7 @@ def prepare_utterances(
                 embeddings=embeddings,
                 speech_s=None if utt.speech_s is None else float(utt.speech_s),
                 legacy_sha256=utt.legacy_sha256,
+                source_sample_rate=utt.source_sample_rate,
             )
         )
     return prepared
@@ -192,6 +193,7 @@ def store_utterances(
                 duration_s=utt_in.duration_s,
                 sha256=utt_in.sha256,
                 speech_s=utt_in.speech_s,
+                source_sample_rate=utt_in.source_sample_rate,
                 created_at=now,
             )
             session.add(utt)

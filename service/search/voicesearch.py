@@ -13,6 +13,7 @@ enter; index snapshots are refreshed in the background after writes. It returns 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ import anyio
 import numpy as np
 
 from service.core.settings import Settings
+from service.decisions.bandwidth import is_narrowband, resolve_views
 from service.decisions.cohort import resolve_scoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import Decision, DecisionPolicy
@@ -88,6 +90,7 @@ class SpaceCalibration:
     decision: Decision  # at the space's current gallery size
     asnorm: bool
     cohort: str | None  # which AS-norm cohort, or why the shipped one is not used
+    narrowband: str | None = None  # telephone-band profiles: on, or why not
 
 
 class VoiceSearch:
@@ -123,9 +126,22 @@ class VoiceSearch:
         if normalizer is None:
             normalizer = AsNorm.from_scoring(self.scoring, gallery, top_k=settings.asnorm_top_k)
         self.normalizer = normalizer
+        # Telephone-band profiles where fitted and where the gallery holds their derived space
+        # (service.bootstrap adds it); why not, per space, for /calibration and doctor.
+        views, self.narrowband_status = resolve_views(self.scoring, settings.narrowband_profiles)
+        for space, view in list(views.items()):
+            if view.derived not in gallery.dims or normalizer is None:
+                del views[space]
+                self.narrowband_status[space] = "no telephone-band index in this gallery"
+                continue
+            normalizer.share_cohort(view.derived, space)
+            self.narrowband_status[space] = f"on: narrowband probes search {view.derived}"
+        self.views = views
         self.pipeline = ClipPipeline(settings.clip(), models, router, self.quality)
-        self.matcher = Matcher(settings, models, router, store, gallery, self.policy, normalizer)
-        self.enrollment = Enrollment(settings, self.pipeline, store)
+        self.matcher = Matcher(
+            settings, models, router, store, gallery, self.policy, normalizer, views
+        )
+        self.enrollment = Enrollment(settings, self.pipeline, store, list(views.values()))
         self.speakers = Speakers(settings, store)
         self._snapshot_running = threading.Lock()
 
@@ -211,15 +227,15 @@ class VoiceSearch:
             clip = await self.pipeline.infer(self.pipeline.embed_routed, data, language)
         routed, report = clip.routed, clip.quality
         result = await self._io(
-            self.matcher.search_index, routed.space, clip.vector, top_n, report.speech_s
+            self.matcher.search_index,
+            routed.space,
+            clip.vector,
+            top_n,
+            report.speech_s,
+            is_narrowband(clip.audio.source_sample_rate),
         )
-        return MatchResult(
-            result.matches,
-            result.decision,
-            result.verdict,
-            result.reason,
-            space=result.space,
-            searched=result.searched,
+        return dataclasses.replace(
+            result,
             language=routed.language,
             confidence=routed.confidence,
             language_source=routed.source,
@@ -348,6 +364,7 @@ class VoiceSearch:
                 decision=decision,
                 asnorm=self.normalizer is not None and self.normalizer.enabled(space),
                 cohort=self.scoring[space].cohort_status if space in self.scoring else None,
+                narrowband=self.narrowband_status.get(space),
             )
             for space, decision in decisions.items()
         ]
