@@ -4,7 +4,6 @@ migration, and the real model finding a phone-call probe through the telephone-b
 from __future__ import annotations
 
 import math
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -105,42 +104,56 @@ def test_views_only_where_the_shipped_cohort_scores(tiny_registry: ModelRegistry
 
 
 # --- the migration ---------------------------------------------------------------------------
-def test_0006_keeps_old_clips_and_counts_them_wideband(tmp_path: Path) -> None:
+def test_0006_keeps_old_clips_and_counts_them_wideband(database_url: str) -> None:
+    """Up from 0005 with clips older versions stored (rate unknown), then down again: on SQLite
+    and on PostgreSQL."""
     from alembic import command
+    from sqlalchemy import inspect, text
 
     from storage.migrate import alembic_config
 
-    path = tmp_path / "vs.db"
-    url = f"sqlite:///{path}"
-    command.upgrade(alembic_config(url), "0005")
-    conn = sqlite3.connect(path)
-    with conn:
-        conn.execute(
-            "INSERT INTO speakers (id, external_id, metadata, created_at, updated_at) "
-            "VALUES (1, 'old', '{}', '2024-01-01', '2024-01-01')"
-        )
-        conn.execute(
-            "INSERT INTO utterances (id, speaker_id, duration_s, sha256, speech_s, created_at) "
-            "VALUES (1, 1, 3.0, 'aa', 2.5, '2024-01-01')"
-        )
-    conn.close()
-    upgrade_to_head(url)
-    assert current_revision(url) == head_revision()
-    engine = make_engine(url)
+    command.upgrade(alembic_config(database_url), "0005")
+    engine = make_engine(database_url)
     try:
+        with engine.begin() as conn:
+            for speaker_id in (1, 2, 3):
+                conn.execute(
+                    text(
+                        "INSERT INTO speakers (id, external_id, metadata, created_at, updated_at) "
+                        "VALUES (:id, :ext, '{}', '2024-01-01', '2024-01-01')"
+                    ),
+                    {"id": speaker_id, "ext": f"s{speaker_id}"},
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO utterances (id, speaker_id, duration_s, sha256, speech_s, "
+                    "created_at) VALUES (1, 1, 3.0, 'aa', 2.5, '2024-01-01')"
+                )
+            )
+        upgrade_to_head(database_url)
+        assert current_revision(database_url) == head_revision()
+        with engine.begin() as conn:
+            for utt_id, speaker_id, rate in ((2, 2, 8_000), (3, 3, 8_000), (4, 3, 16_000)):
+                conn.execute(
+                    text(
+                        "INSERT INTO utterances (id, speaker_id, duration_s, sha256, "
+                        "source_sample_rate, created_at) "
+                        "VALUES (:u, :s, 2.0, :h, :r, '2024-01-01')"
+                    ),
+                    {"u": utt_id, "s": speaker_id, "h": f"h{utt_id}", "r": rate},
+                )
         store = SpeakerStore(make_session_factory(engine), {VOX: "m"})
-        assert store.natively_narrowband([1], 8_000) == set()  # rate unknown: wideband
-        assert [u.duration_s for u in store.list_utterances("old")] == [3.0]
+        # Old clip (rate unknown): wideband. All clips <= 8 kHz: narrowband. Mixed: wideband.
+        assert store.natively_narrowband([1, 2, 3, 99], 8_000) == {2}
+        assert [u.duration_s for u in store.list_utterances("s1")] == [3.0]
+        command.downgrade(alembic_config(database_url), "0005")
+        columns = {c["name"] for c in inspect(engine).get_columns("utterances")}
+        assert "source_sample_rate" not in columns and "speech_s" in columns
+        with engine.connect() as conn:
+            kept = conn.execute(text("SELECT count(*) FROM utterances")).scalar_one()
+        assert kept == 4
     finally:
         engine.dispose()
-    command.downgrade(alembic_config(url), "0005")
-    conn = sqlite3.connect(path)
-    try:
-        columns = [r[1] for r in conn.execute("PRAGMA table_info(utterances)")]
-        assert "source_sample_rate" not in columns
-        assert conn.execute("SELECT sha256, speech_s FROM utterances").fetchall() == [("aa", 2.5)]
-    finally:
-        conn.close()
 
 
 # --- the real model ----------------------------------------------------------------------------
