@@ -103,6 +103,21 @@ def test_views_only_where_the_shipped_cohort_scores(tiny_registry: ModelRegistry
     assert not views and "shipped AS-norm cohort" in why[VOX]
 
 
+def test_a_random_model_gets_no_telephone_band_profiles_and_says_why(
+    tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry
+) -> None:
+    from service.commands import doctor
+
+    settings = make_settings(tmp_path / "data", tiny_model_dirs)
+    with TestClient(create_app(settings, models=tiny_registry)) as client:
+        shown = client.get("/calibration").json()["spaces"][VOX]["narrowband_profiles"]
+        dims = dict(client.app.state.voicesearch.gallery.dims)
+    assert "needs the shipped AS-norm cohort" in shown
+    assert NB not in dims and VOX in dims  # no derived index is opened
+    (vox,) = [c for c in doctor._scoring_checks(settings, tiny_registry) if c.name.endswith(VOX)]
+    assert "telephone-band profiles: off, needs the shipped AS-norm cohort" in vox.detail
+
+
 # --- the migration ---------------------------------------------------------------------------
 def test_0006_keeps_old_clips_and_counts_them_wideband(database_url: str) -> None:
     """Up from 0005 with clips older versions stored (rate unknown), then down again: on SQLite
