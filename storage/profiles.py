@@ -199,6 +199,9 @@ def store_utterances(
             session.add(utt)
             session.flush()  # need utt.id for the embeddings
             stored[utt_in.sha256] = utt
+        if utt.source_sample_rate is None and utt_in.source_sample_rate is not None:
+            # A clip stored before migration 0006, uploaded again: its rate is known now.
+            utt.source_sample_rate = utt_in.source_sample_rate
         for space, vector in utt_in.embeddings.items():
             identity = model_identities[space]
             emb = stored_embeddings.get((utt.id, space))

@@ -285,6 +285,16 @@ def test_speakers_enrolled_before_the_upgrade_are_still_found_by_phone(
         assert best["profile"] == "normal"
         others = [m for m in phone["top_matches"] if m["id"] == "p240"]
         assert others and others[0]["pair_type"] == PAIR_TELEPHONE
+        # No audio is stored to backfill from; uploading the same clips again adds only what
+        # is missing: their telephone-band embeddings, and with them the profile.
+        upload = [("audio", (n, d, "application/octet-stream")) for n, d in files]
+        again = client.post("/speakers/spk1/utterances", files=upload)
+        assert again.status_code == 201, again.text
+        assert [u["created"] for u in again.json()["utterances"]] == [False, False]
+        assert NB in again.json()["speaker"]["spaces"]
+        phone = _find(client, "phone.wav", _phone(ASR / "spk1_snt5.wav"))
+        assert phone["best_match"]["id"] == "spk1"
+        assert phone["best_match"]["pair_type"] == PAIR_TELEPHONE, phone
 
 
 @requires_real_model
