@@ -20,11 +20,19 @@ ordinary way (:meth:`NarrowbandSearch.search` returns None, and the caller says 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from service.decisions.bandwidth import PAIR_NATIVE, PAIR_TELEPHONE, PAIR_WIDEBAND, NarrowbandView
+from service.decisions.bandwidth import (
+    PAIR_NATIVE,
+    PAIR_TELEPHONE,
+    PAIR_WIDEBAND,
+    NarrowbandView,
+    resolve_views,
+)
+from service.decisions.cohort import SpaceScoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import SOURCE_SHIPPED, Decision, DecisionPolicy
 from service.pipeline.telephone import TELEPHONE_RATE
@@ -45,6 +53,26 @@ class Ranked:
     score: float  # on the space's own decision scale (compare with its threshold)
     pair_type: str  # PAIR_TELEPHONE, PAIR_NATIVE or PAIR_WIDEBAND
     profile: str  # PROFILE_TELEPHONE or PROFILE_NORMAL
+
+
+def usable_views(
+    scoring: Mapping[str, SpaceScoring],
+    enabled: bool,
+    gallery: Gallery,
+    normalizer: AsNorm | None,
+) -> tuple[dict[str, NarrowbandView], dict[str, str]]:
+    """The views (``resolve_views``) this gallery can serve — it holds their derived space
+    (``service.bootstrap`` adds it) and AS-norm runs — with each normaliser sharing the space's
+    cohort; and per space a sentence: ``on: …`` or why not."""
+    views, status = resolve_views(scoring, enabled)
+    for space, view in list(views.items()):
+        if view.derived not in gallery.dims or normalizer is None:
+            del views[space]
+            status[space] = "no telephone-band index in this gallery"
+            continue
+        normalizer.share_cohort(view.derived, space)
+        status[space] = f"on: narrowband probes search {view.derived}"
+    return views, status
 
 
 class NarrowbandSearch:

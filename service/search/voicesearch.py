@@ -9,6 +9,9 @@ needs model inference is admitted by the pipeline's bounded queue (503 ``overloa
 and runs each file as its own step; external ids are Unicode-normalised (NFC) wherever they
 enter; index snapshots are refreshed in the background after writes. It returns domain results;
 ``service.api.mappers`` turns them into response bodies.
+
+A little over 400 lines: it is the one facade of every verb; the logic behind each lives in its
+own module.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import anyio
 import numpy as np
 
 from service.core.settings import Settings
-from service.decisions.bandwidth import is_narrowband, resolve_views
+from service.decisions.bandwidth import is_narrowband
 from service.decisions.cohort import resolve_scoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import Decision, DecisionPolicy
@@ -38,6 +41,7 @@ from service.search.enrollment import Enrollment, EnrollmentResult
 from service.search.fields import check_language, normalise_external_id
 from service.search.gallery import Gallery
 from service.search.matching import Candidate, Comparison, Matcher, MatchResult, unit
+from service.search.narrowband import usable_views
 from service.search.speakers import Speakers
 from storage import audit
 from storage.audit import ANONYMOUS, Actor, AuditRow
@@ -126,16 +130,10 @@ class VoiceSearch:
         if normalizer is None:
             normalizer = AsNorm.from_scoring(self.scoring, gallery, top_k=settings.asnorm_top_k)
         self.normalizer = normalizer
-        # Telephone-band profiles where fitted and where the gallery holds their derived space
-        # (service.bootstrap adds it); why not, per space, for /calibration and doctor.
-        views, self.narrowband_status = resolve_views(self.scoring, settings.narrowband_profiles)
-        for space, view in list(views.items()):
-            if view.derived not in gallery.dims or normalizer is None:
-                del views[space]
-                self.narrowband_status[space] = "no telephone-band index in this gallery"
-                continue
-            normalizer.share_cohort(view.derived, space)
-            self.narrowband_status[space] = f"on: narrowband probes search {view.derived}"
+        # Telephone-band profiles where fitted; why not, per space (/calibration, doctor).
+        views, self.narrowband_status = usable_views(
+            self.scoring, settings.narrowband_profiles, gallery, normalizer
+        )
         self.views = views
         self.pipeline = ClipPipeline(settings.clip(), models, router, self.quality)
         self.matcher = Matcher(
@@ -226,14 +224,9 @@ class VoiceSearch:
         async with self.pipeline.queue.admitted():
             clip = await self.pipeline.infer(self.pipeline.embed_routed, data, language)
         routed, report = clip.routed, clip.quality
-        result = await self._io(
-            self.matcher.search_index,
-            routed.space,
-            clip.vector,
-            top_n,
-            report.speech_s,
-            is_narrowband(clip.audio.source_sample_rate),
-        )
+        narrow = is_narrowband(clip.audio.source_sample_rate)  # telephone-band profiles
+        search = self.matcher.search_index
+        result = await self._io(search, routed.space, clip.vector, top_n, report.speech_s, narrow)
         return dataclasses.replace(
             result,
             language=routed.language,
