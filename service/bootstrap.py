@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from index.spec import IndexSpec
 from service.core.settings import SPACE_CNCELEB, Settings
+from service.decisions.bandwidth import narrowband_identity, resolve_views
 from service.decisions.cohort import resolve_scoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import DecisionPolicy
@@ -52,9 +53,20 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
     """Open storage and indexes for already-loaded models (also used by the CLI)."""
     identities = {space: enc.identity for space, enc in models.encoders.items()}
     dims = {space: enc.dim for space, enc in models.encoders.items()}
+    # Per space: cosine or AS-norm, which cohort (shipped only for its own checkpoint). Before
+    # the indexes open: a bad operator cohort file stops start-up with its reason.
+    scoring = resolve_scoring(settings.asnorm(), identities, dims)
+    # Telephone-band profiles are one more (derived) space to storage and the gallery: their
+    # own embeddings, profiles, change log entries, index, snapshots, rebuild and verify.
+    views, _ = resolve_views(scoring, settings.narrowband_profiles)
+    stored_identities = dict(identities)
+    stored_dims = dict(dims)
+    for view in views.values():
+        stored_identities[view.derived] = narrowband_identity(identities[view.space])
+        stored_dims[view.derived] = dims[view.space]
     store = SpeakerStore(
         make_session_factory(engine),
-        identities,
+        stored_identities,
         min_profile_speech_s=settings.min_enroll_speech_s,
     )
     floor = store.apply_floor()
@@ -69,8 +81,8 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
     gallery = Gallery(
         store,
         settings.data_dir / "index",
-        dims=dims,
-        model_identities=identities,
+        dims=stored_dims,
+        model_identities=stored_identities,
         index_spec=IndexSpec(
             kind=settings.index_type,
             hnsw_m=settings.index_hnsw_m,
@@ -81,9 +93,6 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
             auto_threshold=settings.index_auto_threshold,
         ),
     )
-    # Per space: cosine or AS-norm, which cohort (shipped only for its own checkpoint). Before
-    # the indexes open: a bad operator cohort file stops start-up with its reason.
-    scoring = resolve_scoring(settings.asnorm(), identities, dims)
     for space, how in gallery.open().items():
         log.info("index %s: %s", space, how)
     for space, chosen in scoring.items():

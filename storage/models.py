@@ -108,6 +108,8 @@ class Utterance(Base):
     # Net speech (VAD) in seconds; NULL for clips enrolled before migration 0003.
     speech_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The upload's own sample rate (Hz); NULL for clips enrolled before migration 0006.
+    source_sample_rate: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Embedding(Base):

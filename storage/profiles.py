@@ -95,6 +95,7 @@ def prepare_utterances(
                 embeddings=embeddings,
                 speech_s=None if utt.speech_s is None else float(utt.speech_s),
                 legacy_sha256=utt.legacy_sha256,
+                source_sample_rate=utt.source_sample_rate,
             )
         )
     return prepared
@@ -192,11 +193,15 @@ def store_utterances(
                 duration_s=utt_in.duration_s,
                 sha256=utt_in.sha256,
                 speech_s=utt_in.speech_s,
+                source_sample_rate=utt_in.source_sample_rate,
                 created_at=now,
             )
             session.add(utt)
             session.flush()  # need utt.id for the embeddings
             stored[utt_in.sha256] = utt
+        if utt.source_sample_rate is None and utt_in.source_sample_rate is not None:
+            # A clip stored before migration 0006, uploaded again: its rate is known now.
+            utt.source_sample_rate = utt_in.source_sample_rate
         for space, vector in utt_in.embeddings.items():
             identity = model_identities[space]
             emb = stored_embeddings.get((utt.id, space))

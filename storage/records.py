@@ -30,6 +30,8 @@ class UtteranceInput:
     #: The hash earlier releases stored for the same clip (of its speech-trimmed samples), so a
     #: clip they enrolled is still recognised when uploaded again. None when nothing was trimmed.
     legacy_sha256: str | None = None
+    #: The upload's own sample rate (Hz): ≤ 8000 marks a telephone-band clip. None: unknown.
+    source_sample_rate: int | None = None
 
 
 @dataclass(frozen=True)

@@ -308,6 +308,26 @@ class SpeakerStore(ChangeLog):
 
         return self.read_transaction(tx)
 
+    def natively_narrowband(self, ids: list[int], max_rate: int) -> set[int]:
+        """Of ``ids``, the speakers every one of whose clips came at ``max_rate`` Hz or less
+        (enrolled from telephone-band audio). A clip of unknown rate (enrolled before migration
+        0006) counts as wideband."""
+        wanted = sorted({int(i) for i in ids})
+        if not wanted:
+            return set()
+        unknown_is_wide = func.coalesce(Utterance.source_sample_rate, max_rate + 1)
+
+        def tx(session: Session) -> set[int]:
+            rows = session.execute(
+                select(Utterance.speaker_id)
+                .where(Utterance.speaker_id.in_(wanted))
+                .group_by(Utterance.speaker_id)
+                .having(func.max(unknown_is_wide) <= max_rate)
+            )
+            return {int(r[0]) for r in rows}
+
+        return self.read_transaction(tx)
+
     def list(
         self,
         *,

@@ -30,10 +30,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-import soundfile as sf
-from scipy import signal
 
 from service.pipeline.audio import decode_audio
+from service.pipeline.telephone import TELEPHONE_RATE, telephone_band, wav_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 SR = 16_000
@@ -44,9 +43,7 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _wav(samples: np.ndarray, rate: int = SR) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, np.clip(samples, -1, 1), rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
+    return wav_bytes(samples, rate)
 
 
 def short(x: np.ndarray, seed: int) -> tuple[bytes, str]:
@@ -56,13 +53,8 @@ def short(x: np.ndarray, seed: int) -> tuple[bytes, str]:
 
 
 def tel8k(x: np.ndarray, seed: int) -> tuple[bytes, str]:
-    sos = signal.butter(6, [300, 3400], btype="bandpass", fs=SR, output="sos")
-    y = signal.resample_poly(signal.sosfilt(sos, x), 1, 2)
-    mu = 255.0
-    companded = np.sign(y) * np.log1p(mu * np.abs(np.clip(y, -1, 1))) / np.log1p(mu)
-    quantised = np.round(companded * 127) / 127
-    y = np.sign(quantised) * ((1 + mu) ** np.abs(quantised) - 1) / mu
-    return _wav(y.astype(np.float32), 8_000), "wav"
+    # The service's own chain: telephone-band profiles are built with exactly this.
+    return wav_bytes(telephone_band(x), TELEPHONE_RATE), "wav"
 
 
 def noise10(x: np.ndarray, seed: int) -> tuple[bytes, str]:

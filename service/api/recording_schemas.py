@@ -28,6 +28,11 @@ class FoundSpeakerOut(BaseModel):
         None, description="The closest enrolled speaker's decision score (cosine or AS-norm)."
     )
     match_probability: float | None = None
+    pair_type: str | None = Field(
+        None,
+        description="Narrowband recordings: the pair type that decided the closest speaker "
+        "(see find-match's `pair_type`).",
+    )
     speech_s: float = Field(description="Speech attributed to this voice (s).")
     segments: int = Field(description="Timeline segments of this voice.")
     candidates: list[MatchOut] = Field(

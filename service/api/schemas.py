@@ -245,6 +245,16 @@ class MatchOut(BaseModel):
     match_probability: float | None = Field(
         None, description="Calibrated same-speaker probability (prior 0.5); null if uncalibrated."
     )
+    pair_type: str | None = Field(
+        None,
+        description="Narrowband probes (source <= 8 kHz) only: the pair type that decided: `B` "
+        "(the speaker's telephone-band profile), `C` (a speaker enrolled from <= 8 kHz audio) "
+        "or `A` (no telephone-band profile: enrolled before they existed). Each has its own "
+        "impostor tail; `score` is on the space's own scale.",
+    )
+    profile: str | None = Field(
+        None, description="Which profile was scored: `telephone_band` or `normal`."
+    )
 
 
 class QualityOut(BaseModel):
@@ -298,6 +308,14 @@ class FindMatchResponse(BaseModel):
         "no speech was detected in the probe), `empty_gallery`.",
     )
     score_type: str | None = Field(None, description="`cosine` or `asnorm` (what `score` is).")
+    probe_band: str | None = Field(
+        None,
+        description="`narrowband` when the probe (source <= 8 kHz) was scored against "
+        "telephone-band profiles, else `wideband`.",
+    )
+    band_note: str | None = Field(
+        None, description="Why a narrowband probe was not scored against telephone-band profiles."
+    )
     threshold_source: str | None = Field(
         None,
         description="Where the rule comes from: `shipped` (the package's default), `calibrated` "
@@ -442,6 +460,11 @@ class CalibrationSpaceOut(BaseModel):
     )
     cohort: str | None = Field(
         None, description="AS-norm cohort in use, or why the shipped one is not used."
+    )
+    narrowband_profiles: str | None = Field(
+        None,
+        description="Telephone-band profiles for probes of <= 8 kHz source: `on: …` or why not "
+        "(VOICESEARCH_NARROWBAND_PROFILES, shipped cohort).",
     )
     fpir: float | None = Field(
         None, description="FPIR measured by the calibration (unenrolled probes matched)."

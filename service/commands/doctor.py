@@ -129,6 +129,7 @@ def _model_checks(settings: Settings) -> list[Check]:
 def _scoring_checks(settings: Settings, registry: Any) -> list[Check]:
     """Per loaded encoder: cosine or AS-norm, which cohort, and why the shipped one is or is
     not used (it belongs to one checkpoint only)."""
+    from service.decisions.bandwidth import resolve_views
     from service.decisions.cohort import resolve_scoring
 
     identities = {space: enc.identity for space, enc in registry.encoders.items()}
@@ -137,12 +138,14 @@ def _scoring_checks(settings: Settings, registry: Any) -> list[Check]:
         scoring = resolve_scoring(settings.asnorm(), identities, dims)
     except (OSError, ValueError) as exc:
         return [Check("scores", False, f"AS-norm cohort: {exc}", "config")]
+    views, why_not = resolve_views(scoring, settings.narrowband_profiles)
     return [
         Check(
             f"scores {space}",
             True,
             f"{chosen.score_type}: {chosen.cohort_status}; default rule "
-            f"{chosen.default_note(chosen.score_type)}",
+            f"{chosen.default_note(chosen.score_type)}; telephone-band profiles: "
+            + (f"on ({views[space].derived})" if space in views else f"off, {why_not[space]}"),
             extra={"score_type": chosen.score_type, "cohort": chosen.cohort_origin},
         )
         for space, chosen in scoring.items()

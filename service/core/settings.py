@@ -110,6 +110,7 @@ class AsNormSettings:
     top_k: int
     cohorts: Mapping[str, str]  # space -> .npy file of cohort embeddings
     shipped: bool = True  # use the package's cohort where it matches the loaded model
+    narrowband: bool = True  # telephone-band profiles where fitted (service.decisions.bandwidth)
 
 
 @dataclass(frozen=True)
@@ -373,6 +374,12 @@ class Settings(BaseSettings):
         description="Use the package's AS-norm cohort for the voxceleb space when the loaded "
         "checkpoint is the one it was made with (sha256 and dimension checked).",
     )
+    narrowband_profiles: bool = Field(
+        True,
+        description="Telephone-band profiles (`on`/`off`): enrollment also embeds each clip "
+        "through the telephone chain, and a probe of <= 8 kHz source is scored against those "
+        "profiles with its own pair-type tails. Only where fitted (shipped cohort in use).",
+    )
 
     # --- recordings (identify-speakers) ----------------------------------------------------------
     identify_window_s: float = Field(
@@ -530,4 +537,5 @@ class Settings(BaseSettings):
             top_k=self.asnorm_top_k,
             cohorts=dict(self.asnorm_cohort),
             shipped=self.shipped_cohort,
+            narrowband=self.narrowband_profiles,
         )

@@ -96,6 +96,14 @@ class AsNorm:
         cohorts = {s: sc.cohort for s, sc in scoring.items() if sc.cohort is not None}
         return cls(gallery, spaces, top_k=top_k, cohorts=cohorts)
 
+    def share_cohort(self, derived: str, space: str) -> None:
+        """Normalise ``derived`` (a space made from ``space``'s model, e.g. its telephone-band
+        profiles) against ``space``'s fixed cohort. A space without a fixed cohort is not
+        shared: a gallery cohort of derived profiles would be a different, untested score."""
+        if space in self.cohorts:
+            self.cohorts[derived] = self.cohorts[space]
+            self.spaces.add(derived)
+
     def enabled(self, space: str) -> bool:
         return space in self.spaces
 

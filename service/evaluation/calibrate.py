@@ -228,6 +228,8 @@ async def _scores(vs: VoiceSearch, rows: list[Row], progress: Progress) -> dict[
     best: dict[str, list[float]] = {s: [] for s in spaces}
     decided: dict[str, list[bool]] = {s: [] for s in spaces}
     for row in probes:
+        # Normal profiles only: a stored calibration replaces the shipped rule, and with it the
+        # telephone-band pair types (service.search.narrowband), for every probe.
         searched = await search_probe(vs, row, len(ids), spaces=spaces)
         progress(1)
         for found in searched:

@@ -142,7 +142,7 @@ async def _service_scores(vs: VoiceSearch, rows: list[Row], progress: Progress) 
     scores = np.full((len(probes), len(speakers)), -1.0, dtype=np.float64)
     probe_spaces: list[str] = []
     for p, row in enumerate(probes):
-        (found,) = await search_probe(vs, row, len(speakers))
+        (found,) = await search_probe(vs, row, len(speakers), telephone_band=True)
         progress(1)
         probe_spaces.append(found.space)
         for hit in found.hits:

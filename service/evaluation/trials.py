@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from service.decisions.bandwidth import is_narrowband
 from service.search.gallery import Hit
 from service.search.voicesearch import VoiceSearch
 
@@ -130,19 +131,31 @@ class ProbeSearch:
 
 
 async def search_probe(
-    vs: VoiceSearch, row: Row, k: int, *, spaces: list[str] | None = None
+    vs: VoiceSearch,
+    row: Row,
+    k: int,
+    *,
+    spaces: list[str] | None = None,
+    telephone_band: bool = False,
 ) -> list[ProbeSearch]:
     """Decode ``row``'s audio through the service's pipeline and search the top ``k`` enrolled
     speakers in each of ``spaces``; by default in the one space its language routes to (the
     manifest's language, else detection when the language-ID model is loaded, else voxceleb) —
-    what ``VoiceSearch.search_audio`` does before searching, minus the top_n cap."""
+    what ``VoiceSearch.search_audio`` does before searching, minus the top_n cap.
+
+    ``telephone_band``: a probe of <= 8 kHz source searches the space's telephone-band profiles
+    where it has them, as find-match does (``ProbeSearch.space`` still names the encoder space).
+    """
     pipeline = vs.pipeline
     audio, report = await pipeline.infer(pipeline.decode_assessed, row.path.read_bytes())
     if spaces is None:
         spaces = [(await pipeline.infer(pipeline.route_or_default, audio, row.language)).space]
+    narrow = telephone_band and is_narrowband(audio.source_sample_rate)
     found = []
     for space in spaces:
         vector = await pipeline.infer(vs.models.encoder(space).embed, audio.samples)
-        hits = vs.gallery.search(space, vector[None, :], k)[0]
+        view = vs.views.get(space) if narrow else None
+        searched = view.derived if view is not None else space
+        hits = vs.gallery.search(searched, vector[None, :], k)[0]
         found.append(ProbeSearch(space, vector, hits, decided=report.speech_s > 0.0))
     return found

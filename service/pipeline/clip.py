@@ -33,6 +33,7 @@ from service.pipeline.inference_queue import InferenceQueue
 from service.pipeline.language import LanguageDetection, LanguageRouter, normalise_language
 from service.pipeline.quality import QualityAssessor, QualityReport
 from service.pipeline.registry import LANGID_ROLE, ModelRegistry
+from service.pipeline.telephone import telephone_copy
 
 T = TypeVar("T")
 
@@ -162,6 +163,13 @@ class ClipPipeline:
         with metrics.timed(metrics.STAGE_EMBEDDING, routed.space):
             vector = encoder.embed(audio.samples)
         return EmbeddedClip(audio, routed, vector, encoder.identity, report)
+
+    def embed_telephone(self, audio: DecodedAudio, space: str) -> np.ndarray:
+        """The clip as a phone call would deliver it (``service.pipeline.telephone``), embedded
+        in ``space``: the clip's contribution to the speaker's telephone-band profile."""
+        encoder = self.models.encoder(space)
+        with metrics.timed(metrics.STAGE_EMBEDDING, space):
+            return encoder.embed(telephone_copy(audio.samples).samples)
 
     def embed_everywhere(self, audio: DecodedAudio) -> dict[str, np.ndarray]:
         """The clip's embedding in every loaded space (enrollment)."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from service.core import errors
 from service.core.settings import RecordingSettings
+from service.decisions.bandwidth import is_narrowband
 from service.pipeline.audio import DecodedAudio, decode_audio
 from service.pipeline.clip import RoutedLanguage
 from service.pipeline.encoders import SpeakerEncoder
@@ -74,6 +75,7 @@ class Analysis:
     segments: list[Segment]  # labelled with cluster numbers
     centroids: np.ndarray  # (k, dim): one unit vector per cluster
     windows: int
+    narrowband: bool = False  # the upload was <= 8 kHz: voices meet telephone-band profiles
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ class RecordingIdentifier:
             segments=build_timeline(regions, windows, labels, scores),
             centroids=means,
             windows=len(windows),
+            narrowband=is_narrowband(audio.source_sample_rate),
         )
 
     def name_speakers(self, analysis: Analysis, top_n: int) -> RecordingResult:
@@ -232,7 +235,9 @@ class RecordingIdentifier:
             count[seg.label] += 1
             first[seg.label] = min(first[seg.label], seg.start)
         results = [
-            matcher.search_index(space, analysis.centroids[c], top_n, float(speech[c]))
+            matcher.search_index(
+                space, analysis.centroids[c], top_n, float(speech[c]), analysis.narrowband
+            )
             for c in range(k)
         ]
         # Names in order of first appearance; a cluster with no segment is dropped. An unknown

@@ -14,11 +14,13 @@ hash of the trimmed samples (``legacy_sha256`` is matched too when a trimmed cop
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from service.core import errors
 from service.core.settings import Settings
+from service.decisions.bandwidth import NarrowbandView, is_narrowband
 from service.pipeline.audio import DecodedAudio
 from service.pipeline.clip import ClipPipeline
 from service.pipeline.quality import QualityReport
@@ -41,10 +43,18 @@ class EnrollmentResult:
 
 
 class Enrollment:
-    def __init__(self, settings: Settings, pipeline: ClipPipeline, store: SpeakerStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: ClipPipeline,
+        store: SpeakerStore,
+        views: Sequence[NarrowbandView] = (),
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.store = store
+        #: Spaces with telephone-band profiles: each clip is also embedded into ``view.derived``.
+        self.views = tuple(views)
 
     # --- checks before any inference ----------------------------------------------------------
     def check_file_count(self, files: list[bytes]) -> None:
@@ -90,6 +100,16 @@ class Enrollment:
         """One decoded clip's language and its embedding in every loaded space."""
         routed = self.pipeline.route_or_default(audio, language)
         embeddings = self.pipeline.embed_everywhere(audio)
+        for view in self.views:
+            if view.space not in embeddings:
+                continue
+            # A clip that is telephone band already goes into the profile as it is; a wideband
+            # one is first passed through the telephone chain.
+            embeddings[view.derived] = (
+                embeddings[view.space]
+                if is_narrowband(audio.source_sample_rate)
+                else self.pipeline.embed_telephone(audio, view.space)
+            )
         utterance = UtteranceInput(
             sha256=audio.upload_sha256,
             language=routed.language,
@@ -98,6 +118,7 @@ class Enrollment:
             embeddings=embeddings,
             speech_s=report.speech_s,
             legacy_sha256=audio.sha256 if audio.trimmed_from is not None else None,
+            source_sample_rate=audio.source_sample_rate,
         )
         return utterance, report
 

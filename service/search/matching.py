@@ -16,7 +16,8 @@ cohort too small for statistics), the whole answer falls back to raw cosines and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,12 +25,14 @@ import numpy as np
 
 from service.core import errors
 from service.core.settings import SPACE_VOXCELEB, Settings
+from service.decisions.bandwidth import NarrowbandView
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import Decision, DecisionPolicy
 from service.pipeline.language import LanguageRouter
 from service.pipeline.quality import QualityReport
 from service.pipeline.registry import ModelRegistry
 from service.search.gallery import Gallery
+from service.search.narrowband import NarrowbandSearch
 from storage.calibration import SCORE_ASNORM
 from storage.speakers import SpeakerStore
 
@@ -39,6 +42,7 @@ VERDICT_UNDECIDED = "undecided"
 REASON_NO_SPEECH = "no_speech_detected"
 #: Cosine neighbours re-ranked by AS-norm when top_n asks for fewer.
 RERANK_POOL = 20
+BAND_NARROW = "narrowband"
 
 
 def unit(vector: np.ndarray) -> np.ndarray:
@@ -72,6 +76,11 @@ class Match:
     metadata: dict[str, Any] | None = None
     score: float | None = None  # what ``is_match`` compared with the threshold
     match_probability: float | None = None
+    #: Narrowband probes only (``service.search.narrowband``): the pair type that decided
+    #: (``B`` telephone-band profile, ``C`` natively narrowband enrollment, ``A`` no
+    #: telephone-band profile) and which of the speaker's profiles was scored.
+    pair_type: str | None = None
+    profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,10 @@ class MatchResult:
     confidence: float | None = None
     language_source: str | None = None
     quality: QualityReport | None = None
+    #: ``narrowband`` when the probe (source ≤ 8 kHz) was scored against telephone-band
+    #: profiles, ``wideband`` otherwise; the reason when a narrowband probe could not be.
+    probe_band: str = "wideband"
+    band_note: str | None = None
 
     @property
     def best_match(self) -> Match | None:
@@ -119,6 +132,7 @@ class Matcher:
         gallery: Gallery,
         policy: DecisionPolicy,
         normalizer: AsNorm | None,
+        views: Mapping[str, NarrowbandView] | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
@@ -127,6 +141,9 @@ class Matcher:
         self.gallery = gallery
         self.policy = policy
         self.normalizer = normalizer
+        #: Spaces with telephone-band profiles (``service.decisions.bandwidth``).
+        self.views = dict(views or {})
+        self.narrowband = NarrowbandSearch(gallery, store, policy, normalizer)
 
     # --- request checks -----------------------------------------------------------------------
     def space_of_request(self, space: str | None, language: str | None) -> str:
@@ -246,9 +263,62 @@ class Matcher:
         return self._result(matches, decision, None, space=space, searched=len(candidates))
 
     def search_index(
+        self,
+        space: str,
+        vector: np.ndarray,
+        top_n: int,
+        speech_s: float | None = None,
+        narrowband: bool = False,
+    ) -> MatchResult:
+        """The enrolled speakers of ``space`` nearest to ``vector`` (unit length).
+
+        ``narrowband``: the probe's source was ≤ 8 kHz; where the space has telephone-band
+        profiles it is scored against them (:meth:`search_narrowband`)."""
+        note = None
+        if narrowband:
+            view = self.views.get(space)
+            if view is None:
+                note = "no telephone-band profiles for this space"
+            else:
+                result = self.search_narrowband(view, vector, top_n, speech_s)
+                if result is not None:
+                    return result
+                note = "telephone-band profiles not used: the rule in force is not the shipped one"
+        result = self.search_wideband(space, vector, top_n, speech_s)
+        return dataclasses.replace(result, band_note=note) if note else result
+
+    def search_narrowband(
+        self, view: NarrowbandView, vector: np.ndarray, top_n: int, speech_s: float | None
+    ) -> MatchResult | None:
+        """A narrowband probe against ``view``: candidates ranked and decided per pair type."""
+        if vector.shape[0] != self.gallery.dims.get(view.space):
+            return None  # the wideband path gives the error
+        found = self.narrowband.search(view, vector, top_n, RERANK_POOL)
+        if found is None:
+            return None
+        ranked, decision, size = found
+        matches = [
+            Match(
+                id=r.speaker.external_id,
+                name=r.speaker.name,
+                metadata=r.speaker.metadata,
+                similarity=r.similarity,
+                is_match=r.score >= decision.threshold,
+                score=r.score,
+                match_probability=decision.probability(r.score),
+                pair_type=r.pair_type,
+                profile=r.profile,
+            )
+            for r in ranked
+        ]
+        result = self._result(matches, decision, speech_s, space=view.space, searched=size)
+        return dataclasses.replace(result, probe_band=BAND_NARROW)
+
+    def search_wideband(
         self, space: str, vector: np.ndarray, top_n: int, speech_s: float | None = None
     ) -> MatchResult:
-        """The enrolled speakers of ``space`` nearest to ``vector`` (unit length)."""
+        """The normal profiles of ``space``: what every probe got before telephone-band
+        profiles, and what a wideband probe still gets."""
         dim = self.gallery.dims.get(space)
         if dim is None:
             raise self._space_unavailable(space)

@@ -9,10 +9,14 @@ needs model inference is admitted by the pipeline's bounded queue (503 ``overloa
 and runs each file as its own step; external ids are Unicode-normalised (NFC) wherever they
 enter; index snapshots are refreshed in the background after writes. It returns domain results;
 ``service.api.mappers`` turns them into response bodies.
+
+A little over 400 lines: it is the one facade of every verb; the logic behind each lives in its
+own module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,6 +28,7 @@ import anyio
 import numpy as np
 
 from service.core.settings import Settings
+from service.decisions.bandwidth import is_narrowband
 from service.decisions.cohort import resolve_scoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import Decision, DecisionPolicy
@@ -36,6 +41,7 @@ from service.search.enrollment import Enrollment, EnrollmentResult
 from service.search.fields import check_language, normalise_external_id
 from service.search.gallery import Gallery
 from service.search.matching import Candidate, Comparison, Matcher, MatchResult, unit
+from service.search.narrowband import usable_views
 from service.search.speakers import Speakers
 from storage import audit
 from storage.audit import ANONYMOUS, Actor, AuditRow
@@ -88,6 +94,7 @@ class SpaceCalibration:
     decision: Decision  # at the space's current gallery size
     asnorm: bool
     cohort: str | None  # which AS-norm cohort, or why the shipped one is not used
+    narrowband: str | None = None  # telephone-band profiles: on, or why not
 
 
 class VoiceSearch:
@@ -123,9 +130,16 @@ class VoiceSearch:
         if normalizer is None:
             normalizer = AsNorm.from_scoring(self.scoring, gallery, top_k=settings.asnorm_top_k)
         self.normalizer = normalizer
+        # Telephone-band profiles where fitted; why not, per space (/calibration, doctor).
+        views, self.narrowband_status = usable_views(
+            self.scoring, settings.narrowband_profiles, gallery, normalizer
+        )
+        self.views = views
         self.pipeline = ClipPipeline(settings.clip(), models, router, self.quality)
-        self.matcher = Matcher(settings, models, router, store, gallery, self.policy, normalizer)
-        self.enrollment = Enrollment(settings, self.pipeline, store)
+        self.matcher = Matcher(
+            settings, models, router, store, gallery, self.policy, normalizer, views
+        )
+        self.enrollment = Enrollment(settings, self.pipeline, store, list(views.values()))
         self.speakers = Speakers(settings, store)
         self._snapshot_running = threading.Lock()
 
@@ -210,16 +224,11 @@ class VoiceSearch:
         async with self.pipeline.queue.admitted():
             clip = await self.pipeline.infer(self.pipeline.embed_routed, data, language)
         routed, report = clip.routed, clip.quality
-        result = await self._io(
-            self.matcher.search_index, routed.space, clip.vector, top_n, report.speech_s
-        )
-        return MatchResult(
-            result.matches,
-            result.decision,
-            result.verdict,
-            result.reason,
-            space=result.space,
-            searched=result.searched,
+        narrow = is_narrowband(clip.audio.source_sample_rate)  # telephone-band profiles
+        search = self.matcher.search_index
+        result = await self._io(search, routed.space, clip.vector, top_n, report.speech_s, narrow)
+        return dataclasses.replace(
+            result,
             language=routed.language,
             confidence=routed.confidence,
             language_source=routed.source,
@@ -348,6 +357,7 @@ class VoiceSearch:
                 decision=decision,
                 asnorm=self.normalizer is not None and self.normalizer.enabled(space),
                 cohort=self.scoring[space].cohort_status if space in self.scoring else None,
+                narrowband=self.narrowband_status.get(space),
             )
             for space, decision in decisions.items()
         ]

@@ -1,0 +1,105 @@
+"""Telephone-band profiles: which spaces have a narrowband view, and how its pairs are decided.
+
+A probe from a phone call (source ≤ 8 kHz) scores poorly against a profile enrolled from a good
+microphone: the model sees the missing band as a different voice. Where it is fitted, each
+enrolled clip is therefore also passed through the telephone chain (``service.pipeline.
+telephone``) and embedded into a *derived space*, ``<space>-nb``: the speaker's telephone-band
+profile. Clips enrolled at ≤ 8 kHz go into it unchanged (they are telephone band already). It is
+an ordinary space for storage, the change log, the index, snapshots, rebuild and verify.
+
+A narrowband probe then meets three kinds of pair, each with its own impostor tail
+(``cohorts/ecapa-voxceleb.json``, ``pairtype_tails``, fitted on the research CAL split with the
+shipped cohort, never on TEST):
+
+* ``A``: a wideband probe against the normal profile — the space's own rule, unchanged;
+* ``B``: a narrowband probe against the telephone-band profile of a wideband-enrolled speaker;
+* ``C``: a narrowband probe against the profile of a speaker enrolled only from ≤ 8 kHz audio;
+* ``A`` also stands for a narrowband probe against a speaker with no telephone-band profile
+  (enrolled before the upgrade; no audio is stored to build one): today's rule, its own tail.
+
+Scores of different types are put on one scale before ranking: each pair's standardised
+exceedance ``z = (s − u_type) / β_type`` is mapped onto the space's own tail,
+``s' = u_A + β_A·z``. Since t(N) = u + β·ln(m / p(N)) for every tail (same tail mass m), ``s' ≥
+t_A(N)`` ⇔ ``z ≥ ln(m / p(N))``: each type is decided at the same FPIR target and N by its own
+tail, and the answer's threshold stays the one a wideband probe gets.
+
+Pure data and arithmetic; the search itself is ``service.search.narrowband``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from service.decisions.cohort import COHORT_SHIPPED, SHIPPED, SpaceScoring, shipped_cohort
+from service.decisions.openset import TailFit
+from service.pipeline.telephone import CHAIN_VERSION, TELEPHONE_RATE
+
+PAIR_WIDEBAND = "A"  # wideband probe × normal profile (or no telephone-band profile exists)
+PAIR_TELEPHONE = "B"  # narrowband probe × telephone-band profile of a wideband enrollment
+PAIR_NATIVE = "C"  # narrowband probe × profile enrolled from ≤ 8 kHz audio
+NARROWBAND_SUFFIX = "-nb"
+
+
+def narrowband_space(space: str) -> str:
+    """The derived space holding ``space``'s telephone-band profiles."""
+    return f"{space}{NARROWBAND_SUFFIX}"
+
+
+def is_narrowband(source_sample_rate: int | None) -> bool:
+    """A clip whose source carries nothing above 4 kHz (≤ 8 kHz sampling)."""
+    return source_sample_rate is not None and 0 < source_sample_rate <= TELEPHONE_RATE
+
+
+def narrowband_identity(identity: str) -> str:
+    """Model identity of a telephone-band embedding: the encoder's plus the chain's version, so
+    a changed chain (or model) makes old telephone-band embeddings stale, never mixed."""
+    return f"{identity}+{CHAIN_VERSION}"
+
+
+@dataclass(frozen=True)
+class NarrowbandView:
+    """One space's telephone-band view and the tails its narrowband probes are decided on."""
+
+    space: str  # the encoder space, e.g. voxceleb
+    derived: str  # its telephone-band profiles, e.g. voxceleb-nb
+    tails: Mapping[str, TailFit]  # pair type -> tail, on the space's decision score
+
+    def to_common(self, pair_type: str, score: float) -> float:
+        """``score`` of a ``pair_type`` pair on the type-A scale (see the module docstring)."""
+        if pair_type == PAIR_WIDEBAND:
+            return score
+        own, common = self.tails[pair_type], self.tails[PAIR_WIDEBAND]
+        return common.u + common.beta * (score - own.u) / own.beta
+
+
+def resolve_views(
+    scoring: Mapping[str, SpaceScoring], enabled: bool
+) -> tuple[dict[str, NarrowbandView], dict[str, str]]:
+    """The narrowband view of every space where it is fitted, and for every space why not.
+
+    Fitted means: the space decides on AS-norm with the shipped cohort (the checkpoint the
+    tails were measured with) and that cohort ships pair-type tails. An operator cohort, a
+    gallery cohort or raw cosine would put the B/C tails on a score they were not fitted on."""
+    views: dict[str, NarrowbandView] = {}
+    why_not: dict[str, str] = {}
+    for space, chosen in scoring.items():
+        if not enabled:
+            why_not[space] = "turned off (VOICESEARCH_NARROWBAND_PROFILES=off)"
+            continue
+        if chosen.cohort_origin != COHORT_SHIPPED or space not in SHIPPED:
+            why_not[space] = (
+                "needs the shipped AS-norm cohort (its pair-type tails were fitted with it)"
+            )
+            continue
+        meta = shipped_cohort(SHIPPED[space]).meta.get("pairtype_tails")
+        if not meta:
+            why_not[space] = "the shipped cohort has no pair-type tails"
+            continue
+        tails = {
+            PAIR_WIDEBAND: chosen.default_tail(chosen.score_type),
+            PAIR_TELEPHONE: TailFit.from_dict(meta[PAIR_TELEPHONE]),
+            PAIR_NATIVE: TailFit.from_dict(meta[PAIR_NATIVE]),
+        }
+        views[space] = NarrowbandView(space, narrowband_space(space), tails)
+    return views, why_not
