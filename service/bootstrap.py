@@ -27,6 +27,7 @@ from service.pipeline.quality import QualityAssessor
 from service.pipeline.registry import ModelRegistry
 from service.pipeline.threads import configure_torch, inference_threads
 from service.search.gallery import Gallery
+from service.search.vector_store import VectorStore
 from service.search.voicesearch import VoiceSearch
 from storage.calibration import CalibrationStore
 from storage.db import make_engine, make_session_factory
@@ -48,16 +49,21 @@ def open_database(settings: Settings) -> Engine:
     return make_engine(settings.resolved_database_url)
 
 
-def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine) -> VoiceSearch:
-    """Open storage and indexes for already-loaded models (also used by the CLI)."""
-    identities = {space: enc.identity for space, enc in models.encoders.items()}
-    dims = {space: enc.dim for space, enc in models.encoders.items()}
-    store = SpeakerStore(
-        make_session_factory(engine),
-        identities,
-        min_profile_speech_s=settings.min_enroll_speech_s,
-    )
-    gallery = Gallery(
+def build_vector_store(
+    settings: Settings, store: SpeakerStore, dims: dict[str, int], identities: dict[str, str]
+) -> VectorStore:
+    """The configured vector store (``VOICESEARCH_VECTOR_STORE``), not opened yet."""
+    section = settings.vector_store_settings()
+    if section.kind == "milvus":
+        from index.milvus_collections import MilvusCollections
+        from service.search.milvus_gallery import MilvusGallery
+
+        assert section.milvus_uri is not None  # vector_store_settings() defaults it
+        collections = MilvusCollections(
+            section.milvus_uri, token=section.milvus_token, prefix=section.milvus_prefix
+        )
+        return MilvusGallery(store, collections, dims, identities)
+    return Gallery(
         store,
         settings.data_dir / "index",
         dims=dims,
@@ -72,6 +78,18 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
             auto_threshold=settings.index_auto_threshold,
         ),
     )
+
+
+def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine) -> VoiceSearch:
+    """Open storage and indexes for already-loaded models (also used by the CLI)."""
+    identities = {space: enc.identity for space, enc in models.encoders.items()}
+    dims = {space: enc.dim for space, enc in models.encoders.items()}
+    store = SpeakerStore(
+        make_session_factory(engine),
+        identities,
+        min_profile_speech_s=settings.min_enroll_speech_s,
+    )
+    gallery = build_vector_store(settings, store, dims, identities)
     # Per space: cosine or AS-norm, which cohort (shipped only for its own checkpoint). Before
     # the indexes open: a bad operator cohort file stops start-up with its reason.
     scoring = resolve_scoring(settings.asnorm(), identities, dims)
