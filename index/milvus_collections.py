@@ -139,8 +139,11 @@ class MilvusCollections:
             [{"space": record.space, "record": json.dumps(body), "unused": [0.0, 0.0]}],
         )
 
-    def delete_state(self, space: str) -> None:
-        if self.client.has_collection(self.state_name):
+    def forget(self, space: str) -> None:
+        """Drop the space's live collection and its state row (the next open builds anew)."""
+        record = self.read_state(space)
+        if record is not None:
+            self.drop(record.collection)
             self.client.delete(self.state_name, ids=[space])
 
     # ------------------------------------------------------------------ collections
