@@ -227,6 +227,12 @@ class MilvusCollections:
                 found[int(row[ID_FIELD])] = np.asarray(row[VECTOR_FIELD], dtype=np.float32)
         return found
 
+    def flush(self, name: str) -> None:
+        """Seal what was just written into indexed segments: after a bulk fill. (Milvus Lite
+        scans unsealed rows in Python: 5k of them made a search ~420 ms, ~20 ms once sealed.
+        A cluster seals on its own; a flush after a bulk load is its documented practice.)"""
+        self.client.flush(name)
+
     def count(self, name: str) -> int:
         rows = self.client.query(
             name, filter="", output_fields=["count(*)"], consistency_level=STRONG

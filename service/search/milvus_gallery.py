@@ -247,6 +247,7 @@ class MilvusGallery:
                 done += ids.size
                 if progress:
                     progress(done, max(done, total))
+            self.collections.flush(name)
 
             def switch() -> tuple[SpaceRecord, SpaceRecord | None]:
                 cursor = self.store.change_cursor()
