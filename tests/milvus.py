@@ -74,6 +74,9 @@ class MilvusLiteServer:
                         "127.0.0.1",
                         "--port",
                         str(self.port),
+                        # Every test app is a client; its default pool of 10 threads is small.
+                        "--max-workers",
+                        "32",
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,

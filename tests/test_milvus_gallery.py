@@ -15,15 +15,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from index.milvus_collections import MilvusCollections, SpaceRecord
+from service.app import create_app
 from service.core.errors import VectorStoreUnavailable
+from service.pipeline.registry import ModelRegistry
 from service.search.milvus_gallery import MilvusGallery
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade_to_head
 from storage.records import UtteranceInput
 from storage.speakers import SpeakerStore
+from tests.api.conftest import make_settings
 from tests.milvus import MilvusLiteServer
+from tests.test_server_processes import best as best_clip
+from tests.test_server_processes import enroll as enroll_clip
 
 VOX, CN = "voxceleb", "cnceleb"
 DIM = 8
@@ -225,3 +231,23 @@ def test_milvus_gone_is_a_clear_503_not_a_crash(tmp_path: Path, rng: np.random.G
         gallery.search_briefs(VOX, unit(rng), 3, describe=3)
     assert caught.value.status_code == 503
     engine.dispose()
+
+
+def test_the_default_milvus_lite_file_serves_one_process(
+    tmp_path: Path,
+    tiny_model_dirs: dict[str, Path],
+    tiny_registry: ModelRegistry,
+    milvus_server: MilvusLiteServer,  # only for its skip / failure when milvus-lite is missing
+) -> None:
+    """No URI given: Milvus Lite embedded at <data_dir>/milvus.db (one process only)."""
+    settings = make_settings(tmp_path / "data", tiny_model_dirs, vector_store="milvus")
+    assert settings.vector_store_settings().milvus_uri == str(tmp_path / "data" / "milvus.db")
+    with TestClient(create_app(settings, models=tiny_registry)) as client:
+        assert enroll_clip(client, "amy", 1).status_code == 201
+        assert best_clip(client, 1) == "amy"
+        assert client.get("/health").status_code == 200
+        metrics = client.get("/metrics")  # index stats: size, kind, no snapshot age
+        assert metrics.status_code == 200 and 'index_type="milvus"' in metrics.text, metrics.text[
+            :500
+        ]
+    assert (tmp_path / "data" / "milvus.db").exists()

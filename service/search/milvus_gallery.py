@@ -177,9 +177,11 @@ class MilvusGallery:
         return self.store.holding_write_lock(work)
 
     def _install(self, space: str, record: SpaceRecord, generation: int) -> _Live:
-        live = _Live(
-            record.collection, record.seq, generation, self.collections.count(record.collection)
-        )
+        # The size: the database's profile count, which the collection equals once caught up
+        # (this runs right after a replay); one indexed query instead of Milvus's count(*),
+        # which Milvus Lite answers slowly.
+        size = self.store.profile_count(space)
+        live = _Live(record.collection, record.seq, generation, size)
         with self._lock:
             self._live[space] = live
         return live
