@@ -268,9 +268,15 @@ def service_probe(client: TestClient, unit: Unit, data: bytes, ext: str, n: int)
     assert response.status_code == 200, response.text
     body = response.json()
     match = body.get("match")
+    # The service's own ranking and decision scores (AS-norm, telephone-band pairs mapped onto
+    # the wideband scale), not the raw cosine `similarity`: top-1 and EER must measure what the
+    # service answers, or they would only restate that its embeddings equal direct's.
     return Outcome(
         unit,
-        {m["id"]: m["similarity"] for m in body["top_matches"]},
+        {
+            m["id"]: m["score"] if m.get("score") is not None else m["similarity"]
+            for m in body["top_matches"]
+        },
         accepted_as=match["id"] if body.get("decision") == "match" and match else None,
         codes=(body.get("quality") or {}).get("codes", []),
     )
@@ -432,7 +438,9 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
         f"({meta['searchable_speakers']} searchable in the service); probes per condition: "
         "enrolled / unenrolled speakers (`short`: up to 2 excerpts per probe). Direct's threshold: "
         f"{meta['direct_threshold']:.4f} (its own {100 * meta['far']:g} % pair FAR over all "
-        "conditions pooled). The service decides with its own defaults, read from find-match.",
+        "conditions pooled). The service decides with its own defaults, read from find-match; "
+        "its top-1 and EER use its own ranking scores (`score`: AS-norm with the shipped "
+        "cohort), not the raw cosine.",
         "",
         "| condition | probes | top-1 % direct / service | EER % direct / service | service "
         "refused (422) | service `no_speech_detected` | FPIR % direct / service | FNIR % "

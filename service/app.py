@@ -95,6 +95,8 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         finally:
             # A snapshot on the way out makes the next start-up a load instead of a replay.
             await anyio.to_thread.run_sync(voicesearch.gallery.snapshot)
+            # Milvus: the client's channel (FAISS: waits for a maintenance job, if one runs).
+            await anyio.to_thread.run_sync(voicesearch.gallery.close)
             engine.dispose()
 
     app = FastAPI(

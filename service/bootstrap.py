@@ -28,6 +28,7 @@ from service.pipeline.quality import QualityAssessor
 from service.pipeline.registry import ModelRegistry
 from service.pipeline.threads import configure_torch, inference_threads
 from service.search.gallery import Gallery
+from service.search.vector_store import VectorStore
 from service.search.voicesearch import VoiceSearch
 from storage.calibration import CalibrationStore
 from storage.db import make_engine, make_session_factory
@@ -47,6 +48,37 @@ def open_database(settings: Settings) -> Engine:
     with FileLock(str(settings.data_dir / ".migrate.lock")):
         upgrade_to_head(settings.resolved_database_url)
     return make_engine(settings.resolved_database_url)
+
+
+def build_vector_store(
+    settings: Settings, store: SpeakerStore, dims: dict[str, int], identities: dict[str, str]
+) -> VectorStore:
+    """The configured vector store (``VOICESEARCH_VECTOR_STORE``), not opened yet."""
+    section = settings.vector_store_settings()
+    if section.kind == "milvus":
+        from index.milvus_collections import MilvusCollections
+        from service.search.milvus_gallery import MilvusGallery
+
+        assert section.milvus_uri is not None  # vector_store_settings() defaults it
+        collections = MilvusCollections(
+            section.milvus_uri, token=section.milvus_token, prefix=section.milvus_prefix
+        )
+        return MilvusGallery(store, collections, dims, identities)
+    return Gallery(
+        store,
+        settings.data_dir / "index",
+        dims=dims,
+        model_identities=identities,
+        index_spec=IndexSpec(
+            kind=settings.index_type,
+            hnsw_m=settings.index_hnsw_m,
+            ef_construction=settings.index_hnsw_ef_construction,
+            ef_search=settings.index_hnsw_ef_search,
+            rerank=settings.index_fastscan_rerank,
+            train_size=settings.index_fastscan_train_size,
+            auto_threshold=settings.index_auto_threshold,
+        ),
+    )
 
 
 def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine) -> VoiceSearch:
@@ -78,21 +110,7 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
             floor.made_searchable,
             floor.made_unsearchable,
         )
-    gallery = Gallery(
-        store,
-        settings.data_dir / "index",
-        dims=stored_dims,
-        model_identities=stored_identities,
-        index_spec=IndexSpec(
-            kind=settings.index_type,
-            hnsw_m=settings.index_hnsw_m,
-            ef_construction=settings.index_hnsw_ef_construction,
-            ef_search=settings.index_hnsw_ef_search,
-            rerank=settings.index_fastscan_rerank,
-            train_size=settings.index_fastscan_train_size,
-            auto_threshold=settings.index_auto_threshold,
-        ),
-    )
+    gallery = build_vector_store(settings, store, stored_dims, stored_identities)
     for space, how in gallery.open().items():
         log.info("index %s: %s", space, how)
     for space, chosen in scoring.items():

@@ -36,6 +36,7 @@ COMMANDS = (
     "calibrate",
     "identify",
     "export",
+    "migrate_store",
 )
 
 #: Exit status of a configuration mistake (like argparse's usage errors).

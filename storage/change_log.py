@@ -11,9 +11,9 @@ space (``model_identities``), so an index never mixes two models' vectors.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import (
@@ -36,6 +36,8 @@ from storage.models import DatabaseIdentity, IndexChange, IndexState, Profile, S
 from storage.records import ChangeCursor, SpeakerBrief
 from storage.tx import Transactions
 from storage.vectors import VECTOR_DTYPE, decode_vector
+
+T = TypeVar("T")
 
 
 class ChangeLog(Transactions):
@@ -306,6 +308,15 @@ class ChangeLog(Transactions):
                 or 0
             )
         )
+
+    def holding_write_lock(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` while holding the writers' lock (SQLite ``BEGIN IMMEDIATE``, PostgreSQL's
+        advisory lock) in an otherwise empty transaction: no change can commit meanwhile, so
+        ``fn`` reads a log nobody extends, and two holders never interleave. Used to replay the
+        log into a store shared by several processes (Milvus), where two replays racing could
+        write an older profile over a newer one. ``fn`` may read through this store (other
+        connections) but must not write through it (it would wait for its own lock)."""
+        return self.write_transaction(lambda _session: fn())
 
     def bump_generation(self, space: str) -> int:
         def tx(session: Session) -> int:

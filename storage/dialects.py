@@ -115,3 +115,19 @@ def metadata_condition(key: str, value: Any) -> ColumnElement[bool]:
     )
     element = as_jsonb.op("->", return_type=JSONB)(literal(key, String))
     return element == cast(literal(document, String), JSONB)
+
+
+def advance_sequences(connection: Any, tables: list[Any]) -> None:
+    """After rows were inserted with explicit ids (``storage.copy``): move each table's id
+    sequence past the largest id, or the next insert would collide with a copied row."""
+    for table in tables:
+        key = list(table.primary_key.columns)
+        if len(key) != 1 or not key[0].autoincrement or key[0].type.python_type is not int:
+            continue
+        connection.execute(
+            text(
+                f"SELECT setval(pg_get_serial_sequence('{table.name}', '{key[0].name}'), "
+                f"COALESCE(MAX({key[0].name}), 1), MAX({key[0].name}) IS NOT NULL) "
+                f"FROM {table.name}"
+            )
+        )

@@ -7,6 +7,7 @@ runs a test once on a SQLite file and once on a PostgreSQL database."""
 from __future__ import annotations
 
 import signal
+import uuid
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,9 @@ from service.pipeline.backends import BACKENDS  # noqa: E402
 from service.pipeline.dependencies import model_stack_problem  # noqa: E402
 from service.pipeline.registry import ModelRegistry  # noqa: E402
 from storage.migrate import upgrade_to_head  # noqa: E402
+from tests.milvus import MilvusLiteServer  # noqa: E402
+from tests.milvus import missing_reason as milvus_missing_reason  # noqa: E402
+from tests.milvus import required as milvus_required  # noqa: E402
 from tests.model_factory import (  # noqa: E402
     build_langid_model,
     build_speaker_model,
@@ -210,3 +214,35 @@ def pytest_configure(config: pytest.Config) -> None:
     finalisers still kill the servers and PostgreSQL clusters the tests started; Python's
     default SIGTERM ends the process without running them."""
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+@pytest.fixture(scope="session")
+def milvus_server() -> Iterator[MilvusLiteServer]:
+    """One Milvus Lite server process for the session (tests/milvus.py); each test keeps to its
+    own collection prefix. Skipped without milvus-lite; a failure under
+    VOICESEARCH_REQUIRE_MILVUS=1 (CI)."""
+    reason = milvus_missing_reason()
+    if reason is not None:
+        if milvus_required():
+            pytest.fail(f"{reason} (VOICESEARCH_REQUIRE_MILVUS=1)", pytrace=False)
+        pytest.skip(reason)
+    server = MilvusLiteServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["faiss", "milvus"])
+def vector_store(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings overrides for each vector store: FAISS in the process, then Milvus (the shared
+    Milvus Lite server, a fresh collection prefix per test)."""
+    if request.param == "faiss":
+        return {"vector_store": "faiss"}
+    server: MilvusLiteServer = request.getfixturevalue("milvus_server")
+    return {
+        "vector_store": "milvus",
+        "milvus_uri": server.uri,
+        "milvus_collection_prefix": f"t{uuid.uuid4().hex[:12]}_",
+    }

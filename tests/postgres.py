@@ -28,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.server import free_port
+from tests.server import free_port, kill_group
 
 #: Set to 1 (``.ci/run`` does) to make a missing PostgreSQL a test failure instead of a skip.
 REQUIRE_ENV = "VOICESEARCH_REQUIRE_POSTGRES"
@@ -198,12 +198,7 @@ class PostgresCluster:
         return ""
 
     def _kill_group(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=30)
+        kill_group(self.process)
 
     def stop(self) -> None:
         """Immediate shutdown (SIGQUIT to the postmaster), then SIGKILL the whole group."""

@@ -33,6 +33,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def kill_group(process: subprocess.Popen | None) -> None:
+    """SIGKILL the process group a ``start_new_session`` child leads, and reap the child."""
+    if process is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=30)
+
+
 def server_env(data_dir: Path, model_dirs: dict[str, Path], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICESEARCH_")}
     env.update(

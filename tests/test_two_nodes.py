@@ -1,10 +1,13 @@
 """Two nodes, one truth: two `voicesearch serve` processes with separate data directories
-(standing for two machines) share nothing but one PostgreSQL database.
+(standing for two machines) share nothing but one PostgreSQL database — and, with
+``vector_store=milvus``, one Milvus (a Milvus Lite server process, ``tests/milvus.py``).
 
 Each node keeps its own FAISS gallery and, before every search, catches up from the change log
 in PostgreSQL, so an enrollment or deletion through one node is seen by the very next search
 through the other. A node killed with SIGKILL loses nothing it acknowledged (the write is
 committed in PostgreSQL), and on restart it catches up on what the other node did meanwhile.
+With Milvus the nodes hold no vectors and write no snapshots: a write is published to the shared
+collection before it is acknowledged, and a node that finds Milvus behind the log replays it.
 """
 
 from __future__ import annotations
@@ -21,22 +24,30 @@ from tests.test_server_processes import best, enroll, verify_index
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def node_env(tmp_path: Path, name: str, model_dirs: dict[str, Path], url: str) -> dict[str, str]:
-    return server_env(tmp_path / name / "data", model_dirs, VOICESEARCH_DATABASE_URL=url)
+def node_env(
+    tmp_path: Path, name: str, model_dirs: dict[str, Path], url: str, store: dict[str, str]
+) -> dict[str, str]:
+    extra = {f"VOICESEARCH_{key.upper()}": value for key, value in store.items()}
+    return server_env(tmp_path / name / "data", model_dirs, VOICESEARCH_DATABASE_URL=url, **extra)
 
 
-def node(tmp_path: Path, name: str, model_dirs: dict[str, Path], url: str) -> ServerProcess:
-    env = node_env(tmp_path, name, model_dirs, url)
+def node(
+    tmp_path: Path, name: str, model_dirs: dict[str, Path], url: str, store: dict[str, str]
+) -> ServerProcess:
+    env = node_env(tmp_path, name, model_dirs, url, store)
     return ServerProcess(env, log_path=tmp_path / f"{name}.log", log_level="info")
 
 
 def test_two_nodes_share_one_postgres(
-    tmp_path: Path, tiny_model_dirs: dict[str, Path], postgres_url: str
+    tmp_path: Path,
+    tiny_model_dirs: dict[str, Path],
+    postgres_url: str,
+    vector_store: dict[str, str],
 ) -> None:
     # Started together: both migrate the empty database at once (the advisory lock in
     # migrations/env.py lets one do it; their file locks are in different directories).
-    a = node(tmp_path, "a", tiny_model_dirs, postgres_url)
-    b = node(tmp_path, "b", tiny_model_dirs, postgres_url)
+    a = node(tmp_path, "a", tiny_model_dirs, postgres_url, vector_store)
+    b = node(tmp_path, "b", tiny_model_dirs, postgres_url, vector_store)
     a.wait_ready()
     b.wait_ready()
     with (
@@ -65,7 +76,7 @@ def test_two_nodes_share_one_postgres(
         assert enroll(via_b, "while-a-was-down", 41).status_code == 201
         assert via_b.delete("/speakers/s2").status_code == 200
 
-    a = node(tmp_path, "a", tiny_model_dirs, postgres_url)
+    a = node(tmp_path, "a", tiny_model_dirs, postgres_url, vector_store)
     a.wait_ready()
     with httpx.Client(base_url=a.base_url, timeout=60) as via_a:
         assert best(via_a, 41) == "while-a-was-down"
@@ -76,5 +87,5 @@ def test_two_nodes_share_one_postgres(
         assert sorted(s["id"] for s in listed) == ["last-of-a", "s3", "while-a-was-down"]
     a.stop()
     b.stop()
-    result = verify_index(node_env(tmp_path, "a", tiny_model_dirs, postgres_url))
+    result = verify_index(node_env(tmp_path, "a", tiny_model_dirs, postgres_url, vector_store))
     assert result.returncode == 0, result.stdout + result.stderr

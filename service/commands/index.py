@@ -1,5 +1,6 @@
-"""`voicesearch index rebuild [--space NAME] | verify`: rebuild the FAISS indexes from the
-database (live-safe: running workers reload), or compare them with it (non-zero if they differ).
+"""`voicesearch index rebuild [--space NAME] | verify`: rebuild the indexes (FAISS, or the
+Milvus collections) from the database (live-safe: running workers reload), or compare them with
+it (non-zero if they differ).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from service.core.settings import Settings
 
 if TYPE_CHECKING:
+    from service.pipeline.registry import ModelRegistry
     from service.search.voicesearch import VoiceSearch
 
 
@@ -24,10 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     index.set_defaults(handler=run)
 
 
-def _open_for_index_work(settings: Settings) -> VoiceSearch:
-    """Load the speaker encoders (not language ID: rebuilds need only model identities), on
+def load_encoders(settings: Settings) -> ModelRegistry:
+    """Load the speaker encoders (not language ID: index work needs only model identities), on
     the configured backend: an INT8 space has an identity of its own."""
-    from service.bootstrap import build_voicesearch, open_database
     from service.pipeline.registry import ModelRegistry
 
     sources = {role: src for role, src in settings.model_sources.items() if role != "langid"}
@@ -40,7 +41,13 @@ def _open_for_index_work(settings: Settings) -> VoiceSearch:
     for role, status in models.statuses.items():
         if status.enabled and not status.loaded:
             print(f"warning: {role} model not loaded ({status.error}); skipping its index")
-    return build_voicesearch(settings, models, open_database(settings))
+    return models
+
+
+def _open_for_index_work(settings: Settings) -> VoiceSearch:
+    from service.bootstrap import build_voicesearch, open_database
+
+    return build_voicesearch(settings, load_encoders(settings), open_database(settings))
 
 
 def _audit_rebuild(voicesearch: VoiceSearch, space: str, count: int, generation: int) -> None:

@@ -141,6 +141,13 @@ class StorageBusy(ServiceError):
     code = "storage_busy"
 
 
+class VectorStoreUnavailable(ServiceError):
+    """The shared vector store (Milvus) did not answer; the database still holds every write."""
+
+    status_code = 503
+    code = "vector_store_unavailable"
+
+
 class Overloaded(ServiceError):
     """More requests are waiting for model inference than the queue allows
     (``VOICESEARCH_MAX_INFERENCE_QUEUE``); sent with ``Retry-After``."""

@@ -2,8 +2,9 @@
 
 Every other module receives a :class:`Settings` instance, one of its typed sections
 (:class:`ClipSettings`, :class:`QualitySettings`, :class:`DecisionSettings`,
-:class:`AsNormSettings`, :class:`InferenceSettings`: small frozen dataclasses built by
-``Settings.clip()``, ``.quality()``, ``.decisions()``, ``.asnorm()``, ``.inference()``) or the
+:class:`AsNormSettings`, :class:`InferenceSettings`, :class:`VectorStoreSettings`: small frozen
+dataclasses built by ``Settings.clip()``, ``.quality()``, ``.decisions()``, ``.asnorm()``,
+``.inference()``, ``.vector_store_settings()``) or the
 values it needs, as an argument; nothing reads the environment on its own, so tests build a
 ``Settings(...)`` and pass it in.
 """
@@ -111,6 +112,17 @@ class AsNormSettings:
     cohorts: Mapping[str, str]  # space -> .npy file of cohort embeddings
     shipped: bool = True  # use the package's cohort where it matches the loaded model
     narrowband: bool = True  # telephone-band profiles where fitted (service.decisions.bandwidth)
+
+
+@dataclass(frozen=True)
+class VectorStoreSettings:
+    """Where the speaker vectors are searched (``service.search.stores``): the in-process FAISS
+    gallery, or a Milvus server shared by every node (README "Past one machine")."""
+
+    kind: str  # "faiss" | "milvus"
+    milvus_uri: str | None  # http://host:19530, or a local Milvus Lite file (one process only)
+    milvus_token: str | None
+    milvus_prefix: str  # collection names: <prefix><space>_<build>, <prefix>state
 
 
 @dataclass(frozen=True)
@@ -266,6 +278,25 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), description="Database, index snapshots, model cache.")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL. Default: sqlite:///<data_dir>/voicesearch.db"
+    )
+
+    # --- vector store (issue 15) ---------------------------------------------------------------
+    vector_store: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description="Where speaker vectors are searched: 'faiss' (in each process, snapshots "
+        "under data_dir/index) or 'milvus' (one Milvus shared by every node; milvus_uri).",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="With vector_store=milvus: http://host:19530 (a Milvus server or "
+        "`python -m milvus_lite server`), or a local Milvus Lite path ending in .db (one "
+        "process only). Default: <data_dir>/milvus.db.",
+    )
+    milvus_token: SecretStr | None = Field(None, description="Milvus token (user:password).")
+    milvus_collection_prefix: str = Field(
+        "voicesearch_",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,100}$",
+        description="Prefix of this installation's Milvus collection names.",
     )
 
     # --- index (search at scale) ---------------------------------------------------------------
@@ -529,6 +560,16 @@ class Settings(BaseSettings):
             max_bytes_per_s=self.live_max_bytes_per_s,
             max_buffer_bytes=self.live_max_buffer_bytes,
             max_sessions=self.live_max_sessions,
+        )
+
+    def vector_store_settings(self) -> VectorStoreSettings:
+        uri = self.milvus_uri or str(self.data_dir / "milvus.db")
+        token = self.milvus_token.get_secret_value() if self.milvus_token else None
+        return VectorStoreSettings(
+            kind=self.vector_store,
+            milvus_uri=uri if self.vector_store == "milvus" else self.milvus_uri,
+            milvus_token=token,
+            milvus_prefix=self.milvus_collection_prefix,
         )
 
     def asnorm(self) -> AsNormSettings:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from service.decisions.bandwidth import is_narrowband
-from service.search.gallery import Hit
+from service.search.vector_store import Hit
 from service.search.voicesearch import VoiceSearch
 
 ROLES = ("enroll", "probe")

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,20 +49,21 @@ import numpy as np
 from index.errors import IndexCorruptError
 from index.spec import IndexSpec
 from service.core.errors import UnknownSpace
-from service.search.gallery_admin import RebuildReport, VerifyReport, rebuild_space, verify_index
+from service.search.gallery_admin import (
+    FaissVectors,
+    RebuildReport,
+    VerifyReport,
+    rebuild_space,
+    verify_index,
+)
 from service.search.gallery_jobs import Jobs
 from service.search.gallery_sync import LogCompacted, SpaceState, build_from_log, catch_up
 from service.search.snapshots import SnapshotFiles, meta_problem, snapshot_meta
+from service.search.vector_store import Hit, hits_of
 from storage.change_log import ChangeLog
 from storage.records import ChangeCursor, SpeakerBrief
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hit:
-    speaker_id: int
-    score: float
 
 
 class Gallery:
@@ -362,14 +363,10 @@ class Gallery:
             self._sync_locked()
         self.jobs.start_due()
 
-    # ------------------------------------------------------------------ queries
-    @staticmethod
-    def _hits(scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
-        return [
-            [Hit(int(i), float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
-            for row_scores, row_ids in zip(scores, ids, strict=True)
-        ]
+    def publish(self) -> None:
+        """Nothing to do: every process replays the log itself before it searches."""
 
+    # ------------------------------------------------------------------ queries
     def search(self, space: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-``k`` speakers per query row (a 1-D vector is one query), best first. The
         index is synced first, so every committed write is visible. Empty index → ``[[]...]``."""
@@ -379,7 +376,7 @@ class Gallery:
             self._sync_locked()
             scores, ids = self._spaces[space].index.search(vectors, k, threads=self.search_threads)
         self.jobs.start_due()
-        return self._hits(scores, ids)
+        return hits_of(scores, ids)
 
     def search_briefs(
         self, space: str, vector: np.ndarray, k: int, describe: int
@@ -394,7 +391,7 @@ class Gallery:
             state = self._spaces[space]
             seen = state.seq
             scores, ids = state.index.search(vector, k, threads=self.search_threads)
-        hits = self._hits(scores, ids)[0]
+        hits = hits_of(scores, ids)[0]
         cursor, briefs = self.store.cursor_and_briefs([h.speaker_id for h in hits[:describe]])
         current = (
             cursor.seq <= seen
@@ -407,7 +404,7 @@ class Gallery:
             self._sync_locked(cursor)
             scores, ids = self._spaces[space].index.search(vector, k, threads=self.search_threads)
         self.jobs.start_due()
-        hits = self._hits(scores, ids)[0]
+        hits = hits_of(scores, ids)[0]
         _, briefs = self.store.cursor_and_briefs([h.speaker_id for h in hits[:describe]])
         return hits, briefs
 
@@ -447,6 +444,12 @@ class Gallery:
         return self._sizes.get(space, 0)
 
     # ------------------------------------------------------------------ snapshots
+    def snapshot_age_s(self, space: str) -> float | None:
+        try:
+            return max(0.0, time.time() - self.snapshot_path(space).stat().st_mtime)
+        except FileNotFoundError:
+            return None
+
     def maybe_snapshot(self) -> None:
         """Snapshot every space with at least ``snapshot_every`` unsaved changes."""
         self.sync()
@@ -563,7 +566,7 @@ class Gallery:
             self._sync_locked()
             for space, state in self._spaces.items():
                 reports[space] = verify_index(
-                    self.store, space, state.index, tolerance=self.verify_tolerance
+                    self.store, space, FaissVectors(state.index), tolerance=self.verify_tolerance
                 )
         return reports
 

@@ -1,5 +1,8 @@
 """Operator work on the gallery's indexes: rebuild one space from the database, verify them all.
 
+``verify_index`` reads any index through :class:`IndexedVectors` (FAISS here, Milvus in
+``service.search.milvus_gallery``).
+
 ``voicesearch index rebuild`` / ``verify`` reach these through ``Gallery.rebuild`` and
 ``Gallery.verify``, which hold the gallery's locks and install what is built here.
 """
@@ -11,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,7 +35,7 @@ class RebuildReport:
     generation: int
     seq: int
     seconds: float
-    snapshot: Path
+    snapshot: Path | None  # None: a store without snapshot files (Milvus)
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,39 @@ def rebuild_space(
     return report
 
 
+class IndexedVectors(Protocol):
+    """What ``verify_index`` reads of an index: FAISS (:class:`FaissVectors`) or Milvus."""
+
+    @property
+    def count(self) -> int: ...
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(present mask, vectors of the present ids in order)``."""
+        ...
+
+    def all_ids(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class FaissVectors:
+    index: VectorIndex
+
+    @property
+    def count(self) -> int:
+        return self.index.ntotal
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        present = self.index.contains(ids)
+        if not present.any():
+            return present, np.empty((0, self.index.dim), dtype=np.float32)
+        return present, self.index.reconstruct(ids[present])
+
+    def all_ids(self) -> np.ndarray:
+        return self.index.ids()
+
+
 def verify_index(
-    log: ChangeLog, space: str, index: VectorIndex, *, tolerance: float
+    log: ChangeLog, space: str, index: IndexedVectors, *, tolerance: float
 ) -> VerifyReport:
     """Compare one index with the database: missing ids, extra ids, vectors that differ by more
     than ``tolerance`` (max abs)."""
@@ -123,23 +157,22 @@ def verify_index(
     mismatched: list[np.ndarray] = []
     for ids, vectors in log.iter_profiles(space):
         db_ids.append(ids)
-        present = index.contains(ids)
+        present, stored = index.lookup(ids)
         missing.append(ids[~present])
         if present.any():
-            stored = index.reconstruct(ids[present])
             if stored.shape[1] != vectors.shape[1]:
                 mismatched.append(ids[present])
                 continue
             diff = np.abs(stored - vectors[present]).max(axis=1)
             mismatched.append(ids[present][diff > tolerance])
     all_db = np.concatenate(db_ids) if db_ids else np.empty(0, dtype=np.int64)
-    extra = np.setdiff1d(index.ids(), all_db)
+    extra = np.setdiff1d(index.all_ids(), all_db)
     miss = np.concatenate(missing) if missing else np.empty(0, dtype=np.int64)
     bad = np.concatenate(mismatched) if mismatched else np.empty(0, dtype=np.int64)
     return VerifyReport(
         space=space,
         db_count=int(all_db.size),
-        index_count=index.ntotal,
+        index_count=index.count,
         missing=int(miss.size),
         extra=int(extra.size),
         mismatched=int(bad.size),

@@ -31,8 +31,8 @@ from service.decisions.policy import Decision, DecisionPolicy
 from service.pipeline.language import LanguageRouter
 from service.pipeline.quality import QualityReport
 from service.pipeline.registry import ModelRegistry
-from service.search.gallery import Gallery
 from service.search.narrowband import NarrowbandSearch
+from service.search.vector_store import VectorStore
 from storage.calibration import SCORE_ASNORM
 from storage.speakers import SpeakerStore
 
@@ -129,7 +129,7 @@ class Matcher:
         models: ModelRegistry,
         router: LanguageRouter,
         store: SpeakerStore,
-        gallery: Gallery,
+        gallery: VectorStore,
         policy: DecisionPolicy,
         normalizer: AsNorm | None,
         views: Mapping[str, NarrowbandView] | None = None,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,10 +38,10 @@ from service.pipeline.quality import QualityAssessor, QualityReport
 from service.pipeline.registry import LANGID_ROLE, ModelRegistry, ModelStatus
 from service.search.enrollment import Enrollment, EnrollmentResult
 from service.search.fields import check_language, normalise_external_id
-from service.search.gallery import Gallery
 from service.search.matching import Candidate, Comparison, Matcher, MatchResult, unit
 from service.search.narrowband import usable_views
 from service.search.speakers import Speakers
+from service.search.vector_store import VectorStore
 from storage import audit
 from storage.audit import ANONYMOUS, Actor, AuditRow
 from storage.records import SpeakerRecord, UtteranceInput
@@ -106,7 +105,7 @@ class VoiceSearch:
         models: ModelRegistry,
         router: LanguageRouter,
         store: SpeakerStore,
-        gallery: Gallery,
+        gallery: VectorStore,
         *,
         quality: QualityAssessor | None = None,
         policy: DecisionPolicy | None = None,
@@ -163,6 +162,18 @@ class VoiceSearch:
                 self._snapshot_running.release()
 
         threading.Thread(target=run, name="index-snapshot", daemon=True).start()
+
+    def _written(self, write: Callable[[], T]) -> T:
+        """Run a database write, then publish it to the vector store before the caller answers
+        (Milvus: applied to the shared collection, so any node's next search sees it). A store
+        that cannot take it now is not an error here: the change is committed, and the next
+        search on any node finds the store behind and replays it."""
+        result = write()
+        try:
+            self.gallery.publish()
+        except Exception:
+            log.exception("vector store: publishing a committed write failed; searches replay it")
+        return result
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run database / index work in a thread."""
@@ -273,7 +284,7 @@ class VoiceSearch:
                 assessed, external_id=external_id, name=name, metadata=metadata, actor=actor
             )
 
-        result = await self._io(write)
+        result = await self._io(self._written, write)
         self._snapshot_soon()
         return result
 
@@ -288,7 +299,9 @@ class VoiceSearch:
         self.enrollment.check_file_count(files)
         await self.get_speaker(external_id)  # 404 before spending inference on a wrong id
         assessed = await self._embed_files(files, language)
-        result = await self._io(self.enrollment.add, external_id, assessed, actor)
+        result = await self._io(
+            self._written, lambda: self.enrollment.add(external_id, assessed, actor)
+        )
         self._snapshot_soon()
         return result
 
@@ -314,7 +327,7 @@ class VoiceSearch:
     async def delete_speaker(self, external_id: str, actor: Actor = ANONYMOUS) -> str:
         """Delete a speaker; returns its (normalised) external id."""
         external_id = normalise_external_id(external_id)
-        await self._io(self.speakers.delete, external_id, actor)
+        await self._io(self._written, lambda: self.speakers.delete(external_id, actor))
         self._snapshot_soon()
         return external_id
 
@@ -366,7 +379,6 @@ class VoiceSearch:
         """Per loaded space: index size and type, and how old its snapshot file is."""
 
         def read() -> list[IndexStats]:
-            now = time.time()
             newest = self.gallery.store.change_cursor().seq  # one query for every space
             # How far behind this worker was (changes since its last search), then catch up so
             # the sizes reported are the database's, not those of the worker's last search.
@@ -375,10 +387,7 @@ class VoiceSearch:
             self.gallery.sync()
             stats = []
             for space in self.gallery.dims:
-                try:
-                    age = max(0.0, now - self.gallery.snapshot_path(space).stat().st_mtime)
-                except FileNotFoundError:
-                    age = None
+                age = self.gallery.snapshot_age_s(space)
                 size = self.gallery.size(space)
                 kind = self.gallery.index_kind(space)
                 stats.append(IndexStats(space, size, kind, age, behind[space]))

@@ -1,7 +1,8 @@
 """Issue 3 over HTTP with tiny random models: enroll → search → update → delete, idempotency,
 atomic failures, persistence across restarts, and index-backed find-match modes.
 
-Every test runs on SQLite and on PostgreSQL (``database_url``, ``tests/conftest.py``)."""
+Every test runs on SQLite and on PostgreSQL (``database_url``, ``tests/conftest.py``), each with
+the FAISS gallery and with Milvus (``vector_store``: a Milvus Lite server process)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,15 @@ from tests.audio_factory import synth_voice, wav_bytes
 
 
 @pytest.fixture
-def settings(tmp_path: Path, tiny_model_dirs: dict[str, Path], database_url: str) -> Settings:
-    return make_settings(tmp_path / "data", tiny_model_dirs, database_url=database_url)
+def settings(
+    tmp_path: Path,
+    tiny_model_dirs: dict[str, Path],
+    database_url: str,
+    vector_store: dict[str, str],
+) -> Settings:
+    return make_settings(
+        tmp_path / "data", tiny_model_dirs, database_url=database_url, **vector_store
+    )
 
 
 def clip(seed: int, duration_s: float = 2.0) -> bytes:
