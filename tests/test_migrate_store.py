@@ -32,6 +32,10 @@ def cli(monkeypatch: pytest.MonkeyPatch, data_dir: Path, models: dict[str, Path]
         "VOICESEARCH_DATA_DIR": str(data_dir),
         "VOICESEARCH_MODEL_CACHE_DIR": str(shared_model_cache(models)),
         **{f"VOICESEARCH_MODEL_{role.upper()}": str(path) for role, path in models.items()},
+        # As make_settings: the app's enrollment floor, or the start-up floor check would hide
+        # the short synthetic speakers the app made searchable (storage/profile_floor.py).
+        "VOICESEARCH_MIN_ENROLL_SPEECH_S": "0",
+        "VOICESEARCH_VAD": "energy",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
