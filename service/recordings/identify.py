@@ -21,6 +21,9 @@ async):
 
 Over HTTP the request is admitted once by the inference queue and steps 1-4 run as several
 inference steps (decoding, each batch of windows, clustering), so other requests interleave.
+
+(Over 400 lines: the blocking steps and their async, step-by-step driver are kept together, so
+the path the CLI and the benchmark time is visibly the path HTTP runs.)
 """
 
 from __future__ import annotations
