@@ -1,6 +1,7 @@
 """Identify-speakers on synthetic conversations: DER, speaker naming, speed.
 
     .venv/bin/python -m bench.bench_diarization [--per-condition 3] [--minutes 1.0] [--seed 0]
+        [--conditions pauses,no_pauses] [--backend torch|onnx|onnx-int8] [--name diarization]
 
 Builds conversations from the dev-speech speakers (``bench/conversations.py``: 2-6 speakers,
 turns of 1-10 s; conditions ``pauses``, ``no_pauses``, ``overlap`` (10-20 % overlapped speech),
@@ -36,7 +37,7 @@ from bench.common import REAL_VOXCELEB, RESULTS, machine, table, write_json
 from bench.conversations import CONDITIONS, ENROLLED, SR, build, overlap_share, speaker_audio
 from bench.der import score
 from service.bootstrap import temporary_voicesearch
-from service.core.settings import Settings
+from service.core.settings import InferenceSettings, Settings
 from service.pipeline.registry import ModelRegistry
 from service.recordings.identify import IdentifyOptions, RecordingIdentifier
 
@@ -74,11 +75,15 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=None, help="cluster threshold")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--name", default="diarization")
+    parser.add_argument("--backend", default="torch", help="torch, onnx or onnx-int8")
     args = parser.parse_args()
 
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "voicesearch-bench-diarization"
     models = ModelRegistry.load(
-        {"voxceleb": str(REAL_VOXCELEB)}, cache_dir=work / "cache", device="cpu"
+        {"voxceleb": str(REAL_VOXCELEB)},
+        cache_dir=work / "cache",
+        device="cpu",
+        inference=InferenceSettings(backend=args.backend, threads=0, int8_calibration_dir=None),
     )
     assert models.all_loaded, models.statuses
     overrides: dict[str, Any] = {}
@@ -223,7 +228,7 @@ def report(rows: list[dict[str, Any]], summary: list[dict[str, Any]], args: Any)
             "# Identify-speakers on synthetic conversations",
             "",
             f"`python -m bench.bench_diarization --per-condition {args.per_condition} "
-            f"--minutes {args.minutes} --seed {args.seed}`"
+            f"--minutes {args.minutes} --seed {args.seed} --backend {args.backend}`"
             + (f" `--threshold {args.threshold}`" if args.threshold is not None else ""),
             "",
             f"{m['when']}, {m['cpu']}, {m['affinity']} cores usable; load average during the "

@@ -227,3 +227,26 @@ class Calibration(Base):
     logistic: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     source: Mapped[str | None] = mapped_column(String(512), nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class EnrollToken(Base):
+    """A voice found by identify-speakers that its caller may enroll without re-uploading.
+
+    ``digest`` is the sha256 of the token (the token itself is never stored: reading the
+    database gives no usable token). ``audio`` is the voice's speech as a short FLAC excerpt,
+    NULL once the token is used or expired; rows are deleted a while after they expire
+    (``storage.enroll_tokens``).
+    """
+
+    __tablename__ = "enroll_tokens"
+    __table_args__ = (Index(None, "expires_at"),)
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(128))  # the API key's name; "anonymous"
+    label: Mapped[str] = mapped_column(String(32))  # unknown_<n> in the identify answer
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    speech_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    audio: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

@@ -181,9 +181,14 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key") or None
 
 
+def grants(actor: Actor, role: str) -> bool:
+    """Whether ``actor`` may do what ``role`` may (everyone may when auth is off)."""
+    return actor.role is None or role in _GRANTS.get(actor.role, set())
+
+
 def check_role(actor: Actor, role: str) -> Actor:
     """``actor`` if its role grants ``role`` (everyone does when auth is off); else 403."""
-    if actor.role is not None and role not in _GRANTS.get(actor.role, set()):
+    if not grants(actor, role):
         raise errors.Forbidden(
             f"this operation needs the {role!r} role; the key {actor.name!r} has {actor.role!r}",
             details={"required_role": role, "key_role": actor.role},

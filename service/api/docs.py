@@ -20,6 +20,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Speaker not found.",
         409: "A speaker with this external id already exists.",
         413: "Upload or decoded audio too large / too long.",
+        410: "The enroll token expired.",
         415: "The upload is not decodable audio.",
         422: "Invalid input: validation error, too little speech, bad embedding.",
         503: "A model this request needs is not loaded, or storage is busy.",

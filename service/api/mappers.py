@@ -282,6 +282,7 @@ def identify_speakers_out(result: RecordingResult) -> IdentifySpeakersResponse:
     speakers = []
     for found in result.speakers:
         best = found.result.best_match
+        token = result.tokens.get(found.label)
         speakers.append(
             FoundSpeakerOut(
                 speaker=found.label,
@@ -295,6 +296,8 @@ def identify_speakers_out(result: RecordingResult) -> IdentifySpeakersResponse:
                 speech_s=round(found.speech_s, 3),
                 segments=found.segments,
                 candidates=[match_out(m) for m in found.result.matches],
+                enroll_token=None if token is None else token.token,
+                enroll_token_expires_at=None if token is None else token.expires_at,
             )
         )
     routed = result.routed

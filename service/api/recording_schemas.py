@@ -3,6 +3,8 @@ one module; ``MatchOut`` is shared with find-match)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, Field
 
 from service.api.schemas import MatchOut
@@ -38,6 +40,14 @@ class FoundSpeakerOut(BaseModel):
     candidates: list[MatchOut] = Field(
         description="The `top_n` closest enrolled speakers, best first (as find-match lists)."
     )
+    enroll_token: str | None = Field(
+        None,
+        description="For a voice that matched nobody, when the caller may enroll (an `admin` "
+        "key, or auth off): send it as `enroll_token` to `POST /speakers` (a new speaker) or "
+        "`POST /speakers/{id}/utterances` (more speech for one) instead of audio. Usable once, "
+        "by the same API key, until `enroll_token_expires_at`.",
+    )
+    enroll_token_expires_at: datetime | None = None
 
 
 class TimelineSegmentOut(BaseModel):

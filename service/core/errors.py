@@ -130,6 +130,31 @@ class DuplicateSpeaker(ServiceError):
     code = "duplicate_external_id"
 
 
+# --- enroll tokens (a voice of an identify-speakers answer, enrolled without re-uploading) -----
+class EnrollTokenNotFound(ServiceError):
+    """Never issued, or deleted a day after it expired."""
+
+    status_code = 404
+    code = "enroll_token_not_found"
+
+
+class EnrollTokenUsed(ServiceError):
+    status_code = 409
+    code = "enroll_token_used"
+
+
+class EnrollTokenExpired(ServiceError):
+    status_code = 410
+    code = "enroll_token_expired"
+
+
+class EnrollTokenForbidden(ServiceError):
+    """Issued to another API key."""
+
+    status_code = 403
+    code = "enroll_token_forbidden"
+
+
 # --- availability ----------------------------------------------------------------------------
 class ModelUnavailable(ServiceError):
     status_code = 503

@@ -135,6 +135,8 @@ class RecordingSettings:
     bridge_gap_s: float
     cluster_threshold: float
     max_speakers: int
+    enroll_token_ttl_s: float  # 0: no enroll tokens are issued
+    enroll_token_max_s: float  # speech kept per token
 
 
 @dataclass(frozen=True)
@@ -429,6 +431,20 @@ class Settings(BaseSettings):
     identify_max_speakers: int = Field(
         20, ge=1, le=100, description="Largest num_speakers / max_speakers a request may ask."
     )
+    enroll_token_ttl_s: float = Field(
+        900,
+        ge=0,
+        le=7 * 86400,
+        description="Identify-speakers: how long the enroll token of an unknown voice is valid "
+        "(s); 0 issues none.",
+    )
+    enroll_token_max_s: float = Field(
+        60,
+        ge=1,
+        le=600,
+        description="Identify-speakers: most speech of one unknown voice kept with its enroll "
+        "token (s; its most typical segments).",
+    )
 
     # --- live (WebSocket /identify-live) ---------------------------------------------------------
     live_window_s: float = Field(
@@ -547,6 +563,8 @@ class Settings(BaseSettings):
             bridge_gap_s=0.5,
             cluster_threshold=self.identify_cluster_threshold,
             max_speakers=self.identify_max_speakers,
+            enroll_token_ttl_s=self.enroll_token_ttl_s,
+            enroll_token_max_s=min(self.enroll_token_max_s, self.max_duration_s),
         )
 
     def live(self) -> LiveSettings:

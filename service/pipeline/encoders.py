@@ -51,12 +51,16 @@ class SpeakerEncoder:
         """float32 16 kHz mono 1-D samples → float32 ``(dim,)`` with unit L2 norm."""
         return self._normalised(self.runtime.forward([checked_samples(samples)]))[0]
 
-    def embed_many(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """:meth:`embed` of each clip, in order; on a GPU in batches of similar length."""
+    def embed_many(
+        self, clips: Sequence[np.ndarray], batch_size: int | None = None
+    ) -> list[np.ndarray]:
+        """:meth:`embed` of each clip, in order; on a GPU in batches of similar length.
+        ``batch_size`` overrides :attr:`batch_size` (identify-speakers' windows, all of one
+        length, gain from batches on a CPU too: no padding, fewer calls)."""
         checked = [checked_samples(c) for c in clips]
         out: list[np.ndarray] = [np.empty(0, np.float32)] * len(checked)
         lengths = [c.shape[0] for c in checked]
-        for batch in similar_length_batches(lengths, self.batch_size):
+        for batch in similar_length_batches(lengths, batch_size or self.batch_size):
             vectors = self._normalised(self.runtime.forward([checked[i] for i in batch]))
             for index, vector in zip(batch, vectors, strict=True):
                 out[index] = vector

@@ -15,13 +15,22 @@ async):
    speaker's net speech as the probe's, so a speaker heard for less than ``min_probe_speech_s``
    is ``undecided`` exactly as a short find-match probe is. A speaker with verdict ``match`` is
    named by the enrolled speaker's external id; any other is ``unknown_1``, ``unknown_2``… in
-   order of first appearance. Two clusters matched to the same enrolled speaker are one speaker.
+   order of first appearance. Two clusters matched to the same enrolled speaker are one speaker;
+6. over HTTP, each unknown voice gets an enroll token (``service.recordings.tokens``) when the
+   caller may enroll.
+
+Over HTTP the request is admitted once by the inference queue and steps 1-4 run as several
+inference steps (decoding, each batch of windows, clustering), so other requests interleave.
+
+(Over 400 lines: the blocking steps and their async, step-by-step driver are kept together, so
+the path the CLI and the benchmark time is visibly the path HTTP runs.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field, replace
 
 import anyio
 import numpy as np
@@ -42,13 +51,19 @@ from service.recordings.segmentation import (
     plan_windows,
 )
 from service.recordings.timeline import Segment, build_timeline
+from service.recordings.tokens import EnrollTokens, IssuedToken, RedeemedVoice
 from service.search.matching import VERDICT_MATCH, MatchResult
 from service.search.voicesearch import VoiceSearch
+from storage.enroll_tokens import EnrollTokenStore
 
 #: Language detection listens to at most this much of the recording's speech.
 LANGUAGE_SAMPLE_S = 30.0
-#: Windows per ``embed_many`` request (and per progress report).
+#: Windows per ``embed_many`` request (one inference step over HTTP; one progress report).
 CHUNK = 32
+#: Windows per encoder call. Windows are all ``window_s`` long (but a short region's), so a
+#: batch needs no padding and gives the same embeddings as one window at a time; on 2 CPU cores
+#: batches of 16 embed 1.3-1.5x faster than single windows (bench/bench_identify_speed.py).
+WINDOW_BATCH = 16
 UNKNOWN = "unknown_{}"
 
 Progress = Callable[[int, int], None]  # (windows embedded, windows in all)
@@ -75,7 +90,19 @@ class Analysis:
     segments: list[Segment]  # labelled with cluster numbers
     centroids: np.ndarray  # (k, dim): one unit vector per cluster
     windows: int
+    samples: np.ndarray  # the decoded recording (16 kHz): enroll tokens keep excerpts of it
     narrowband: bool = False  # the upload was <= 8 kHz: voices meet telephone-band profiles
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded recording with its speech, windows and routed language, not yet embedded."""
+
+    audio: DecodedAudio
+    regions: list[Region]
+    speech_s: float
+    windows: list[Region]
+    routed: RoutedLanguage
 
 
 @dataclass(frozen=True)
@@ -104,16 +131,18 @@ class RecordingResult:
     speakers: list[FoundSpeaker]  # in order of first appearance
     segments: list[TimelineSegment]
     windows: int
+    #: Enroll tokens of the voices that matched nobody (label → token), when issued.
+    tokens: dict[str, IssuedToken] = field(default_factory=dict)
 
 
 def check_speaker_counts(num_speakers: int | None, max_speakers: int | None, limit: int) -> None:
     if num_speakers is not None and max_speakers is not None:
         raise errors.InvalidInput("give num_speakers or max_speakers, not both")
-    for field, value in (("num_speakers", num_speakers), ("max_speakers", max_speakers)):
+    for name, value in (("num_speakers", num_speakers), ("max_speakers", max_speakers)):
         if value is not None and not 1 <= value <= limit:
             raise errors.InvalidInput(
-                f"{field} must be between 1 and {limit}",
-                details={field: value, "limit": limit},
+                f"{name} must be between 1 and {limit}",
+                details={name: value, "limit": limit},
             )
 
 
@@ -127,7 +156,8 @@ def embed_windows(
     out = np.zeros((len(windows), encoder.dim), dtype=np.float32)
     for lo in range(0, len(windows), CHUNK):
         chunk = windows[lo : lo + CHUNK]
-        out[lo : lo + len(chunk)] = encoder.embed_many([samples[w.start : w.end] for w in chunk])
+        clips = [samples[w.start : w.end] for w in chunk]
+        out[lo : lo + len(chunk)] = encoder.embed_many(clips, WINDOW_BATCH)
         if progress is not None:
             progress(lo + len(chunk), len(windows))
     return out
@@ -137,9 +167,18 @@ class RecordingIdentifier:
     """Identify-speakers over a :class:`VoiceSearch`: its pipeline (decoding, VAD, language
     routing, encoders) and its matcher (index search and the open-set decision)."""
 
-    def __init__(self, voicesearch: VoiceSearch, settings: RecordingSettings) -> None:
+    def __init__(
+        self,
+        voicesearch: VoiceSearch,
+        settings: RecordingSettings,
+        tokens: EnrollTokens | None = None,
+    ) -> None:
         self.voicesearch = voicesearch
         self.settings = settings
+        # In the database beside the speakers, so every worker and node shares them.
+        self.tokens = tokens or EnrollTokens(
+            EnrollTokenStore(voicesearch.store.session_factory), settings
+        )
         self.plan = WindowPlan(settings.window_s, settings.hop_s, settings.min_window_s)
         self.clustering = ClusterSettings(threshold=settings.cluster_threshold)
 
@@ -163,10 +202,9 @@ class RecordingIdentifier:
         check_speaker_counts(options.num_speakers, options.max_speakers, self.settings.max_speakers)
         return self.voicesearch.matcher.clamp_top_n(options.top_n)
 
-    def analyse(
-        self, data: bytes, options: IdentifyOptions, progress: Progress | None = None
-    ) -> Analysis:
-        """Decode, find the speech, embed the windows and cluster them (blocking)."""
+    def prepare(self, data: bytes, options: IdentifyOptions) -> Prepared:
+        """Decode, find the speech, plan the windows and route the language (blocking; the
+        first inference step)."""
         self.check(options)
         pipeline = self.voicesearch.pipeline
         clip = pipeline.settings
@@ -200,8 +238,15 @@ class RecordingIdentifier:
             audio.source_format,
         )
         routed = pipeline.route(listened, options.language)
-        encoder = pipeline.models.encoder(routed.space)
-        embeddings = embed_windows(encoder, samples, windows, progress)
+        return Prepared(audio, regions, speech_s, windows, routed)
+
+    def encoder(self, prepared: Prepared) -> SpeakerEncoder:
+        return self.voicesearch.pipeline.models.encoder(prepared.routed.space)
+
+    def cluster(
+        self, prepared: Prepared, embeddings: np.ndarray, options: IdentifyOptions, model: str
+    ) -> Analysis:
+        """Window embeddings → voices and the timeline (blocking)."""
         labels = cluster(
             embeddings,
             self.clustering,
@@ -212,15 +257,25 @@ class RecordingIdentifier:
         means = centroids(embeddings, labels, k)
         scores = np.einsum("ij,ij->i", embeddings, means[labels])
         return Analysis(
-            duration_s=audio.duration_s,
-            speech_s=speech_s,
-            routed=routed,
-            model=encoder.identity,
-            segments=build_timeline(regions, windows, labels, scores),
+            duration_s=prepared.audio.duration_s,
+            speech_s=prepared.speech_s,
+            routed=prepared.routed,
+            model=model,
+            segments=build_timeline(prepared.regions, prepared.windows, labels, scores),
             centroids=means,
-            windows=len(windows),
-            narrowband=is_narrowband(audio.source_sample_rate),
+            windows=len(prepared.windows),
+            samples=prepared.audio.samples,
+            narrowband=is_narrowband(prepared.audio.source_sample_rate),
         )
+
+    def analyse(
+        self, data: bytes, options: IdentifyOptions, progress: Progress | None = None
+    ) -> Analysis:
+        """Decode, find the speech, embed the windows and cluster them (blocking)."""
+        prepared = self.prepare(data, options)
+        encoder = self.encoder(prepared)
+        embeddings = embed_windows(encoder, prepared.audio.samples, prepared.windows, progress)
+        return self.cluster(prepared, embeddings, options, encoder.identity)
 
     def name_speakers(self, analysis: Analysis, top_n: int) -> RecordingResult:
         """Match each cluster against the enrolled speakers (blocking: SQLite, FAISS)."""
@@ -292,11 +347,51 @@ class RecordingIdentifier:
         return self.name_speakers(self.analyse(data, options, progress), top_n)
 
     # --- async (HTTP) -------------------------------------------------------------------------
-    async def identify(self, data: bytes, options: IdentifyOptions) -> RecordingResult:
-        """Model work under the pipeline's inference limit, matching in a worker thread."""
+    async def identify(
+        self, data: bytes, options: IdentifyOptions, principal: str | None = None
+    ) -> RecordingResult:
+        """Admitted once by the inference queue (503 ``overloaded`` beyond it, like every
+        request that needs a model), then each step — decoding with the VAD, every
+        :data:`CHUNK` windows' embeddings, the clustering — takes an inference slot of its own,
+        first come first served: a find-match arriving during a long recording waits for one
+        step, not for the whole recording. Matching runs in a worker thread. ``principal``: who
+        may redeem the unknown voices' enroll tokens; None issues none."""
         top_n = self.check(options)
-        analysis = await self.voicesearch.pipeline.infer(self.analyse, data, options)
-        return await anyio.to_thread.run_sync(self.name_speakers, analysis, top_n)
+        pipeline = self.voicesearch.pipeline
+        async with pipeline.queue.admitted():
+            prepared = await pipeline.infer(self.prepare, data, options)
+            encoder = self.encoder(prepared)
+            samples, windows = prepared.audio.samples, prepared.windows
+            embeddings = np.zeros((len(windows), encoder.dim), dtype=np.float32)
+            for lo in range(0, len(windows), CHUNK):
+                chunk = windows[lo : lo + CHUNK]
+                embeddings[lo : lo + len(chunk)] = await pipeline.infer(
+                    embed_windows, encoder, samples, chunk
+                )
+            analysis = await pipeline.infer(
+                self.cluster, prepared, embeddings, options, encoder.identity
+            )
+        result = await anyio.to_thread.run_sync(self.name_speakers, analysis, top_n)
+        if principal is None or not self.tokens.enabled:
+            return result
+        unknown = [
+            s.label
+            for s in result.speakers
+            if s.result.verdict != VERDICT_MATCH or s.result.match is None
+        ]
+        tokens = await anyio.to_thread.run_sync(
+            self.tokens.issue,
+            analysis.samples,
+            result.segments,
+            unknown,
+            analysis.routed.language,
+            principal,
+        )
+        return replace(result, tokens=tokens)
+
+    def redeem(self, token: str, principal: str) -> AbstractAsyncContextManager[RedeemedVoice]:
+        """The voice behind an enroll token, for one enrollment (see ``EnrollTokens.redeem``)."""
+        return self.tokens.redeem(token, principal)
 
     async def cut(self, files: list[bytes], excerpt: Excerpt) -> list[bytes]:
         """The same ``excerpt`` of each upload (``start``/``end`` on enrollment uploads)."""

@@ -146,8 +146,10 @@ class Enrollment:
         name: str | None,
         metadata: dict[str, Any] | None,
         actor: Actor,
+        audit_details: dict[str, Any] | None = None,
     ) -> EnrollmentResult:
-        record = AuditRecord(audit.ACTION_ENROLL, actor, {"files": len(assessed)})
+        details = {"files": len(assessed), **(audit_details or {})}
+        record = AuditRecord(audit.ACTION_ENROLL, actor, details)
         written = self.store.create_speaker(
             external_id=external_id,
             name=name,
@@ -162,7 +164,9 @@ class Enrollment:
         external_id: str,
         assessed: list[tuple[UtteranceInput, QualityReport]],
         actor: Actor,
+        audit_details: dict[str, Any] | None = None,
     ) -> EnrollmentResult:
-        record = AuditRecord(audit.ACTION_ADD_UTTERANCES, actor, {"files": len(assessed)})
+        details = {"files": len(assessed), **(audit_details or {})}
+        record = AuditRecord(audit.ACTION_ADD_UTTERANCES, actor, details)
         written = self.store.add_utterances(external_id, [utt for utt, _ in assessed], audit=record)
         return self._result(written, assessed)

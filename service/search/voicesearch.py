@@ -274,14 +274,21 @@ class VoiceSearch:
         metadata: dict[str, Any] | None,
         language: str | None,
         actor: Actor = ANONYMOUS,
+        audit_details: dict[str, Any] | None = None,
     ) -> EnrollmentResult:
+        """``audit_details``: added to the audit row (where the audio came from)."""
         external_id = None if external_id is None else normalise_external_id(external_id)
         self.enrollment.check_new_speaker(files, external_id, name, metadata)
         assessed = await self._embed_files(files, language)
 
         def write() -> EnrollmentResult:
             return self.enrollment.create(
-                assessed, external_id=external_id, name=name, metadata=metadata, actor=actor
+                assessed,
+                external_id=external_id,
+                name=name,
+                metadata=metadata,
+                actor=actor,
+                audit_details=audit_details,
             )
 
         result = await self._io(self._written, write)
@@ -294,13 +301,14 @@ class VoiceSearch:
         files: list[bytes],
         language: str | None,
         actor: Actor = ANONYMOUS,
+        audit_details: dict[str, Any] | None = None,
     ) -> EnrollmentResult:
         external_id = normalise_external_id(external_id)
         self.enrollment.check_file_count(files)
         await self.get_speaker(external_id)  # 404 before spending inference on a wrong id
         assessed = await self._embed_files(files, language)
         result = await self._io(
-            self._written, lambda: self.enrollment.add(external_id, assessed, actor)
+            self._written, lambda: self.enrollment.add(external_id, assessed, actor, audit_details)
         )
         self._snapshot_soon()
         return result

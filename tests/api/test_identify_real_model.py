@@ -106,3 +106,40 @@ def test_two_enrolled_speakers_are_named_with_their_turns(
         own = [s for s in own if s["start"] < end + 0.4]
         assert abs(min(s["start"] for s in own) - start) <= 0.4
         assert abs(max(s["end"] for s in own) - end) <= 0.4
+
+
+def test_an_unknown_voice_enrolled_from_its_token_is_named_next_time(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], voxceleb_only: ModelRegistry
+) -> None:
+    """Only spk1 is enrolled: spk2 is ``unknown_1``; enrolled by its enroll token (no
+    re-upload), the same recording then names both."""
+    settings = make_settings(
+        tmp_path / "data",
+        {**tiny_model_dirs, "voxceleb": REAL_VOXCELEB_DIR},
+        vad="silero",
+        min_probe_speech_s=1.5,
+        min_enroll_speech_s=1.0,
+    )
+    data, _ = conversation()
+    recording = {"audio": ("talk.wav", data, "audio/wav")}
+    with TestClient(create_app(settings, models=voxceleb_only)) as client:
+        files = [
+            ("audio", (f"{n}.wav", wav_bytes(sentence("spk1", n), SR), "audio/wav")) for n in (1, 2)
+        ]
+        assert (
+            client.post("/speakers", files=files, data={"external_id": "spk1"}).status_code == 201
+        )
+        first = client.post("/identify-speakers", files=recording, data={"language": "en"}).json()
+        assert [s["speaker"] for s in first["speakers"]] == ["spk1", "unknown_1"], first
+        assert first["speakers"][0]["enroll_token"] is None  # a named voice needs none
+        unknown = first["speakers"][1]
+        enrolled = client.post(
+            "/speakers", data={"enroll_token": unknown["enroll_token"], "external_id": "spk2"}
+        )
+        assert enrolled.status_code == 201, enrolled.text
+        assert enrolled.json()["speaker"]["searchable"] is True
+        second = client.post("/identify-speakers", files=recording, data={"language": "en"}).json()
+    assert [s["speaker"] for s in second["speakers"]] == ["spk1", "spk2"], second["speakers"]
+    assert all(s["decision"] == "match" for s in second["speakers"])
+    # The voice was heard in this very recording: it now matches far above the threshold.
+    assert second["speakers"][1]["score"] > second["threshold"] + 0.2

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 
-from service.api.auth import RequireRead
+from service.api.auth import ROLE_ADMIN, ReadActor, RequireRead, grants
 from service.api.deps import SettingsDep, read_upload
 from service.api.docs import AUDIO_ERRORS, error_responses
 from service.api.mappers import identify_speakers_out
@@ -49,10 +49,13 @@ Count = Annotated[int | None, Form(ge=1, le=1000)]
     "into voices (their number estimated unless `num_speakers` is given; `max_speakers` caps "
     "the estimate), then each voice's mean embedding searched among the enrolled speakers of "
     "the routed space with find-match's open-set decision. Voices that match nobody are "
-    "`unknown_1`, `unknown_2`…. One speaker at a time: in overlapped speech one voice wins.",
+    "`unknown_1`, `unknown_2`…, each with an `enroll_token` (for a caller that may enroll) "
+    "to enroll that voice by name without sending the recording again. One speaker at a "
+    "time: in overlapped speech one voice wins. Busy: 503 `overloaded` with `Retry-After`.",
 )
 async def identify_speakers(
     request: Request,
+    actor: ReadActor,
     identifier: IdentifierDep,
     settings: SettingsDep,
     audio: Annotated[
@@ -71,7 +74,9 @@ async def identify_speakers(
 ) -> Response | IdentifySpeakersResponse:
     data = await read_upload(audio, settings.max_upload_bytes)
     options = IdentifyOptions(language or None, top_n, num_speakers, max_speakers)
-    result = await identifier.identify(data, options)
+    # Enroll tokens only for a caller who could redeem them (enrolling needs `admin`).
+    principal = actor.name if grants(actor, ROLE_ADMIN) else None
+    result = await identifier.identify(data, options, principal)
     wants_rttm = output == "rttm" or (output is None and RTTM in request.headers.get("accept", ""))
     if wants_rttm:
         file_id = PurePath(audio.filename or "recording").stem

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile, status
 
@@ -20,10 +20,12 @@ from service.api.routes.recordings import IdentifierDep
 from service.api.schemas import (
     DeletedResponse,
     EnrollmentResponse,
+    ErrorResponse,
     SpeakerListResponse,
     SpeakerPatch,
     SpeakerResponse,
 )
+from service.core import errors
 from service.recordings.excerpts import Excerpt
 from service.recordings.identify import RecordingIdentifier
 from service.search.enrollment_amount import EnrollmentPolicy
@@ -43,9 +45,29 @@ router = APIRouter(
 )
 
 AudioFiles = Annotated[
-    list[UploadFile],
-    File(description="One or more speech recordings of the speaker (any supported format)."),
+    list[UploadFile] | None,
+    File(
+        description="One or more speech recordings of the speaker (any supported format); "
+        "or none, with `enroll_token`."
+    ),
 ]
+TokenField = Annotated[
+    str | None,
+    Form(
+        min_length=16,
+        max_length=128,
+        description="Instead of `audio`: the `enroll_token` of an `unknown_<n>` voice of a "
+        "`POST /identify-speakers` answer (its speech, kept by the service). Once, by the same "
+        "API key, before it expires.",
+    ),
+]
+#: What a request with an enroll token may be refused with, besides an upload's errors.
+TOKEN_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "A role too low, or another key's token."},
+    404: {"model": ErrorResponse, "description": "Unknown speaker or enroll token."},
+    409: {"model": ErrorResponse, "description": "External id taken, or token already used."},
+    410: {"model": ErrorResponse, "description": "The enroll token expired."},
+}
 LanguageField = Annotated[
     str | None,
     Form(
@@ -72,24 +94,41 @@ async def _read_all(
     end: float | None,
 ) -> list[bytes]:
     """The uploads, each cut to ``start``..``end`` when either is given."""
+    if not files:
+        raise errors.InvalidInput("send `audio` (one or more files) or an `enroll_token`")
     excerpt = Excerpt(start, end)
     excerpt.check()  # before reading megabytes for nothing
     return await identifier.cut([await read_upload(f, max_bytes) for f in files], excerpt)
+
+
+def _token_alone(
+    token: str | None, files: list[UploadFile] | None, start: float | None, end: float | None
+) -> str | None:
+    """The enroll token, when the request enrolls from one: then nothing else carries audio."""
+    if token is not None and (files or start is not None or end is not None):
+        raise errors.InvalidInput(
+            "an enroll token already names the audio: send no `audio`, `start` or `end` with it"
+        )
+    return token
+
+
+def _audit_token(label: str) -> dict[str, Any]:
+    return {"source": "enroll_token", "voice": label}
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=EnrollmentResponse,
-    responses={**AUDIO_ERRORS, **error_responses(409)},
-    summary="Enroll a new speaker from one or more recordings",
+    responses={**AUDIO_ERRORS, **TOKEN_ERRORS},
+    summary="Enroll a new speaker from one or more recordings, or from an enroll token",
 )
 async def enroll_speaker(
     actor: AdminActor,
     voice: VoiceSearchDep,
     identifier: IdentifierDep,
     settings: SettingsDep,
-    audio: AudioFiles,
+    audio: AudioFiles = None,
     external_id: Annotated[
         str | None,
         Form(
@@ -106,9 +145,23 @@ async def enroll_speaker(
     language: LanguageField = None,
     start: StartField = None,
     end: EndField = None,
+    enroll_token: TokenField = None,
 ) -> EnrollmentResponse:
     meta = parse_metadata(metadata)
-    data = await _read_all(audio, settings.max_upload_bytes, identifier, start, end)
+    token = _token_alone(enroll_token, audio, start, end)
+    if token is not None:
+        async with identifier.redeem(token, actor.name) as found:
+            result = await voice.enroll(
+                [found.audio],
+                external_id=external_id,
+                name=name,
+                metadata=meta,
+                language=language or found.language,
+                actor=actor,
+                audit_details=_audit_token(found.label),
+            )
+        return enrollment_out(result)
+    data = await _read_all(audio or [], settings.max_upload_bytes, identifier, start, end)
     return enrollment_out(
         await voice.enroll(
             data, external_id=external_id, name=name, metadata=meta, language=language, actor=actor
@@ -120,8 +173,8 @@ async def enroll_speaker(
     "/{speaker_id}/utterances",
     status_code=status.HTTP_201_CREATED,
     response_model=EnrollmentResponse,
-    responses={**AUDIO_ERRORS, **error_responses(404)},
-    summary="Add recordings to an enrolled speaker",
+    responses={**AUDIO_ERRORS, **TOKEN_ERRORS},
+    summary="Add recordings (or an enroll token's voice) to an enrolled speaker",
 )
 async def add_utterances(
     actor: AdminActor,
@@ -129,12 +182,25 @@ async def add_utterances(
     identifier: IdentifierDep,
     settings: SettingsDep,
     speaker_id: SpeakerId,
-    audio: AudioFiles,
+    audio: AudioFiles = None,
     language: LanguageField = None,
     start: StartField = None,
     end: EndField = None,
+    enroll_token: TokenField = None,
 ) -> EnrollmentResponse:
-    data = await _read_all(audio, settings.max_upload_bytes, identifier, start, end)
+    token = _token_alone(enroll_token, audio, start, end)
+    if token is not None:
+        await voice.get_speaker(speaker_id)  # 404 before the token is taken
+        async with identifier.redeem(token, actor.name) as found:
+            result = await voice.add_utterances(
+                speaker_id,
+                [found.audio],
+                language or found.language,
+                actor,
+                audit_details=_audit_token(found.label),
+            )
+        return enrollment_out(result)
+    data = await _read_all(audio or [], settings.max_upload_bytes, identifier, start, end)
     return enrollment_out(await voice.add_utterances(speaker_id, data, language, actor))
 
 
