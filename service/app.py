@@ -93,11 +93,17 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         try:
             yield
         finally:
-            # A snapshot on the way out makes the next start-up a load instead of a replay.
-            await anyio.to_thread.run_sync(voicesearch.gallery.snapshot)
-            # Milvus: the client's channel (FAISS: waits for a maintenance job, if one runs).
-            await anyio.to_thread.run_sync(voicesearch.gallery.close)
-            engine.dispose()
+            try:
+                # A snapshot on the way out makes the next start-up a load instead of a replay.
+                await anyio.to_thread.run_sync(voicesearch.gallery.snapshot)
+            except Exception:
+                # A failed snapshot (disk full, Milvus unreachable) costs the next start a
+                # replay; it must not leak the client or the database pool below.
+                log.exception("snapshot at shutdown failed")
+            finally:
+                # Milvus: the client's channel (FAISS: waits for a maintenance job, if one runs).
+                await anyio.to_thread.run_sync(voicesearch.gallery.close)
+                engine.dispose()
 
     app = FastAPI(
         title="voicesearch",

@@ -148,6 +148,10 @@ def temporary_voicesearch(
                 "data_dir": Path(tmp),
                 "database_url": None,
                 "model_cache_dir": settings.resolved_model_cache_dir,
+                # Never the operator's Milvus: a throwaway database there would take over the
+                # production collections (they belong to another database identity).
+                "vector_store": "faiss",
+                "milvus_uri": None,
                 **overrides,
             }
         )
@@ -155,9 +159,13 @@ def temporary_voicesearch(
         for name in ("resolved_database_url", "resolved_model_cache_dir"):
             fresh.__dict__.pop(name, None)
         engine = open_database(fresh)
+        voicesearch = None
         try:
-            yield build_voicesearch(fresh, models, engine)
+            voicesearch = build_voicesearch(fresh, models, engine)
+            yield voicesearch
         finally:
+            if voicesearch is not None:
+                voicesearch.gallery.close()
             engine.dispose()
 
 

@@ -67,6 +67,14 @@ def test_configuration_mistakes_are_one_line_and_exit_2(
     assert "short" not in lines[0]  # a key is never echoed, not even a bad one
 
 
+def test_a_rule_across_settings_names_both_variables() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(_env_file=None, live_hop_s=1.0, live_window_s=0.5)
+    assert str(raised.value) == (
+        "VOICESEARCH_LIVE_HOP_S (1) must not exceed VOICESEARCH_LIVE_WINDOW_S (0.5)"
+    )
+
+
 def test_load_settings_names_the_variable() -> None:
     with pytest.raises(ConfigurationError, match="VOICESEARCH_MAX_TOP_N") as raised:
         load_settings(_env_file=None, max_top_n=0)

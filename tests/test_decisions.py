@@ -177,7 +177,7 @@ def test_random_model_ignores_the_shipped_cohort_and_says_why(
     assert "shipped cohort ignored" in shown["cohort"]
     assert "is not the one the shipped cohort was made with" in shown["cohort"]
     assert shown["note"] == "shipped default (uncalibrated for this checkpoint)"
-    checks = doctor._scoring_checks(settings, tiny_registry)
+    checks = doctor.scoring_checks(settings, tiny_registry)
     vox = next(c for c in checks if c.name == f"scores {VOX}")
     assert vox.ok and "shipped cohort ignored" in vox.detail and "uncalibrated" in vox.detail
 

@@ -114,7 +114,7 @@ def test_a_random_model_gets_no_telephone_band_profiles_and_says_why(
         dims = dict(client.app.state.voicesearch.gallery.dims)
     assert "needs the shipped AS-norm cohort" in shown
     assert NB not in dims and VOX in dims  # no derived index is opened
-    (vox,) = [c for c in doctor._scoring_checks(settings, tiny_registry) if c.name.endswith(VOX)]
+    (vox,) = [c for c in doctor.scoring_checks(settings, tiny_registry) if c.name.endswith(VOX)]
     assert "telephone-band profiles: off, needs the shipped AS-norm cohort" in vox.detail
 
 

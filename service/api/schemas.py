@@ -3,6 +3,10 @@
 Field descriptions here are what `/docs` shows, so they are written for API users. The shapes of
 the original Flask service (`success`, `embedding`, `similarity`, `is_match`, `best_match`,
 `top_matches`, …) are kept because clients already parse them; new fields are additive.
+
+Longer than ~400 lines on purpose: the response models of the single-clip endpoints stay in one
+module so `/docs` and the mappers have one place to look (identify-speakers bodies live in
+``recording_schemas.py``).
 """
 
 from __future__ import annotations

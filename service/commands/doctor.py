@@ -122,11 +122,11 @@ def _model_checks(settings: Settings) -> list[Check]:
             kind = status.error_kind or "other"
             detail = f"{status.source}: {status.error} → {ADVICE.get(kind, ADVICE['other'])}"
             checks.append(Check(name, False, detail, kind))
-    checks.extend(_scoring_checks(settings, registry))
+    checks.extend(scoring_checks(settings, registry))
     return checks
 
 
-def _scoring_checks(settings: Settings, registry: Any) -> list[Check]:
+def scoring_checks(settings: Settings, registry: Any) -> list[Check]:
     """Per loaded encoder: cosine or AS-norm, which cohort, and why the shipped one is or is
     not used (it belongs to one checkpoint only)."""
     from service.decisions.bandwidth import resolve_views

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from service.core.settings import Settings
+from service.decisions.bandwidth import narrowband_space
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -153,7 +154,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
 
     models = load_encoders(target)
-    _discard_target_index(target, sorted(models.encoders))
+    # The derived telephone-band spaces too: their old vectors described other records.
+    spaces = sorted({*models.encoders, *(narrowband_space(s) for s in models.encoders)})
+    _discard_target_index(target, spaces)
     voicesearch = build_voicesearch(target, models, open_database(target))
     try:
         reports = voicesearch.gallery.verify()

@@ -35,10 +35,14 @@ def describe(error: ValidationError) -> str:
     parts = []
     for problem in error.errors():
         location = [str(part) for part in problem.get("loc", ())]
-        field = location[0] if location else "?"
+        message = str(problem.get("msg", "invalid value"))
+        if not location:
+            # A rule across settings (a model validator): its message names the variables.
+            parts.append(message.removeprefix("Value error, "))
+            continue
+        field = location[0]
         variable = _variable(field)
         where = f"{variable} ({'.'.join(location[1:])})" if len(location) > 1 else variable
-        message = str(problem.get("msg", "invalid value"))
         if field not in _SECRET_FIELDS and len(location) == 1 and "input" in problem:
             shown = repr(problem["input"])
             where = f"{where}={shown if len(shown) <= 60 else shown[:57] + '...'}"

@@ -61,6 +61,14 @@ class EmptyAudio(ServiceError):
     code = "empty_audio"
 
 
+class InternalError(ServiceError):
+    """An unexpected failure where no HTTP handler can answer (a live session's task): the
+    client gets this error event instead of a bare close."""
+
+    status_code = 500
+    code = "internal_error"
+
+
 class UndecodableAudio(ServiceError):
     status_code = 415
     code = "undecodable_audio"

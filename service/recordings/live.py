@@ -26,6 +26,7 @@ import numpy as np
 
 from service.core import errors
 from service.core.settings import LiveSettings
+from service.decisions.bandwidth import is_narrowband
 from service.pipeline.audio import TARGET_SAMPLE_RATE, DecodedAudio
 from service.pipeline.clip import RoutedLanguage
 from service.recordings.live_audio import FORMAT_S16, FORMAT_WEBM, FORMATS, MAX_RATE, MIN_RATE
@@ -97,11 +98,25 @@ class LiveAnalyser:
         self.settings = settings
         self.options = options
         self.routed: RoutedLanguage | None = None
+        # The band the audio was captured at, as find-match sees an upload's source rate: an
+        # 8 kHz stream gets Silero at 8 kHz and the telephone-band profiles (issue 12).
+        # MediaRecorder's Opus is wideband.
+        webm = options.format == FORMAT_WEBM
+        self.source_rate = TARGET_SAMPLE_RATE if webm else options.sample_rate
+
+    def route_early(self) -> None:
+        """Pick the space before any audio when no detection is needed: a language given, or
+        language ID switched off (then one space, or 422 ``language_required``)."""
+        pipeline = self.voicesearch.pipeline
+        if self.options.language or pipeline.models.language_identifier is None:
+            empty = DecodedAudio(np.zeros(0, np.float32), TARGET_SAMPLE_RATE, 1, "live")
+            self.routed = pipeline.route(empty, self.options.language)
+            pipeline.models.encoder(self.routed.space)  # loaded, or 503 now
 
     def embed(self, samples: np.ndarray) -> Embedded:
         """Speech detection and embedding of one window (model work: an inference slot)."""
         pipeline = self.voicesearch.pipeline
-        detection = pipeline.quality.detector.detect(samples, TARGET_SAMPLE_RATE)
+        detection = pipeline.quality.detector.detect(samples, self.source_rate)
         speech_s = detection.speech_s if detection.audible else 0.0
         if speech_s < max(self.settings.min_speech_s, 1e-9):
             return Embedded(speech_s, None)
@@ -116,7 +131,11 @@ class LiveAnalyser:
         """find-match's index search and decision for one embedded window (SQLite, FAISS)."""
         assert embedded.vector is not None and self.routed is not None
         return self.voicesearch.matcher.search_index(
-            self.routed.space, embedded.vector, self.options.top_n, embedded.speech_s
+            self.routed.space,
+            embedded.vector,
+            self.options.top_n,
+            embedded.speech_s,
+            narrowband=is_narrowband(self.source_rate),
         )
 
 

@@ -60,14 +60,15 @@ class SampleWindow:
     def push(self, samples: np.ndarray) -> None:
         if samples.size == 0:
             return
+        pushed = samples.size  # the stream advances by all of it, even past the capacity
         samples = samples[-self.capacity :]
         with self._lock:
             n = samples.size
-            start = self._total % self.capacity
+            start = (self._total + pushed - n) % self.capacity
             first = min(n, self.capacity - start)
             self._ring[start : start + first] = samples[:first]
             self._ring[: n - first] = samples[first:]
-            self._total += n
+            self._total += pushed
 
     def latest(self, seconds: float) -> tuple[np.ndarray, int]:
         """The last ``seconds`` (at most the capacity) and the stream position it ends at."""

@@ -23,6 +23,7 @@ one frame and the capped WebM pipe, whatever the client does.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -47,6 +48,8 @@ CLOSE_NORMAL = 1000
 POLL_S = 0.02
 #: Longest wait for the WebM decoder to finish the last chunks after a stop.
 DRAIN_S = 2.0
+
+log = logging.getLogger(__name__)
 
 
 def close_code(error: errors.ServiceError) -> int:
@@ -138,9 +141,18 @@ class LiveSession:
         except ClientGone:
             self.gone = True
             scope.cancel()
+        except Exception:
+            # A bug or a model failure: logged with its traceback, and the client still gets
+            # an error event and a close code instead of a bare 1011.
+            log.exception("live session failed")
+            self.failure = self.failure or errors.InternalError("the live session failed")
+            scope.cancel()
 
     async def begin(self, options: LiveOptions) -> None:
         self.analyser = LiveAnalyser(self.voicesearch, self.settings, options)
+        # Route now when no detection is needed (a language given, or language ID off): an
+        # unknown space or a required language is refused at the start, not mid-stream.
+        await anyio.to_thread.run_sync(self.analyser.route_early)
         if options.format == FORMAT_WEBM:
             self.decoder = WebmOpusDecoder(self.window, self.settings.max_buffer_bytes)
         else:

@@ -28,6 +28,9 @@ No snapshots, no per-process catch-up of vectors, no compaction: ``maybe_snapsho
 nothing and ``snapshot`` publishes. Metadata filters work as with FAISS (the database answers
 them; ``service.search.matching``); the FAISS index kinds (``fastscan``, ``hnsw``, ``auto``)
 do not apply: collections use Milvus's FLAT index on inner product.
+
+Longer than ~400 lines on purpose: the replay, build and verify rules above are one
+protocol; kept together so the crash-safety argument can be read in one file.
 """
 
 from __future__ import annotations

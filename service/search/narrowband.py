@@ -36,7 +36,7 @@ from service.decisions.cohort import SpaceScoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import SOURCE_SHIPPED, Decision, DecisionPolicy
 from service.pipeline.telephone import TELEPHONE_RATE
-from service.search.gallery import Gallery, Hit
+from service.search.vector_store import Hit, VectorStore
 from storage.records import SpeakerBrief
 from storage.speakers import SpeakerStore
 
@@ -58,7 +58,7 @@ class Ranked:
 def usable_views(
     scoring: Mapping[str, SpaceScoring],
     enabled: bool,
-    gallery: Gallery,
+    gallery: VectorStore,
     normalizer: AsNorm | None,
 ) -> tuple[dict[str, NarrowbandView], dict[str, str]]:
     """The views (``resolve_views``) this gallery can serve — it holds their derived space
@@ -78,7 +78,7 @@ def usable_views(
 class NarrowbandSearch:
     def __init__(
         self,
-        gallery: Gallery,
+        gallery: VectorStore,
         store: SpeakerStore,
         policy: DecisionPolicy,
         normalizer: AsNorm | None,

@@ -1,6 +1,7 @@
 """What the search layer needs of a vector store, whichever engine holds the vectors.
 
-Two implementations, chosen by ``VOICESEARCH_VECTOR_STORE`` (``service.search.stores``):
+Two implementations, chosen by ``VOICESEARCH_VECTOR_STORE``
+(``service.bootstrap.build_vector_store``):
 
 * ``faiss`` (default): :class:`service.search.gallery.Gallery`, an in-memory FAISS index per
   space in every process, snapshots on disk, each process replaying the change log.

@@ -236,3 +236,18 @@ def test_a_full_inference_queue_answers_busy_and_memory_stays_bounded(
     assert all(e["retry_after_s"] >= 1 for e in run.of_type("busy"))
     after = run_live(address, s16_frames(synth_voice(1.0)), headers=AUTH, speed=2.0)
     assert after.speaking and not after.of_type("busy")
+
+
+def test_a_frame_longer_than_the_window_advances_the_stream_by_all_of_it() -> None:
+    """The stream clock (event start/end, the hop grid) counts every sample received, even in
+    a frame larger than the window; the window keeps the newest samples."""
+    from service.recordings.live_audio import SampleWindow
+
+    window = SampleWindow(capacity=4)
+    window.push(np.arange(3, dtype=np.float32))
+    window.push(np.arange(10, 20, dtype=np.float32))  # 10 samples into a window of 4
+    assert window.total == 13
+    latest, end = window.latest(1.0)
+    assert end == 13 and latest.tolist() == [16.0, 17.0, 18.0, 19.0]
+    window.push(np.asarray([20.0], dtype=np.float32))
+    assert window.latest(1.0)[0].tolist() == [17.0, 18.0, 19.0, 20.0]
