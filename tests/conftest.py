@@ -6,8 +6,10 @@ runs a test once on a SQLite file and once on a PostgreSQL database."""
 
 from __future__ import annotations
 
+import shutil
 import signal
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Generator, Iterator
 from functools import cache
 from pathlib import Path
 from types import FrameType
@@ -29,8 +31,19 @@ from tests.model_factory import (  # noqa: E402
     build_speaker_model,
     load_tiny,
 )
+from tests.parallel import (  # noqa: E402
+    LOCK_DIR_KEY,
+    AloneLock,
+    is_alone,
+    order_and_group,
+    worker_count,
+    worker_threads,
+)
 from tests.postgres import PostgresCluster, find_bin_dir, missing_reason, required  # noqa: E402
 from tests.server import kill_all_servers  # noqa: E402
+
+# tests/test_parallel.py runs pytest on a few generated files.
+pytest_plugins = ["pytester"]
 
 
 @cache
@@ -61,9 +74,10 @@ class _NoNetwork(OSError):
 
 @pytest.fixture(autouse=True)
 def no_leaked_servers() -> Iterator[None]:
-    """Whatever server a test started is dead when it ends: failed, timed out or forgotten."""
+    """Whatever server a test started is dead when it ends: failed, timed out or forgotten.
+    (A module-scoped fixture's shared server is stopped by that fixture.)"""
     yield
-    kill_all_servers()
+    kill_all_servers(keep_shared=True)
 
 
 @pytest.fixture(autouse=True)
@@ -205,8 +219,61 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+ALONE_LOCK = pytest.StashKey[AloneLock]()
+LOCK_DIR = pytest.StashKey[Path]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A SIGTERM to the test run (a CI timeout, `kill`) stops it like Ctrl-C, so fixture
     finalisers still kill the servers and PostgreSQL clusters the tests started; Python's
-    default SIGTERM ends the process without running them."""
+    default SIGTERM ends the process without running them. Under xdist the controller and each
+    worker install it: a TERM to the controller ends the workers (xdist closes their channels)
+    and each one's finalisers run as on a TERM of its own.
+
+    An xdist worker also threads for its share of the cores and joins the run's ``alone`` lock
+    (``tests/parallel.py``)."""
     signal.signal(signal.SIGTERM, _interrupt)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        return
+    if worker_count() > 1:
+        import torch
+
+        torch.set_num_threads(worker_threads())
+    if LOCK_DIR_KEY in workerinput:
+        config.stash[ALONE_LOCK] = AloneLock(Path(workerinput[LOCK_DIR_KEY]))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: object) -> None:
+    """xdist controller, once per worker: every worker of the run gets the same lock folder."""
+    config: pytest.Config = node.config  # type: ignore[attr-defined]
+    if LOCK_DIR not in config.stash:
+        config.stash[LOCK_DIR] = Path(tempfile.mkdtemp(prefix="voicesearch-alone-"))
+    node.workerinput[LOCK_DIR_KEY] = str(config.stash[LOCK_DIR])  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if LOCK_DIR in config.stash:  # the controller, after its workers are gone
+        shutil.rmtree(config.stash[LOCK_DIR], ignore_errors=True)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the groups into work units
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # only xdist workers collect in a parallel run
+        order_and_group(items)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """Outermost, so that waiting for the lock is not counted in a test's timeout."""
+    lock = item.config.stash.get(ALONE_LOCK, None)
+    if lock is None:
+        return (yield)
+    lock.acquire(is_alone(item))
+    try:
+        return (yield)
+    finally:
+        lock.after(nextitem)
