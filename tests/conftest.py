@@ -36,6 +36,7 @@ from tests.parallel import (  # noqa: E402
     AloneLock,
     is_alone,
     order_and_group,
+    terminate_children,
     worker_count,
     worker_threads,
 )
@@ -219,6 +220,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _interrupt_with_workers(signum: int, frame: FrameType | None) -> None:
+    """The xdist controller: TERM its workers at once, then stop like Ctrl-C. Left to xdist, a
+    worker is only interrupted 5 s into the controller's shutdown and SIGKILLed at 10 s, often
+    before its finalisers have stopped its PostgreSQL cluster (seen: one left running)."""
+    terminate_children()
+    _interrupt(signum, frame)
+
+
 ALONE_LOCK = pytest.StashKey[AloneLock]()
 LOCK_DIR = pytest.StashKey[Path]()
 
@@ -226,16 +235,17 @@ LOCK_DIR = pytest.StashKey[Path]()
 def pytest_configure(config: pytest.Config) -> None:
     """A SIGTERM to the test run (a CI timeout, `kill`) stops it like Ctrl-C, so fixture
     finalisers still kill the servers and PostgreSQL clusters the tests started; Python's
-    default SIGTERM ends the process without running them. Under xdist the controller and each
-    worker install it: a TERM to the controller ends the workers (xdist closes their channels)
-    and each one's finalisers run as on a TERM of its own.
+    default SIGTERM ends the process without running them. Under xdist each worker installs it
+    too, and the controller passes its TERM on to them (``_interrupt_with_workers``).
 
     An xdist worker also threads for its share of the cores and joins the run's ``alone`` lock
     (``tests/parallel.py``)."""
-    signal.signal(signal.SIGTERM, _interrupt)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
+        controller = bool(getattr(config.option, "numprocesses", None))
+        signal.signal(signal.SIGTERM, _interrupt_with_workers if controller else _interrupt)
         return
+    signal.signal(signal.SIGTERM, _interrupt)
     if worker_count() > 1:
         import torch
 
