@@ -35,7 +35,7 @@ from tests.parallel import (  # noqa: E402
     LOCK_DIR_KEY,
     AloneLock,
     is_alone,
-    order_and_group,
+    order_units,
     terminate_children,
     worker_count,
     worker_threads,
@@ -268,10 +268,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(config.stash[LOCK_DIR], ignore_errors=True)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist turns the groups into work units
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if hasattr(config, "workerinput"):  # only xdist workers collect in a parallel run
-        order_and_group(items)
+        order_units(items)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -10,17 +10,17 @@ server binds a free port. Three things need care, and live here:
   workers of one run: every test holds it shared, an ``alone`` test exclusively. A turnstile in
   front keeps the shared holders from starving an exclusive one (a waiting ``alone`` test blocks
   new tests from starting; the running ones finish and it goes next). A worker keeps the
-  exclusive lock while its next test is ``alone`` too, and :func:`order_and_group` makes them
-  one work unit, run first, so the other worker waits once, at the start, rather than once per
-  ``alone`` test (up to a 2-minute test's length each time).
+  exclusive lock while its next test is ``alone`` too, and :func:`order_units` runs them
+  early, so the other worker waits for short tests, not for a 2-minute one.
 * **Threads per worker**: torch defaults to one intra-op thread per core, so two workers would
   run 4 OpenMP threads on 2 cores (see ``service.pipeline.threads``: oversubscription is what
   makes inference slow on a shared box). :func:`worker_threads` shares the cores out.
-* **Work units and order** (:func:`order_and_group`, with ``--dist loadgroup`` from
+* **Work units and order** (:func:`order_units`, with ``--dist loadfile`` from
   ``pyproject.toml``): each module is one unit, so a module-scoped fixture (the real model and
   its ONNX exports, a shared server) is built once, not once per worker; modules with long
   tests are handed out first, since a 1-2 minute test picked up last leaves the other worker
-  idle while it runs.
+  idle while it runs. (``--dist loadgroup`` with ``xdist_group`` marks would allow finer units,
+  but pytest-xdist 3.8 cannot rename pytest 9's node ids: its groups are silently ignored.)
 
 Without xdist none of this applies: the tests run in collection order, with no lock.
 """
@@ -50,26 +50,26 @@ def is_heavy(item: pytest.Item) -> bool:
     return any(item.get_closest_marker(name) is not None for name in ("slow", "real_model"))
 
 
-def group_of(item: pytest.Item) -> str:
-    """The xdist work unit: ``alone`` tests together, every other test with its module (its
-    module-scoped fixture, e.g. the real model exported to ONNX, is then built once)."""
-    return "alone" if is_alone(item) else item.nodeid.split("::", 1)[0]
+def module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
 
 
-def order_and_group(items: list[pytest.Item]) -> None:
-    """In an xdist worker, before xdist reads the groups: mark each test's work unit
-    (``xdist_group``) and sort the units: ``alone`` first (one wait for the other worker),
-    then modules with long tests (a long module picked up last leaves the other worker idle),
-    then the rest. Stable, so every worker computes the same order (xdist requires it)."""
-    heavy_modules = {group_of(item) for item in items if is_heavy(item) and not is_alone(item)}
+def order_units(items: list[pytest.Item]) -> None:
+    """In an xdist worker: the order in which ``--dist loadfile`` hands out modules (each module
+    is one work unit, in the order of its first test) and runs each module's tests. Modules
+    with an ``alone`` test first, those tests first in their module (the other worker then
+    waits for short tests, not for a 2-minute one); then modules with long tests (a long module
+    picked up last leaves the other worker idle); then the rest. Stable, so every worker
+    computes the same order (xdist requires it)."""
+    alone_modules = {module_of(item) for item in items if is_alone(item)}
+    heavy_modules = {module_of(item) for item in items if is_heavy(item)}
 
-    def unit_rank(item: pytest.Item) -> int:
-        group = group_of(item)
-        return 0 if group == "alone" else 1 if group in heavy_modules else 2
+    def key(item: pytest.Item) -> tuple[int, int]:
+        module = module_of(item)
+        rank = 0 if module in alone_modules else 1 if module in heavy_modules else 2
+        return rank, 0 if is_alone(item) else 1
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of(item)))
-    items.sort(key=unit_rank)
+    items.sort(key=key)
 
 
 def terminate_children() -> None:

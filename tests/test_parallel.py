@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.parallel import AloneLock, order_and_group
+from tests.parallel import AloneLock, order_units
 
 WAIT_S = 0.3  # long enough to see a thread blocked; a blocked one is joined after its release
 
@@ -79,8 +79,10 @@ def test_consecutive_alone_tests_keep_the_lock(tmp_path: Path) -> None:
     other.release()
 
 
-def test_units_alone_first_then_modules_with_long_tests(pytester: pytest.Pytester) -> None:
-    """Real pytest items: groups and order as an xdist worker computes them."""
+def test_modules_with_alone_tests_first_then_modules_with_long_tests(
+    pytester: pytest.Pytester,
+) -> None:
+    """Real pytest items, ordered as an xdist worker orders them; modules stay contiguous."""
     pytester.makepyfile(
         test_a="def test_quick(): pass\ndef test_quick2(): pass",
         test_b="""
@@ -88,21 +90,23 @@ import pytest
 def test_b1(): pass
 @pytest.mark.slow
 def test_b2(): pass
-@pytest.mark.alone
-def test_b3(): pass
 """,
-        test_c="import pytest\n@pytest.mark.alone\ndef test_c1(): pass",
+        test_c="""
+import pytest
+def test_c1(): pass
+@pytest.mark.alone
+def test_c2(): pass
+""",
     )
     items, _ = pytester.inline_genitems("-p", "no:cacheprovider")
-    order_and_group(items)
-    got = [(item.name, item.get_closest_marker("xdist_group").args[0]) for item in items]
-    assert got == [
-        ("test_b3", "alone"),
-        ("test_c1", "alone"),
-        ("test_b1", "test_b.py"),
-        ("test_b2", "test_b.py"),
-        ("test_quick", "test_a.py"),
-        ("test_quick2", "test_a.py"),
+    order_units(items)
+    assert [item.name for item in items] == [
+        "test_c2",  # alone, first in its module
+        "test_c1",
+        "test_b1",  # a module with a slow test
+        "test_b2",
+        "test_quick",
+        "test_quick2",
     ]
 
 
