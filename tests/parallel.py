@@ -15,12 +15,14 @@ server binds a free port. Three things need care, and live here:
 * **Threads per worker**: torch defaults to one intra-op thread per core, so two workers would
   run 4 OpenMP threads on 2 cores (see ``service.pipeline.threads``: oversubscription is what
   makes inference slow on a shared box). :func:`worker_threads` shares the cores out.
-* **Work units and order** (:func:`order_units`, with ``--dist loadfile`` from
-  ``pyproject.toml``): each module is one unit, so a module-scoped fixture (the real model and
-  its ONNX exports, a shared server) is built once, not once per worker; modules with long
-  tests are handed out first, since a 1-2 minute test picked up last leaves the other worker
-  idle while it runs. (``--dist loadgroup`` with ``xdist_group`` marks would allow finer units,
-  but pytest-xdist 3.8 cannot rename pytest 9's node ids: its groups are silently ignored.)
+* **Order** (:func:`order_units`, with ``--dist worksteal`` from ``pyproject.toml``): each
+  worker starts on a contiguous half of this order and the idle one takes tests from the end
+  of the other's queue, so a module mostly stays on one worker and its module-scoped fixtures
+  (the real model's ONNX exports, a shared server) are built once. Modules with long tests
+  come early, since a 1-2 minute test picked up last leaves the other worker idle. Not
+  ``loadfile``/``loadgroup``: they schedule by node id, and schemathesis gives its 15 fuzz
+  tests one node id under pytest 9, so 14 silently never ran (and pytest-xdist 3.8's groups
+  are ignored under pytest 9: it renames ``item._nodeid``, which pytest 9 no longer reads).
 
 Without xdist none of this applies: the tests run in collection order, with no lock.
 """
@@ -55,12 +57,11 @@ def module_of(item: pytest.Item) -> str:
 
 
 def order_units(items: list[pytest.Item]) -> None:
-    """In an xdist worker: the order in which ``--dist loadfile`` hands out modules (each module
-    is one work unit, in the order of its first test) and runs each module's tests. Modules
-    with an ``alone`` test first, those tests first in their module (the other worker then
-    waits for short tests, not for a 2-minute one); then modules with long tests (a long module
-    picked up last leaves the other worker idle); then the rest. Stable, so every worker
-    computes the same order (xdist requires it)."""
+    """In an xdist worker: the order the workers split and steal from. ``alone`` tests first,
+    together (the other worker waits for them once, at the start); then the rest of their
+    modules, then modules with long tests (a long module picked up last leaves the other worker
+    idle), then the rest; modules stay contiguous. Stable, so every worker computes the same
+    order (xdist requires it)."""
     alone_modules = {module_of(item) for item in items if is_alone(item)}
     heavy_modules = {module_of(item) for item in items if is_heavy(item)}
 
