@@ -6,9 +6,11 @@ runs a test once on a SQLite file and once on a PostgreSQL database."""
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from functools import cache
 from pathlib import Path
 from types import FrameType
@@ -33,8 +35,20 @@ from tests.model_factory import (  # noqa: E402
     build_speaker_model,
     load_tiny,
 )
+from tests.parallel import (  # noqa: E402
+    LOCK_DIR_KEY,
+    AloneLock,
+    is_alone,
+    order_units,
+    terminate_children,
+    worker_count,
+    worker_threads,
+)
 from tests.postgres import PostgresCluster, find_bin_dir, missing_reason, required  # noqa: E402
 from tests.server import kill_all_servers  # noqa: E402
+
+# tests/test_parallel.py runs pytest on a few generated files.
+pytest_plugins = ["pytester"]
 
 
 @cache
@@ -65,9 +79,10 @@ class _NoNetwork(OSError):
 
 @pytest.fixture(autouse=True)
 def no_leaked_servers() -> Iterator[None]:
-    """Whatever server a test started is dead when it ends: failed, timed out or forgotten."""
+    """Whatever server a test started is dead when it ends: failed, timed out or forgotten.
+    (A module-scoped fixture's shared server is stopped by that fixture.)"""
     yield
-    kill_all_servers()
+    kill_all_servers(keep_shared=True)
 
 
 @pytest.fixture(autouse=True)
@@ -209,11 +224,72 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _interrupt_with_workers(signum: int, frame: FrameType | None) -> None:
+    """The xdist controller: TERM its workers at once, then stop like Ctrl-C. Left to xdist, a
+    worker is only interrupted 5 s into the controller's shutdown and SIGKILLed at 10 s, often
+    before its finalisers have stopped its PostgreSQL cluster (seen: one left running)."""
+    terminate_children()
+    _interrupt(signum, frame)
+
+
+ALONE_LOCK = pytest.StashKey[AloneLock]()
+LOCK_DIR = pytest.StashKey[Path]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A SIGTERM to the test run (a CI timeout, `kill`) stops it like Ctrl-C, so fixture
     finalisers still kill the servers and PostgreSQL clusters the tests started; Python's
-    default SIGTERM ends the process without running them."""
+    default SIGTERM ends the process without running them. Under xdist each worker installs it
+    too, and the controller passes its TERM on to them (``_interrupt_with_workers``).
+
+    An xdist worker also threads for its share of the cores and joins the run's ``alone`` lock
+    (``tests/parallel.py``)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        controller = bool(getattr(config.option, "numprocesses", None))
+        signal.signal(signal.SIGTERM, _interrupt_with_workers if controller else _interrupt)
+        return
     signal.signal(signal.SIGTERM, _interrupt)
+    if worker_count() > 1:
+        import torch
+
+        torch.set_num_threads(worker_threads())
+    if LOCK_DIR_KEY in workerinput:
+        config.stash[ALONE_LOCK] = AloneLock(Path(workerinput[LOCK_DIR_KEY]))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: object) -> None:
+    """xdist controller, once per worker: every worker of the run gets the same lock folder."""
+    config: pytest.Config = node.config  # type: ignore[attr-defined]
+    if LOCK_DIR not in config.stash:
+        config.stash[LOCK_DIR] = Path(tempfile.mkdtemp(prefix="voicesearch-alone-"))
+    node.workerinput[LOCK_DIR_KEY] = str(config.stash[LOCK_DIR])  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if LOCK_DIR in config.stash:  # the controller, after its workers are gone
+        shutil.rmtree(config.stash[LOCK_DIR], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # only xdist workers collect in a parallel run
+        order_units(items)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """Outermost, so that waiting for the lock is not counted in a test's timeout."""
+    lock = item.config.stash.get(ALONE_LOCK, None)
+    if lock is None:
+        return (yield)
+    lock.acquire(is_alone(item))
+    try:
+        return (yield)
+    finally:
+        lock.after(nextitem)
 
 
 @pytest.fixture(scope="session")

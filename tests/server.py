@@ -4,8 +4,9 @@
 No server outlives its test: each one runs in its own process group (``start_new_session``) so
 that one ``killpg`` reaches the uvicorn master and every worker; every live server is recorded
 in :data:`LIVE`, and ``tests/conftest.py`` kills whatever is left after each test (a test that
-failed, timed out or forgot). The master also gets SIGKILL from the kernel if the test process
-itself dies (``PR_SET_PDEATHSIG``), and an ``atexit`` hook kills what remains at interpreter exit.
+failed, timed out or forgot), except a server a module-scoped fixture shares (``shared``).
+The master also gets SIGKILL from the kernel if the test process itself dies
+(``PR_SET_PDEATHSIG``), and an ``atexit`` hook kills what remains at interpreter exit.
 """
 
 from __future__ import annotations
@@ -75,9 +76,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def kill_all_servers() -> int:
-    """Kill every live server's process group; returns how many there were."""
-    leftovers = list(LIVE)
+def kill_all_servers(*, keep_shared: bool = False) -> int:
+    """Kill every live server's process group; returns how many there were. ``keep_shared``
+    spares the servers that a module-scoped fixture shares between tests (``shared=True``):
+    their fixture stops them, and the ``atexit`` hook whatever is left."""
+    leftovers = [server for server in LIVE if not (keep_shared and server.shared)]
     for server in leftovers:
         server.kill()
     return len(leftovers)
@@ -94,7 +97,9 @@ class ServerProcess:
         workers: int = 1,
         log_path: Path,
         log_level: str = "warning",  # "info" also writes uvicorn's access log
+        shared: bool = False,  # outlives a test: started by a module-scoped fixture
     ) -> None:
+        self.shared = shared
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path

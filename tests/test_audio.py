@@ -308,6 +308,7 @@ def test_too_long_and_exactly_at_the_cap(voice: np.ndarray) -> None:
     assert _decode(data, max_duration_s=2.0).duration_s == 2.0
 
 
+@pytest.mark.alone  # a wall-clock bound (tests/parallel.py)
 def test_cap_stops_decoding_early(monkeypatch: pytest.MonkeyPatch) -> None:
     """28 kB of FLAC that decodes to 10 minutes: with a 5 s cap, only ~5 s is ever decoded."""
     buffer = io.BytesIO()

@@ -913,16 +913,21 @@ def test_body_caps_in_process(
 READ = "hostile-read-key-0123456789"
 
 
-@pytest.fixture
-def keyed_server(tmp_path: Path, tiny_model_dirs: dict[str, Path]) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module")
+def keyed_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dirs: dict[str, Path]
+) -> Iterator[ServerProcess]:
     """Default request caps (about 500 MiB), an admin and a read key, the access log on.
 
-    One per test: tests/conftest.py kills every server still running when a test ends."""
-    root = tmp_path
+    One for the module (a start-up is most of each test's time): its tests only read and
+    refuse, none writes data another one checks; the log test looks for its own secrets."""
+    root = tmp_path_factory.mktemp("keyed-server")
     env = server_env(
         root / "data", tiny_model_dirs, VOICESEARCH_API_KEYS=f"admin:{ADMIN},read:{READ}"
     )
-    process = ServerProcess(env, workers=1, log_path=root / "server.log", log_level="info")
+    process = ServerProcess(
+        env, workers=1, log_path=root / "server.log", log_level="info", shared=True
+    )
     try:
         process.wait_ready()
         yield process
@@ -964,6 +969,7 @@ def start_upload(
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # each refusal within 1 s (tests/parallel.py)
 @pytest.mark.timeout(300)  # a server start-up (slow under load) and the refusals
 def test_uploads_without_a_valid_key_are_refused_before_the_body(
     keyed_server: ServerProcess,

@@ -31,6 +31,7 @@ KEY = "load-test-admin-key-0123456789"
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # its own load on both cores; memory growth (tests/parallel.py)
 @pytest.mark.timeout(600)  # 30 s of load plus two worker start-ups; its own budget
 def test_sustained_mixed_load(tmp_path: Path, tiny_model_dirs: dict[str, Path]) -> None:
     env = server_env(tmp_path / "data", tiny_model_dirs, VOICESEARCH_API_KEYS=f"admin:{KEY}")

@@ -26,6 +26,9 @@ from service.api.schemas import CompareVoicesRequest
 from service.pipeline.registry import ModelRegistry
 from tests.audio_factory import synth_voice, wav_bytes
 
+# Latency bounds (a second or less): under xdist nothing else runs meanwhile (tests/parallel.py).
+pytestmark = pytest.mark.alone
+
 GATE_TIMEOUT_S = 8.0
 
 
