@@ -71,6 +71,14 @@ def test_sqlite_faiss_to_postgres_milvus_and_back(
     # A second run finds the target holding records and refuses, changing nothing.
     assert cli(monkeypatch, tmp_path / "src", tiny_model_dirs, *to_milvus) == 2
     assert "already holds records" in capsys.readouterr().err
+    # Run from an installation that itself serves from that Milvus and prefix: refused before
+    # anything is touched (the target's rebuild would drop the collections it serves from).
+    with monkeypatch.context() as same:
+        same.setenv("VOICESEARCH_VECTOR_STORE", "milvus")
+        same.setenv("VOICESEARCH_MILVUS_URI", milvus_server.uri)
+        same.setenv("VOICESEARCH_MILVUS_COLLECTION_PREFIX", prefix)
+        assert cli(same, tmp_path / "src", tiny_model_dirs, *to_milvus, "--replace") == 2
+    assert "the ones this installation uses" in capsys.readouterr().err
 
     target = make_settings(
         tmp_path / "pg",

@@ -118,6 +118,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     target = target_settings(args, settings)
+    if (
+        settings.vector_store == "milvus"
+        and target.vector_store == "milvus"
+        and target.milvus_uri == settings.milvus_uri
+        and target.milvus_collection_prefix == settings.milvus_collection_prefix
+    ):
+        # The same Milvus and prefix as the running installation: the target's rebuild would
+        # drop the collections the source's nodes are serving from.
+        print(
+            "error: the target Milvus and collection prefix are the ones this installation "
+            "uses: pass another --to-milvus-prefix (or --to-milvus-uri)",
+            file=sys.stderr,
+        )
+        return 2
     target.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_to_head(target.resolved_database_url)
     source_engine = make_engine(source_url)
