@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -84,14 +83,29 @@ class MilvusLiteServer:
                 )
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline and self.process.poll() is None:
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1),
-                ):
+                if self._answers():
                     return
-                time.sleep(0.1)
+                time.sleep(0.2)
             kill_group(self.process)
         raise RuntimeError(f"Milvus Lite server did not start:\n{self.log_tail()}")
+
+    def _answers(self) -> bool:
+        """The server answers a real request. A listening port is not enough: the port is bound
+        before the server has finished starting, and on a loaded machine the first client's
+        connect then timed out (pymilvus waits 10 s) in a CI run."""
+        from pymilvus import MilvusClient
+
+        try:
+            client = MilvusClient(uri=self.uri, timeout=5)
+        except Exception:  # refused or timed out: not listening or not started yet
+            return False
+        try:
+            client.list_collections()
+            return True
+        except Exception:
+            return False
+        finally:
+            client.close()
 
     def log_tail(self) -> str:
         with contextlib.suppress(OSError):
