@@ -107,30 +107,21 @@ def main() -> None:
         started = time.perf_counter()
         fill(store, stored)
         fill_s = time.perf_counter() - started
+
+        def faiss(kind: str) -> Gallery:
+            return Gallery(
+                store,
+                Path(tmp) / kind,
+                {SPACE: DIM},
+                IDENTITIES,
+                index_spec=IndexSpec(kind=kind),
+                background=False,
+            )
+
         try:
             for name, make in (
-                (
-                    "faiss-flat",
-                    lambda: Gallery(
-                        store,
-                        Path(tmp) / "flat",
-                        {SPACE: DIM},
-                        IDENTITIES,
-                        index_spec=IndexSpec(kind="flat"),
-                        background=False,
-                    ),
-                ),
-                (
-                    "faiss-auto",
-                    lambda: Gallery(
-                        store,
-                        Path(tmp) / "auto",
-                        {SPACE: DIM},
-                        IDENTITIES,
-                        index_spec=IndexSpec(kind="auto"),
-                        background=False,
-                    ),
-                ),
+                ("faiss-flat", lambda: faiss("flat")),
+                ("faiss-auto", lambda: faiss("auto")),
                 (
                     "milvus-lite",
                     lambda: MilvusGallery(

@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Subquery, and_, exists, func, select
+from sqlalchemy import Subquery, and_, exists, select
 from sqlalchemy.orm import Session
 
 from storage.models import Embedding, Profile, Utterance, utcnow
-from storage.profiles import identity_condition, recompute_profiles
+from storage.profiles import identity_condition, net_speech_sum, recompute_profiles
 from storage.tx import Transactions
 
 # Speakers recomputed per write transaction: bounded, so a large backlog never holds the one
@@ -40,7 +40,7 @@ def _speech_per_speaker() -> Subquery:
     return (
         select(
             Utterance.speaker_id.label("speaker_id"),
-            func.sum(func.coalesce(Utterance.speech_s, Utterance.duration_s)).label("speech"),
+            net_speech_sum().label("speech"),
         )
         .group_by(Utterance.speaker_id)
         .subquery()

@@ -135,15 +135,17 @@ def utterance_records(
     }
 
 
+def net_speech_sum() -> ColumnElement[float]:
+    """SQL: the net speech of a set of utterances (``duration_s`` where it is unknown). The one
+    definition the enrollment floor, speaker records and the start-up floor check share."""
+    return func.sum(func.coalesce(Utterance.speech_s, Utterance.duration_s))
+
+
 def speech_total(session: Session, speaker_id: int) -> float:
     """Net speech over the speaker's utterances (``duration_s`` where it is unknown)."""
     return float(
         session.scalar(
-            select(
-                func.coalesce(
-                    func.sum(func.coalesce(Utterance.speech_s, Utterance.duration_s)), 0.0
-                )
-            ).where(Utterance.speaker_id == speaker_id)
+            select(func.coalesce(net_speech_sum(), 0.0)).where(Utterance.speaker_id == speaker_id)
         )
         or 0.0
     )

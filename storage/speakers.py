@@ -33,6 +33,7 @@ from storage.models import OP_DELETE, Embedding, IndexChange, Profile, Speaker, 
 from storage.profile_floor import FloorChanges, apply_profile_floor
 from storage.profiles import (
     identity_condition,
+    net_speech_sum,
     prepare_utterances,
     recompute_profiles,
     store_utterances,
@@ -83,11 +84,7 @@ class SpeakerStore(ChangeLog):
             .scalar_subquery()
         )
         speech = (
-            select(
-                func.coalesce(
-                    func.sum(func.coalesce(Utterance.speech_s, Utterance.duration_s)), 0.0
-                )
-            )
+            select(func.coalesce(net_speech_sum(), 0.0))
             .where(Utterance.speaker_id == Speaker.id)
             .correlate(Speaker)
             .scalar_subquery()

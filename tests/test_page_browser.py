@@ -50,6 +50,57 @@ def missing_browser() -> str | None:
     return None
 
 
+#: The real model and dev-speech, which every browser test serves and plays.
+needs_real_audio = pytest.mark.skipif(
+    not (HAS_REAL_MODEL and HAS_DEV_SPEECH),
+    reason="real VoxCeleb model / dev-speech not found (set VOICESEARCH_TEST_SHARED)",
+)
+
+
+def screenshot_dir(request: pytest.FixtureRequest) -> Path:
+    """Where a browser test leaves its screenshots: the test's temporary folder, or the
+    committed docs/screenshots/ with VOICESEARCH_UPDATE_SCREENSHOTS=1 (a test run must not
+    rewrite files of the checkout; the committed set is refreshed on purpose)."""
+    if os.environ.get("VOICESEARCH_UPDATE_SCREENSHOTS") == "1":
+        folder = COMMITTED_SCREENSHOTS
+    else:
+        folder = Path(request.getfixturevalue("tmp_path")) / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def element_text(driver: object, element_id: str) -> str:
+    """The element's text, or "" while it is not on the page."""
+    from selenium.webdriver.common.by import By
+
+    elements = driver.find_elements(By.ID, element_id)  # type: ignore[attr-defined]
+    return elements[0].text if elements else ""
+
+
+def wait_until(
+    driver: object,
+    condition: Callable[[], object],
+    what: str,
+    on_timeout: Callable[[], str],
+    poll_s: float = 0.2,
+) -> object:
+    """``condition()``'s first truthy value within WAIT_S; on a timeout ``on_timeout()`` (a
+    screenshot; it returns what to add to the message) and an AssertionError naming ``what``."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(
+            driver,
+            WAIT_S,
+            poll_frequency=poll_s,
+            # The page re-renders results: an element may go stale between find and read.
+            ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+        ).until(lambda _: condition())
+    except Exception:
+        raise AssertionError(f"timed out waiting for {what}{on_timeout()}") from None
+
+
 def require_browser() -> None:
     reason = missing_browser()
     if reason is None:
@@ -112,37 +163,21 @@ def browser() -> Iterator[object]:
 @pytest.mark.slow
 @pytest.mark.real_model
 @pytest.mark.timeout(400)
-@pytest.mark.skipif(
-    not (HAS_REAL_MODEL and HAS_DEV_SPEECH),
-    reason="real VoxCeleb model / dev-speech not found (set VOICESEARCH_TEST_SHARED)",
-)
+@needs_real_audio
 def test_record_enroll_identify_manage(request: pytest.FixtureRequest) -> None:
     require_browser()  # before the fixtures start a server and a browser
     server: ServerProcess = request.getfixturevalue("server")
     driver = request.getfixturevalue("browser")
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    # A test run must not rewrite files of the checkout; the committed set is refreshed on purpose.
-    if os.environ.get("VOICESEARCH_UPDATE_SCREENSHOTS") == "1":
-        screenshots = COMMITTED_SCREENSHOTS
-    else:
-        screenshots = request.getfixturevalue("tmp_path") / "screenshots"
-    screenshots.mkdir(parents=True, exist_ok=True)
+    screenshots = screenshot_dir(request)
 
     def wait_for(condition: Callable[[], object], what: str) -> object:
-        try:
-            return WebDriverWait(
-                driver,
-                WAIT_S,
-                poll_frequency=0.2,
-                # The page re-renders results: an element may go stale between find and read.
-                ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
-            ).until(lambda _: condition())
-        except Exception:
+        def failed() -> str:
             shot(f"failed-{what.replace(' ', '-')}")
-            raise AssertionError(f"timed out waiting for {what}") from None
+            return ""
+
+        return wait_until(driver, condition, what, failed)
 
     def find(element_id: str):
         return driver.find_element(By.ID, element_id)
@@ -167,8 +202,7 @@ def test_record_enroll_identify_manage(request: pytest.FixtureRequest) -> None:
         )
 
     def text_of(element_id: str) -> str:
-        elements = driver.find_elements(By.ID, element_id)
-        return elements[0].text if elements else ""
+        return element_text(driver, element_id)
 
     # 1. The page; keys are on, so it asks for one.
     driver.get(server.base_url + "/")

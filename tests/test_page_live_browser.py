@@ -9,46 +9,37 @@ Fixtures and skip rules are tests/test_page_browser.py's.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.paths import HAS_DEV_SPEECH, HAS_REAL_MODEL
 from tests.server import ServerProcess
 from tests.test_page_browser import (  # noqa: F401 - fixtures used by name
     ADMIN_KEY,
-    COMMITTED_SCREENSHOTS,
     SAMPLES,
     WAIT_S,
     browser,
+    element_text,
+    needs_real_audio,
     require_browser,
+    screenshot_dir,
     server,
+    wait_until,
 )
 
 
 @pytest.mark.slow
 @pytest.mark.real_model
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(
-    not (HAS_REAL_MODEL and HAS_DEV_SPEECH),
-    reason="real VoxCeleb model / dev-speech not found (set VOICESEARCH_TEST_SHARED)",
-)
+@needs_real_audio
 def test_live_view_names_the_speaker_at_the_microphone(request: pytest.FixtureRequest) -> None:
     require_browser()
     served: ServerProcess = request.getfixturevalue("server")
     driver = request.getfixturevalue("browser")
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    if os.environ.get("VOICESEARCH_UPDATE_SCREENSHOTS") == "1":
-        screenshots = COMMITTED_SCREENSHOTS
-    else:
-        screenshots = Path(request.getfixturevalue("tmp_path")) / "screenshots"
-    screenshots.mkdir(parents=True, exist_ok=True)
+    screenshots = screenshot_dir(request)
 
     files = [
         ("audio", (f"spk1_snt{i}.wav", (SAMPLES / f"spk1_snt{i}.wav").read_bytes(), "audio/wav"))
@@ -64,22 +55,14 @@ def test_live_view_names_the_speaker_at_the_microphone(request: pytest.FixtureRe
     assert enrolled.status_code == 201, enrolled.text
 
     def text_of(element_id: str) -> str:
-        elements = driver.find_elements(By.ID, element_id)
-        return elements[0].text if elements else ""
+        return element_text(driver, element_id)
 
     def wait_for(condition: Callable[[], object], what: str) -> None:
-        try:
-            WebDriverWait(
-                driver,
-                WAIT_S,
-                poll_frequency=0.1,
-                ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
-            ).until(lambda _: condition())
-        except Exception:
+        def failed() -> str:
             driver.save_screenshot(str(screenshots / f"failed-live-{what.replace(' ', '-')}.png"))
-            raise AssertionError(
-                f"timed out waiting for {what}: {text_of('live-now')!r} {text_of('live-result')!r}"
-            ) from None
+            return f": {text_of('live-now')!r} {text_of('live-result')!r}"
+
+        wait_until(driver, condition, what, failed, poll_s=0.1)
 
     driver.get(served.base_url + "/")
     wait_for(lambda: driver.find_element(By.ID, "api-key-section").is_displayed(), "key field")
