@@ -87,11 +87,26 @@ def client_for(uri: str, token: str | None = None, timeout_s: float = 10.0) -> A
             "vector_store=milvus needs pymilvus: pip install -c constraints.txt -e '.[milvus]'"
         ) from error
     errors = (MilvusException, grpc.RpcError)
-    try:
-        client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
-    except errors as error:
-        raise MilvusError(f"cannot connect to Milvus at {uri}: {error}") from error
+    for attempt in range(3):
+        try:
+            client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+            break
+        except errors as error:
+            # pymilvus shares one gRPC channel per address; a server that closed it for the
+            # client's idle keepalive pings (GOAWAY "Too many pings": Milvus Lite's Python gRPC
+            # server does) fails the next connect once, and the channel reconnects on the next.
+            if attempt < 2 and _dropped_for_pings(error):
+                continue
+            raise MilvusError(f"cannot connect to Milvus at {uri}: {error}") from error
     return _Guarded(client, errors)
+
+
+def _dropped_for_pings(error: BaseException | None) -> bool:
+    while error is not None:
+        if "Too many pings" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class MilvusCollections:

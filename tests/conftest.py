@@ -292,11 +292,13 @@ def pytest_runtest_protocol(
         lock.after(nextitem)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def milvus_server() -> Iterator[MilvusLiteServer]:
-    """One Milvus Lite server process for the session (tests/milvus.py); each test keeps to its
-    own collection prefix. Skipped without milvus-lite; a failure under
-    VOICESEARCH_REQUIRE_MILVUS=1 (CI)."""
+    """One Milvus Lite server process per test module (tests/milvus.py); each test keeps to its
+    own collection prefix. Per module, not per session: pymilvus keeps one gRPC channel per
+    address, and Milvus Lite's server closes a channel left idle for minutes ("Too many
+    pings"), which failed the first connect of a later module in a CI run. Skipped without
+    milvus-lite; a failure under VOICESEARCH_REQUIRE_MILVUS=1 (CI)."""
     reason = milvus_missing_reason()
     if reason is not None:
         if milvus_required():
