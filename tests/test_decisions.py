@@ -158,9 +158,61 @@ def test_asnorm_answer_falls_back_to_cosine_as_a_whole(
             _enroll(vs, f"x{i}", rng)
         result = vs.matcher.search_index(VOX, probe, 5)
         assert result.decision.score_type == "asnorm"
-        scores = [m.score for m in result.matches]
-        assert scores == sorted(scores, reverse=True)
+        cosines = [m.similarity for m in result.matches]
+        assert cosines == sorted(cosines, reverse=True)
         assert all(m.score != pytest.approx(m.similarity) for m in result.matches)
+    finally:
+        engine.dispose()
+
+
+def _enroll_vector(vs: VoiceSearch, ext: str, vector: np.ndarray) -> None:
+    vectors = {space: np.zeros(dim, np.float32) for space, dim in vs.gallery.dims.items()}
+    for space, dim in vs.gallery.dims.items():
+        v = np.resize(vector, dim).astype(np.float32) if space != VOX else vector
+        vectors[space] = v / np.linalg.norm(v)
+    utt = UtteranceInput(ext, None, None, 2.0, vectors, speech_s=2.0)
+    vs.store.create_speaker(external_id=ext, name=None, metadata=None, utterances=[utt])
+
+
+def test_candidates_keep_the_cosine_order_where_asnorm_would_reorder_them(
+    tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry
+) -> None:
+    """Issue 12: the answer is ranked as the bare model ranks (cosine), so its top-1 can never be
+    worse than SpeechBrain's; AS-norm only decides. Here a "hub" speaker, close to the probe but
+    also to a crowd of others, has the higher cosine and the lower AS-norm score than a "loner"."""
+    settings = make_settings(tmp_path / "data", tiny_model_dirs, asnorm_spaces=[VOX])
+    engine = open_database(settings)
+    try:
+        vs = build_voicesearch(settings, tiny_registry, engine)
+        dim = vs.gallery.dims[VOX]
+        rng = np.random.default_rng(11)
+        basis = np.eye(dim, dtype=np.float32)
+        probe = basis[0]
+        _enroll_vector(vs, "hub", 0.8 * basis[0] + 0.6 * basis[1])
+        _enroll_vector(vs, "loner", 0.7 * basis[0] + 0.714 * basis[2])
+        # The crowd: cosines 0.3–0.85 with the hub (a wide spread of impostors scores it down),
+        # at most 0.68 with the probe (so neither hub nor loner is outranked by it).
+        for i, a in enumerate(np.linspace(0.3, 0.85, 12)):
+            away = rng.standard_normal(dim).astype(np.float32)
+            away[:3] = 0.0
+            away /= np.linalg.norm(away)
+            hub_direction = (0.8 * basis[0] + 0.6 * basis[1]) * a
+            _enroll_vector(vs, f"crowd{i}", hub_direction + math.sqrt(1 - a * a) * away)
+        result = vs.matcher.search_index(VOX, probe, 4)
+        assert result.decision.score_type == "asnorm"
+        by_id = {m.id: m for m in result.matches}
+        hub, loner = by_id["hub"], by_id["loner"]
+        assert hub.similarity > loner.similarity and hub.score < loner.score  # the setting
+        assert [m.id for m in result.matches[:2]] == ["hub", "loner"]
+        cosines = [m.similarity for m in result.matches]
+        assert cosines == sorted(cosines, reverse=True)
+        # is_match: only the leading run of candidates whose scores reach the threshold.
+        threshold = result.decision.threshold
+        leading = True
+        for m in result.matches:
+            leading = leading and m.score >= threshold
+            assert m.is_match is leading
+        assert (result.verdict == "match") is result.matches[0].is_match
     finally:
         engine.dispose()
 

@@ -178,8 +178,15 @@ def test_find_match_with_asnorm_over_http(tmp_path: Path, tiny_model_dirs, tiny_
         assert best["id"] == "s1" and best["similarity"] == pytest.approx(1.0, abs=1e-4)
         assert best["score"] != pytest.approx(best["similarity"])
         assert best["is_match"] == (best["score"] >= t5)
-        scores = [m["score"] for m in body["top_matches"]]
-        assert scores == sorted(scores, reverse=True)
+        # Ranked as the bare model ranks (cosine); decided on the AS-norm score, and is_match
+        # marks only the leading run of candidates that reach the threshold.
+        top = body["top_matches"]
+        cosines = [m["similarity"] for m in top]
+        assert cosines == sorted(cosines, reverse=True)
+        leading = True
+        for m in top:
+            leading = leading and m["score"] >= t5
+            assert m["is_match"] is leading
         shown = client.get("/calibration").json()["spaces"]["voxceleb"]
         assert shown["asnorm"] is True and shown["score_type"] == "asnorm"
         assert shown["source"] == "shipped" and "enrolled gallery" in shown["cohort"]

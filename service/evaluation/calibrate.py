@@ -244,15 +244,16 @@ async def _scores(vs: VoiceSearch, rows: list[Row], progress: Progress) -> dict[
                 if score is None:
                     continue
                 same = ids.get(hit.speaker_id) == row.speaker
-                ranked.append((float(score), same))
+                ranked.append((float(cosine), float(score), same))
                 if not found.decided:
                     # Ranked, never decided by the service: not a trial of its threshold.
                     continue
                 (genuine if same else impostor)[space].append(float(score))
                 (cos_g if same else cos_i)[space].append(float(cosine))
+            # As find-match answers: ranked by cosine, the first decided on its score.
             ranked.sort(key=lambda t: -t[0])
-            top1[space].append(bool(ranked and ranked[0][1]))
-            best[space].append(ranked[0][0] if ranked else -np.inf)
+            top1[space].append(bool(ranked and ranked[0][2]))
+            best[space].append(ranked[0][1] if ranked else -np.inf)
     policy_types = {s: vs.policy.score_type(s) for s in spaces}
     return {
         s: SpaceScores(

@@ -2,13 +2,23 @@
 
 Everything here is blocking (SQLite, FAISS) and returns domain results — :class:`MatchResult`,
 :class:`Comparison` — that ``service.api.mappers`` turns into response bodies. The decision
-rule is the same in every mode: candidates are ranked by their decision score (the AS-norm
-score where AS-norm is on for the space, else the cosine; ``similarity`` always stays the raw
-cosine), and the best one ``is_match`` when it reaches the threshold in force *at the size of
-the gallery searched* (``service.decisions.policy``: t(N) keeps the share of unenrolled voices
-matched at the FPIR target). The verdict says it plainly for an open set: ``match``,
-``no_match`` (``below_threshold`` or ``empty_gallery``) or ``undecided`` (``no_speech_detected``:
-the probe's audio holds no detected speech at all; any speech gets a decision).
+rule is the same in every mode: candidates are ranked by the model's own cosine (``similarity``),
+each is scored for the decision (``score``: the AS-norm score where AS-norm is on for the space,
+else the cosine), and the first one ``is_match`` when its score reaches the threshold in force
+*at the size of the gallery searched* (``service.decisions.policy``: t(N) keeps the share of
+unenrolled voices matched at the FPIR target). ``is_match`` marks the leading run of candidates
+whose scores all reach it, so a candidate after one that does not is never a match.
+
+Why rank on the cosine and decide on AS-norm (issue 12): the ranking is then exactly the bare
+model's, so top-1 can never be worse than SpeechBrain used directly; AS-norm re-ranking gained
+1–2 points of top-1 on a 69-speaker test set but put a wrong speaker first on dev-speech babble.
+What AS-norm is for is the decision: its impostor tail barely moves with probe length or
+channel, which is what t(N) rests on. (Narrowband probes are the exception, see
+``service.search.narrowband``: they are scored against other profiles than the bare model's.)
+
+The verdict says it plainly for an open set: ``match``, ``no_match`` (``below_threshold`` or
+``empty_gallery``) or ``undecided`` (``no_speech_detected``: the probe's audio holds no detected
+speech at all; any speech gets a decision).
 
 Scores of one answer are always in one unit: if AS-norm cannot score every candidate (a gallery
 cohort too small for statistics), the whole answer falls back to raw cosines and the cosine rule.
@@ -40,8 +50,8 @@ VERDICT_MATCH = "match"
 VERDICT_NO_MATCH = "no_match"
 VERDICT_UNDECIDED = "undecided"
 REASON_NO_SPEECH = "no_speech_detected"
-#: Cosine neighbours re-ranked by AS-norm when top_n asks for fewer.
-RERANK_POOL = 20
+#: Narrowband probes: candidates scored per pair type when top_n asks for fewer.
+NARROWBAND_POOL = 20
 BAND_NARROW = "narrowband"
 
 
@@ -293,7 +303,7 @@ class Matcher:
         """A narrowband probe against ``view``: candidates ranked and decided per pair type."""
         if vector.shape[0] != self.gallery.dims.get(view.space):
             return None  # the wideband path gives the error
-        found = self.narrowband.search(view, vector, top_n, RERANK_POOL)
+        found = self.narrowband.search(view, vector, top_n, NARROWBAND_POOL)
         if found is None:
             return None
         ranked, decision, size = found
@@ -329,20 +339,20 @@ class Matcher:
             )
         asnorm = self.policy.score_type(space) == SCORE_ASNORM
         normalizer = self.normalizer if asnorm else None
-        # With AS-norm the probe's cohort (its top K+1) comes from this same search (gallery
-        # cohort), and candidates are re-ranked by the AS-norm score: a pool of at least
-        # RERANK_POOL cosine neighbours is normalised so one just outside the cosine top_n
-        # can still come first.
+        # With a gallery cohort AS-norm takes the probe's statistics from its top K+1 in this
+        # same search, so the search goes that deep; only the first top_n are answered.
         depth = max(top_n, normalizer.top_k + 1) if normalizer is not None else top_n
-        pool = max(top_n, RERANK_POOL) if normalizer is not None else top_n
-        # One database round trip: the pool's speakers come back with the change cursor that
+        # One database round trip: the answered speakers come back with the change cursor that
         # proves the index searched was current (Gallery.search_briefs).
-        deep, speakers = self.gallery.search_briefs(space, vector, max(depth, pool), describe=pool)
+        deep, speakers = self.gallery.search_briefs(space, vector, depth, describe=top_n)
         # The rule at N = the size searched (the search may have caught the index up first).
         size = self.gallery.size(space)
         decision = self.policy.decision(space, size)
-        # A speaker deleted between the index search and this lookup is simply skipped.
-        hits = [hit for hit in deep[:pool] if hit.speaker_id in speakers]
+        # The bare model's ranking: by cosine, best first (a stable sort keeps the index's order
+        # for ties). A speaker deleted between the index search and this lookup is skipped.
+        hits = sorted(
+            (hit for hit in deep[:top_n] if hit.speaker_id in speakers), key=lambda h: -h.score
+        )
         scores: list[float] = [hit.score for hit in hits]
         if normalizer is not None:
             normed = normalizer.normalise(
@@ -355,20 +365,30 @@ class Matcher:
             if all(score is not None for score in normed):
                 scores = [float(score) for score in normed if score is not None]
             else:
-                # Some candidate has no cohort statistics: never sort AS-norm scores and
+                # Some candidate has no cohort statistics: never decide on AS-norm scores and
                 # cosines together; the whole answer is in cosines, under the cosine rule.
                 decision = self.policy.cosine_decision(space, size)
-        order = sorted(range(len(hits)), key=lambda j: -scores[j])[:top_n]
         matches = [
             Match(
-                id=speakers[hits[j].speaker_id].external_id,
-                name=speakers[hits[j].speaker_id].name,
-                metadata=speakers[hits[j].speaker_id].metadata,
-                similarity=hits[j].score,
-                is_match=scores[j] >= decision.threshold,
-                score=scores[j],
-                match_probability=decision.probability(scores[j]),
+                id=speakers[hit.speaker_id].external_id,
+                name=speakers[hit.speaker_id].name,
+                metadata=speakers[hit.speaker_id].metadata,
+                similarity=hit.score,
+                is_match=False,
+                score=score,
+                match_probability=decision.probability(score),
             )
-            for j in order
+            for hit, score in zip(hits, scores, strict=True)
         ]
+        mark_leading_matches(matches, decision.threshold)
         return self._result(matches, decision, speech_s, space=space, searched=size)
+
+
+def mark_leading_matches(matches: list[Match], threshold: float) -> None:
+    """``is_match`` for the leading run of ``matches`` (in answer order) whose scores reach
+    ``threshold``: the verdict is about the first, and a candidate ranked after one that is no
+    match is not called one either."""
+    leading = True
+    for m in matches:
+        leading = leading and m.score is not None and m.score >= threshold
+        m.is_match = leading
