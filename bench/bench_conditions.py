@@ -14,10 +14,14 @@ measures two systems on exactly the same files:
   Its threshold is its own best: 1 % false accepts over all probe x profile pairs of all
   conditions pooled.
 
-Columns: top-1 (enrolled probes whose best-scoring profile is their own; a refused probe is a
-miss), EER over probe x profile cosine pairs (refused probes left out), refusals (422), and the
-open-set rates of each system's decisions: FPIR = unenrolled probes accepted as anyone, FNIR =
-enrolled probes not returned as the right match (wrong-speaker accepts included).
+Columns: top-1 (enrolled probes whose first candidate is their own speaker — for the service
+its answer's first candidate; a refused probe is a miss), EER over probe x profile pairs
+(refused probes left out; for the service both on the cosine it ranks a wideband answer by and
+on the decision score it compares with the threshold), refusals (422), and the open-set rates
+of each system's decisions: FPIR = unenrolled probes accepted as anyone, FNIR = enrolled probes
+not returned as the right match (wrong-speaker accepts included). Babble is made of three
+unenrolled talkers (``babble*``) or, as a worst case, of three enrolled speakers' enrollment
+clips (``gbabble*``).
 
 Data. Default: dev-speech (``bench/manifests/dev-speech.csv`` under ``../shared/data/
 dev-speech``). ``--manifest M`` (columns ``path,speaker,...``, paths relative to M's folder,
@@ -82,7 +86,13 @@ class Unit:
 @dataclass
 class Context:
     rng: np.random.Generator
-    babble: list[np.ndarray]  # clips of other speakers than the probe's
+    #: Background talkers: clips of unenrolled speakers other than the probe's (a cafeteria of
+    #: people nobody enrolled)...
+    babble: list[np.ndarray]
+    #: ... and, for the ``gbabble`` conditions, the enrolled speakers' own enrollment clips
+    #: (other than the probe speaker's): the worst case, where the voices behind the probe are
+    #: in the gallery and a match to one of them is not wrong in every sense.
+    gallery_babble: list[np.ndarray]
 
 
 def _seed(*parts: str) -> int:
@@ -105,8 +115,9 @@ def _noise(kind: str, snr_db: float) -> Degrade:
         if kind == "white":
             noise = ctx.rng.standard_normal(x.size)
         else:  # babble: 3 other talkers, each looped to the probe's length
-            picks = ctx.rng.choice(len(ctx.babble), size=min(3, len(ctx.babble)), replace=False)
-            noise = sum(np.resize(ctx.babble[i], x.size) for i in picks)
+            talkers = ctx.babble if kind == "babble" else ctx.gallery_babble
+            picks = ctx.rng.choice(len(talkers), size=min(3, len(talkers)), replace=False)
+            noise = sum(np.resize(talkers[i], x.size) for i in picks)
         # SNR over the whole clip's power, as make_conditions does.
         power = float(np.mean(x.astype(np.float64) ** 2))
         noise = noise * np.sqrt(power / max(float(np.mean(noise**2)), 1e-20) / 10 ** (snr_db / 10))
@@ -159,6 +170,7 @@ CONDITIONS: dict[str, Degrade] = {
     "quiet30_tel8k": lambda x, ctx: [tel8k(_quiet(x), 0)],
     **{f"white{s}": _noise("white", s) for s in (0, 5, 10)},
     **{f"babble{s}": _noise("babble", s) for s in (0, 5, 10)},
+    **{f"gbabble{s}": _noise("gbabble", s) for s in (0, 5, 10)},
     "mp3_32k": _one(mp3_32k),
     "opus16k": _opus16k,
 }
@@ -175,7 +187,12 @@ def excerpts(x: np.ndarray) -> list[np.ndarray]:
 
 def build_protocol(
     rows: list[dict[str, str]], root: Path
-) -> tuple[dict[str, list[np.ndarray]], list[Unit], list[tuple[str, np.ndarray]]]:
+) -> tuple[
+    dict[str, list[np.ndarray]],
+    list[Unit],
+    list[tuple[str, np.ndarray]],
+    list[tuple[str, np.ndarray]],
+]:
     by_speaker: dict[str, list[Path]] = {}
     for row in rows:
         by_speaker.setdefault(row["speaker"], []).append(root / row["path"])
@@ -202,9 +219,10 @@ def build_protocol(
         for spk, name, x, known in probes
         for i, part in enumerate(excerpts(x))
     ]
-    babble = [(spk, x) for spk, xs in enroll.items() for x in xs]
-    babble += [(spk, x) for spk, _, x, known in probes if not known]
-    return enroll, units, babble
+    # Background talkers are unenrolled speakers; the gallery's own voices are kept apart.
+    babble = [(spk, x) for spk, _, x, known in probes if not known]
+    gallery_babble = [(spk, x) for spk, xs in enroll.items() for x in xs]
+    return enroll, units, babble, gallery_babble
 
 
 # --- the two systems -------------------------------------------------------------------------
@@ -253,6 +271,10 @@ class Outcome:
     unit: Unit
     scores: dict[str, float] = field(default_factory=dict)  # cosine per enrolled speaker
     refused: bool = False
+    #: Service only: the answer's candidates in its order (``best_match`` first) and each
+    #: one's decision score (``score``: AS-norm, or the mapped score of a narrowband pair).
+    ranking: list[str] = field(default_factory=list)
+    decision_scores: dict[str, float] = field(default_factory=dict)
     accepted_as: str | None = None  # the system's own decision (None: no match)
     codes: list[str] = field(default_factory=list)
 
@@ -268,25 +290,29 @@ def service_probe(client: TestClient, unit: Unit, data: bytes, ext: str, n: int)
     assert response.status_code == 200, response.text
     body = response.json()
     match = body.get("match")
-    # The service's own ranking and decision scores (AS-norm, telephone-band pairs mapped onto
-    # the wideband scale), not the raw cosine `similarity`: top-1 and EER must measure what the
-    # service answers, or they would only restate that its embeddings equal direct's.
+    # Top-1 is the service's own answer (its first candidate), whatever it ranks by. EER is
+    # measured twice: on `similarity`, the cosine a wideband answer is ranked by, and on
+    # `score`, what the decision compares with the threshold (AS-norm; telephone-band pairs
+    # mapped onto the wideband scale).
+    top = body["top_matches"]
     return Outcome(
         unit,
-        {
-            m["id"]: m["score"] if m.get("score") is not None else m["similarity"]
-            for m in body["top_matches"]
-        },
+        {m["id"]: m["similarity"] for m in top},
         accepted_as=match["id"] if body.get("decision") == "match" and match else None,
         codes=(body.get("quality") or {}).get("codes", []),
+        ranking=[m["id"] for m in top],
+        decision_scores={
+            m["id"]: m["score"] if m.get("score") is not None else m["similarity"] for m in top
+        },
     )
 
 
 # --- metrics ---------------------------------------------------------------------------------
-def pairs(outcomes: list[Outcome]) -> tuple[np.ndarray, np.ndarray]:
+def pairs(outcomes: list[Outcome], decision: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor pair scores: cosines, or (``decision``) the service's scores."""
     genuine, impostor = [], []
     for o in outcomes:
-        for speaker, score in o.scores.items():
+        for speaker, score in (o.decision_scores if decision else o.scores).items():
             (genuine if speaker == o.unit.speaker else impostor).append(score)
     return np.asarray(genuine), np.asarray(impostor)
 
@@ -297,6 +323,8 @@ def summarise(outcomes: list[Outcome], threshold: float | None = None) -> dict[s
     strangers = [o for o in outcomes if not o.unit.enrolled]
 
     def best(o: Outcome) -> tuple[str | None, float]:
+        if o.ranking:  # the service: its own first candidate
+            return o.ranking[0], o.scores[o.ranking[0]]
         if not o.scores:
             return None, -1.0
         speaker = max(o.scores, key=o.scores.__getitem__)
@@ -308,11 +336,13 @@ def summarise(outcomes: list[Outcome], threshold: float | None = None) -> dict[s
         speaker, score = best(o)
         return speaker if score >= threshold else None
 
-    genuine, impostor = pairs(outcomes)
-    rate = float(eer(genuine, impostor)[0]) if genuine.size and impostor.size else float("nan")
+    def rate(genuine: np.ndarray, impostor: np.ndarray) -> float:
+        return float(eer(genuine, impostor)[0]) if genuine.size and impostor.size else float("nan")
+
     return {
         "top1": float(np.mean([best(o)[0] == o.unit.speaker for o in enrolled])),
-        "eer": rate,
+        "eer": rate(*pairs(outcomes)),
+        "eer_decision": rate(*pairs(outcomes, decision=True)),
         "refused": sum(o.refused for o in outcomes),
         "no_speech_detected": sum("no_speech_detected" in o.codes for o in outcomes),
         "fpir": float(np.mean([accepted(o) is not None for o in strangers])),
@@ -368,7 +398,7 @@ def main() -> None:
 
     started = time.perf_counter()
     rows, root = load_rows(args)
-    enroll, units, babble = build_protocol(rows, root)
+    enroll, units, babble, gallery_babble = build_protocol(rows, root)
     conditions = [c for c in args.conditions.split(",") if c]
     args.work.mkdir(parents=True, exist_ok=True)
     settings = Settings(
@@ -394,8 +424,11 @@ def main() -> None:
             t0 = time.perf_counter()
             service, bare = [], []
             for unit in units:
-                others = [x for speaker, x in babble if speaker != unit.speaker]
-                ctx = Context(np.random.default_rng(_seed(name, unit.key)), others)
+                ctx = Context(
+                    np.random.default_rng(_seed(name, unit.key)),
+                    [x for speaker, x in babble if speaker != unit.speaker],
+                    [x for speaker, x in gallery_babble if speaker != unit.speaker],
+                )
                 for data, ext in CONDITIONS[name](unit.samples, ctx):
                     service.append(service_probe(client, unit, data, ext, n))
                     vector = direct.embed(data)
@@ -438,13 +471,15 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
         f"({meta['searchable_speakers']} searchable in the service); probes per condition: "
         "enrolled / unenrolled speakers (`short`: up to 2 excerpts per probe). Direct's threshold: "
         f"{meta['direct_threshold']:.4f} (its own {100 * meta['far']:g} % pair FAR over all "
-        "conditions pooled). The service decides with its own defaults, read from find-match; "
-        "its top-1 and EER use its own ranking scores (`score`: AS-norm with the shipped "
-        "cohort), not the raw cosine.",
+        "conditions pooled). The service decides with its own defaults, read from find-match. "
+        "Its top-1 is its own first candidate; its EER is given on `similarity` (the cosine a "
+        "wideband answer is ranked by) and on `score` (what its decision compares with the "
+        "threshold: AS-norm with the shipped cohort). `babble`: three unenrolled talkers; "
+        "`gbabble`: three *enrolled* speakers' enrollment clips (the gallery's own voices).",
         "",
-        "| condition | probes | top-1 % direct / service | EER % direct / service | service "
-        "refused (422) | service `no_speech_detected` | FPIR % direct / service | FNIR % "
-        "direct / service |",
+        "| condition | probes | top-1 % direct / service | EER % direct / service `similarity` "
+        "/ service `score` | service refused (422) | service `no_speech_detected` | FPIR % "
+        "direct / service | FNIR % direct / service |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
@@ -452,7 +487,8 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
         lines.append(
             f"| {name} | {s['n_enrolled']} / {s['n_unenrolled']} | "
             f"{pct(d['top1'])} / {pct(s['top1'])} | {pct(d['eer'])} / "
-            f"{pct(s['eer'])} | {s['refused']} | {s['no_speech_detected']} | "
+            f"{pct(s['eer'])} / {pct(s.get('eer_decision', float('nan')))} | {s['refused']} | "
+            f"{s['no_speech_detected']} | "
             f"{pct(d['fpir'])} / {pct(s['fpir'])} | {pct(d['fnir'])} / {pct(s['fnir'])} |"
         )
     reading = ""
