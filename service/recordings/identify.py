@@ -92,6 +92,7 @@ class Analysis:
     windows: int
     samples: np.ndarray  # the decoded recording (16 kHz): enroll tokens keep excerpts of it
     narrowband: bool = False  # the upload was <= 8 kHz: voices meet telephone-band profiles
+    source_sample_rate: int = 16_000  # the upload's own rate (enroll tokens keep its band)
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ class RecordingIdentifier:
             windows=len(prepared.windows),
             samples=prepared.audio.samples,
             narrowband=is_narrowband(prepared.audio.source_sample_rate),
+            source_sample_rate=prepared.audio.source_sample_rate,
         )
 
     def analyse(
@@ -386,6 +388,7 @@ class RecordingIdentifier:
             unknown,
             analysis.routed.language,
             principal,
+            analysis.source_sample_rate,
         )
         return replace(result, tokens=tokens)
 

@@ -2,7 +2,9 @@
 without sending the recording again.
 
 What a token keeps is the voice's *audio* (its most typical timeline segments, at most
-``enroll_token_max_s`` of speech, as 16-bit FLAC), not its window embeddings: an enrollment
+``enroll_token_max_s`` of speech, as 16-bit FLAC; at 8 kHz when the recording was ≤ 8 kHz, so
+the enrollment knows the voice came over a phone line, as it would from the upload itself),
+not its window embeddings: an enrollment
 embeds each utterance as a whole clip in **every** loaded space, measures its net speech and
 quality, and recognises a clip already stored by its samples' hash. Window embeddings of the
 routed space alone could do none of that, so the token's audio is handed to the normal
@@ -29,9 +31,12 @@ from typing import Protocol
 import anyio
 import numpy as np
 import soundfile as sf
+from scipy import signal
 
 from service.core import errors
 from service.core.settings import RecordingSettings
+from service.decisions.bandwidth import is_narrowband
+from service.pipeline.telephone import TELEPHONE_RATE
 from service.recordings.segmentation import SAMPLE_RATE
 from storage.enroll_tokens import Claim, EnrollTokenStore, NewToken, token_digest
 from storage.models import utcnow
@@ -85,10 +90,19 @@ def voice_excerpt(
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
 
 
-def flac(samples: np.ndarray) -> bytes:
-    """16-bit FLAC: half the size of 16-bit PCM for speech, and lossless at that depth."""
+def flac(samples: np.ndarray, source_sample_rate: int = SAMPLE_RATE) -> bytes:
+    """16-bit FLAC: half the size of 16-bit PCM for speech, and lossless at that depth.
+
+    ``samples`` are the decoded 16 kHz signal. A recording that came in at ≤ 8 kHz is written
+    back at 8 kHz (its content is below 4 kHz, so nothing is lost): the enrollment then records
+    the clip's source rate as ≤ 8 kHz and treats the voice as natively narrowband, exactly as
+    if the recording itself had been uploaded (``service.search.narrowband``)."""
+    rate = SAMPLE_RATE
+    if is_narrowband(source_sample_rate):
+        samples = signal.resample_poly(samples, TELEPHONE_RATE, SAMPLE_RATE).astype(np.float32)
+        rate = TELEPHONE_RATE
     buffer = io.BytesIO()
-    sf.write(buffer, np.clip(samples, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    sf.write(buffer, np.clip(samples, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()
 
 
@@ -115,8 +129,10 @@ class EnrollTokens:
         labels: list[str],
         language: str | None,
         principal: str,
+        source_sample_rate: int = SAMPLE_RATE,
     ) -> dict[str, IssuedToken]:
-        """One token per voice in ``labels``, stored in one transaction (blocking)."""
+        """One token per voice in ``labels``, stored in one transaction (blocking).
+        ``source_sample_rate``: the recording's own rate (its band is kept with the audio)."""
         if not self.enabled or not labels:
             return {}
         now = self.clock()
@@ -130,7 +146,14 @@ class EnrollTokens:
             token = secrets.token_urlsafe(32)
             speech_s = speech.shape[0] / SAMPLE_RATE
             rows.append(
-                NewToken(token_digest(token), principal, label, language, speech_s, flac(speech))
+                NewToken(
+                    token_digest(token),
+                    principal,
+                    label,
+                    language,
+                    speech_s,
+                    flac(speech, source_sample_rate),
+                )
             )
             issued[label] = IssuedToken(token, expires_at, speech_s)
         self.store.issue(rows, now, expires_at)

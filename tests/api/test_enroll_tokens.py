@@ -6,13 +6,17 @@ does with the enrolled voice is tested in test_identify_real_model.py."""
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 from fastapi.testclient import TestClient
+from scipy import signal
+from sqlalchemy import text
 
 from service.app import create_app
 from service.pipeline.registry import ModelRegistry
@@ -142,6 +146,47 @@ def test_an_unknown_voice_is_enrolled_from_its_token_once(
     assert ("speaker.enroll", "enroll_token", "unknown_1") in actions
     assert ("speaker.add_utterances", "enroll_token", "unknown_2") in actions
     assert all(e["actor"] == "alice" for e in audit)
+
+
+def test_a_token_from_a_phone_recording_keeps_its_band(
+    apps: Callable[[], TestClient], database_url: str
+) -> None:
+    """The token of a voice heard in an 8 kHz recording holds 8 kHz audio, so the enrollment
+    records the clip as narrowband, as an upload of the recording itself would (the telephone-
+    band scoring of ``service.search.narrowband`` tells natively narrowband speakers apart)."""
+    client = apps()
+    data, _ = conversation()
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32")
+    phone = io.BytesIO()
+    sf.write(phone, signal.resample_poly(samples, 1, 2), rate // 2, format="WAV", subtype="PCM_16")
+    response = client.post(
+        "/identify-speakers",
+        files=upload(phone.getvalue()),
+        data={"language": "en", "num_speakers": "2"},
+        headers=key(ADMIN_A),
+    )
+    assert response.status_code == 200, response.text
+    token = {s["speaker"]: s for s in response.json()["speakers"]}["unknown_1"]["enroll_token"]
+    enrolled = client.post(
+        "/speakers", data={"enroll_token": token, "external_id": "caller"}, headers=key(ADMIN_A)
+    )
+    assert enrolled.status_code == 201, enrolled.text
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rates = (
+                connection.execute(
+                    text(
+                        "SELECT u.source_sample_rate FROM utterances u "
+                        "JOIN speakers s ON s.id = u.speaker_id WHERE s.external_id = 'caller'"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+    finally:
+        engine.dispose()
+    assert rates == [8000]
 
 
 def test_a_token_expires_and_is_bound_to_its_key(
