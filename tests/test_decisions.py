@@ -180,7 +180,11 @@ def test_candidates_keep_the_cosine_order_where_asnorm_would_reorder_them(
     """Issue 12: the answer is ranked as the bare model ranks (cosine), so its top-1 can never be
     worse than SpeechBrain's; AS-norm only decides. Here a "hub" speaker, close to the probe but
     also to a crowd of others, has the higher cosine and the lower AS-norm score than a "loner"."""
-    settings = make_settings(tmp_path / "data", tiny_model_dirs, asnorm_spaces=[VOX])
+    # A fixed AS-norm threshold between the hub's and the loner's scores (measured: 1.77 and
+    # 2.26): the loner reaches it, but is ranked after the hub, which does not.
+    settings = make_settings(
+        tmp_path / "data", tiny_model_dirs, asnorm_spaces=[VOX], asnorm_thresholds={VOX: 2.0}
+    )
     engine = open_database(settings)
     try:
         vs = build_voicesearch(settings, tiny_registry, engine)
@@ -206,15 +210,27 @@ def test_candidates_keep_the_cosine_order_where_asnorm_would_reorder_them(
         assert [m.id for m in result.matches[:2]] == ["hub", "loner"]
         cosines = [m.similarity for m in result.matches]
         assert cosines == sorted(cosines, reverse=True)
-        # is_match: only the leading run of candidates whose scores reach the threshold.
-        threshold = result.decision.threshold
-        leading = True
-        for m in result.matches:
-            leading = leading and m.score >= threshold
-            assert m.is_match is leading
-        assert (result.verdict == "match") is result.matches[0].is_match
+        # The verdict is about the first candidate: the hub, below the threshold. The loner
+        # reaches it on its own but, ranked after a non-match, is not called a match.
+        assert result.decision.threshold == 2.0 and result.decision.source == "setting"
+        assert hub.score < 2.0 <= loner.score
+        assert result.verdict == "no_match" and result.reason == "below_threshold"
+        assert [m.is_match for m in result.matches] == [False] * len(result.matches)
     finally:
         engine.dispose()
+
+
+def test_is_match_marks_the_leading_run_of_candidates_that_reach_the_threshold() -> None:
+    from service.search.matching import Match, mark_leading_matches
+
+    matches = [
+        Match(id=str(i), similarity=0.0, is_match=False, score=s)
+        for i, s in enumerate([3.0, 2.5, 1.0, 3.0, None])
+    ]
+    mark_leading_matches(matches, 2.0)
+    assert [m.is_match for m in matches] == [True, True, False, False, False]
+    mark_leading_matches(matches, 0.5)
+    assert [m.is_match for m in matches] == [True, True, True, True, False]  # None never matches
 
 
 def test_random_model_ignores_the_shipped_cohort_and_says_why(

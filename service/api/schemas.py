@@ -238,7 +238,10 @@ class FindMatchRequest(StrictModel):
 class MatchOut(BaseModel):
     id: str = Field(description="Candidate id (the speaker's external id for index searches).")
     similarity: float = Field(description="Raw cosine similarity, -1..1.")
-    is_match: bool = Field(description="The decision score ≥ threshold (and enough speech).")
+    is_match: bool = Field(
+        description="This candidate's decision score ≥ threshold, and so did every candidate "
+        "ranked before it (the verdict is about the first; speech was detected)."
+    )
     name: str | None = None
     metadata: dict[str, Any] | None = None
     score: float | None = Field(
@@ -280,7 +283,10 @@ class QualityOut(BaseModel):
 
 class FindMatchResponse(BaseModel):
     success: bool = True
-    best_match: MatchOut | None = Field(description="Highest-scoring candidate, or null if none.")
+    best_match: MatchOut | None = Field(
+        description="The first candidate: the closest by cosine (a narrowband probe against "
+        "telephone-band profiles: by its mapped score), or null if none."
+    )
     top_matches: list[MatchOut]
     threshold: float
     space: str | None = None

@@ -136,7 +136,7 @@ class SpaceScoring:
     """How one space scores, and its shipped default rule per score type."""
 
     space: str
-    score_type: str  # SCORE_COSINE or SCORE_ASNORM: what find-match ranks and decides on
+    score_type: str  # SCORE_COSINE or SCORE_ASNORM: what find-match decides on
     cohort_origin: str | None  # COHORT_OPERATOR / COHORT_SHIPPED / COHORT_GALLERY; None: cosine
     cohort: np.ndarray | None  # rows of an operator or shipped cohort
     cohort_status: str  # one sentence: which cohort and why (for /calibration and doctor)

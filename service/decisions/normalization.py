@@ -107,6 +107,11 @@ class AsNorm:
     def enabled(self, space: str) -> bool:
         return space in self.spaces
 
+    def uses_gallery_cohort(self, space: str) -> bool:
+        """True when ``space`` is normalised against the enrolled gallery (no fixed cohort):
+        then the probe's statistics come from its own top K+1 gallery hits."""
+        return self.enabled(space) and space not in self.cohorts
+
     def clear_cache(self) -> None:
         """Forget every cached candidate statistic, as a change to the gallery would (for
         benchmarks of the first search after a change)."""

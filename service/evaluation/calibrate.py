@@ -58,7 +58,8 @@ class SpaceScores:
     n_speakers: int
     cosine_genuine: np.ndarray = field(default_factory=lambda: np.zeros(0))
     cosine_impostor: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    # Per probe (manifest order): its speaker is enrolled, and the best-scoring candidate is it.
+    # Per probe (manifest order): its speaker is enrolled, and the first candidate (by cosine,
+    # as find-match ranks) is it; probe_best is that candidate's score.
     probe_enrolled: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     probe_top1: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     probe_best: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -143,7 +144,9 @@ def open_set_point(scores: SpaceScores, tail: TailFit, fpir_target: float, n: in
     against the manifest's gallery, and each of the ``n − N`` extra impostors beats a score s
     with the tail probability P(S ≥ s) (so more speakers add false matches for unenrolled probes
     and take right matches away from enrolled ones). Below N it keeps the measured best scores
-    (pessimistic for FPIR)."""
+    (pessimistic for FPIR). Find-match ranks by cosine and decides the first candidate's score,
+    so "an extra impostor beats the best score" is an approximation of "takes first place": close
+    for the tail, where the two orders rarely differ."""
     n_now = scores.n_speakers
     threshold = tail.threshold(fpir_target, n)
     best, enrolled, correct = scores.probe_best, scores.probe_enrolled, scores.probe_top1

@@ -10,8 +10,10 @@ unenrolled voices matched at the FPIR target). ``is_match`` marks the leading ru
 whose scores all reach it, so a candidate after one that does not is never a match.
 
 Why rank on the cosine and decide on AS-norm (issue 12): the ranking is then exactly the bare
-model's, so top-1 can never be worse than SpeechBrain used directly; AS-norm re-ranking gained
-1–2 points of top-1 on a 69-speaker test set but put a wrong speaker first on dev-speech babble.
+model's, so top-1 can never be worse than SpeechBrain used directly (with exact search: the
+flat index, which ``auto`` uses below its size threshold; fastscan re-scores its best 1,000
+exactly, HNSW is approximate); AS-norm re-ranking gained 1–2 points of top-1 on a 69-speaker
+test set but put a wrong speaker first on dev-speech babble.
 What AS-norm is for is the decision: its impostor tail barely moves with probe length or
 channel, which is what t(N) rests on. (Narrowband probes are the exception, see
 ``service.search.narrowband``: they are scored against other profiles than the bare model's.)
@@ -52,6 +54,8 @@ VERDICT_UNDECIDED = "undecided"
 REASON_NO_SPEECH = "no_speech_detected"
 #: Narrowband probes: candidates scored per pair type when top_n asks for fewer.
 NARROWBAND_POOL = 20
+#: Hits looked up beyond top_n, in case some speaker was deleted since the index search.
+DELETED_MARGIN = 4
 BAND_NARROW = "narrowband"
 
 
@@ -339,20 +343,25 @@ class Matcher:
             )
         asnorm = self.policy.score_type(space) == SCORE_ASNORM
         normalizer = self.normalizer if asnorm else None
-        # With a gallery cohort AS-norm takes the probe's statistics from its top K+1 in this
-        # same search, so the search goes that deep; only the first top_n are answered.
-        depth = max(top_n, normalizer.top_k + 1) if normalizer is not None else top_n
+        # A few hits beyond top_n, so that a speaker deleted between the index search and the
+        # lookup below leaves no hole in the answer.
+        wanted = top_n + DELETED_MARGIN
+        depth = wanted
+        if normalizer is not None and normalizer.uses_gallery_cohort(space):
+            # AS-norm against the gallery takes the probe's statistics from its top K+1 in this
+            # same search, so the search goes that deep (a fixed cohort needs none of it).
+            depth = max(wanted, normalizer.top_k + 1)
         # One database round trip: the answered speakers come back with the change cursor that
         # proves the index searched was current (Gallery.search_briefs).
-        deep, speakers = self.gallery.search_briefs(space, vector, depth, describe=top_n)
+        deep, speakers = self.gallery.search_briefs(space, vector, depth, describe=wanted)
         # The rule at N = the size searched (the search may have caught the index up first).
         size = self.gallery.size(space)
         decision = self.policy.decision(space, size)
         # The bare model's ranking: by cosine, best first (a stable sort keeps the index's order
-        # for ties). A speaker deleted between the index search and this lookup is skipped.
+        # for ties); a speaker deleted since the index search is skipped.
         hits = sorted(
-            (hit for hit in deep[:top_n] if hit.speaker_id in speakers), key=lambda h: -h.score
-        )
+            (hit for hit in deep[:wanted] if hit.speaker_id in speakers), key=lambda h: -h.score
+        )[:top_n]
         scores: list[float] = [hit.score for hit in hits]
         if normalizer is not None:
             normed = normalizer.normalise(
