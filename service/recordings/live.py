@@ -166,7 +166,12 @@ def window_event(
         "score_type": result.decision.score_type,
         "space": result.space,
         "candidates": [
-            {"speaker": m.id, "score": round(float(m.score or 0.0), 4)} for m in result.matches
+            {
+                "speaker": m.id,
+                "similarity": round(float(m.similarity), 4),
+                "score": round(float(m.score or 0.0), 4),
+            }
+            for m in result.matches
         ],
     }
 

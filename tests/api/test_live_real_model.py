@@ -89,6 +89,8 @@ def test_unenrolled_voice_is_unknown(address: str) -> None:
     assert voiced and all(e["state"] == "unknown" for e in voiced), run.speaking
     assert all(e["decision"] == "no_match" and e["speaker"] is None for e in voiced)
     assert all(e["candidates"][0]["speaker"] == "spk1" for e in voiced)  # ranked, not named
+    # Each candidate carries the cosine it is ranked by beside the score it is decided on.
+    assert all(-1 <= c["similarity"] <= 1 for e in voiced for c in e["candidates"])
     assert run.of_type("summary")[0]["speakers"] == []
 
 

@@ -373,6 +373,7 @@ function showIdentification(body) {
     el("td", { class: "num", text: String(i + 1) }),
     el("td", { text: m.name || "" }),
     el("td", { text: m.id }),
+    el("td", { class: "num", text: score(m.similarity) }),
     el("td", { class: "num", text: score(pick(m, ["score", "similarity"])) }),
     el("td", { class: "num", text: percent(m.match_probability) || "–" }),
     el("td", { text: m.is_match ? "yes" : "no" })));
@@ -382,8 +383,11 @@ function showIdentification(body) {
     warningList(qualityWarnings(body.quality)),
     notes.length ? el("p", { class: "hint", text: notes.join(" ") }) : null,
     rows.length ? el("div", { class: "table-wrap" }, el("table", { id: "identify-table" },
-      el("caption", { class: "hint", text: "Closest enrolled speakers" }),
-      el("thead", {}, el("tr", {}, ...["#", "Name", "Id", "Score", "Probability", "Match"]
+      // Ranked by similarity (the model's cosine); the decision compares Score with the
+      // threshold, so a lower row may show a higher score.
+      el("caption", { class: "hint", text: "Closest enrolled speakers, by similarity" }),
+      el("thead", {}, el("tr", {}, ...["#", "Name", "Id", "Similarity", "Score", "Probability",
+        "Match"]
         .map((h) => el("th", { scope: "col", text: h })))),
       el("tbody", {}, ...rows))) : null,
   );
