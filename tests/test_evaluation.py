@@ -109,3 +109,11 @@ def test_real_model_dev_speech_top1(tmp_path: Path) -> None:
     assert result.service.metrics["top1"] == 1.0
     assert result.reference.metrics["top1"] == 1.0
     assert np.max(np.abs(result.service.scores - result.reference.scores)) < 0.05
+    # The operating point is in the units both systems are scored in (cosines), even though
+    # this checkpoint's find-match decides on AS-norm: the cosine rule's t(N) at N = 6.
+    from service.decisions.cohort import shipped_cohort
+
+    t6 = shipped_cohort("ecapa-voxceleb").tail("cosine").threshold(0.03, 6)
+    assert result.service.threshold == pytest.approx(t6)
+    assert result.reference.threshold == pytest.approx(t6)
+    assert result.service.metrics["frr_at_threshold"] == 0.0  # every genuine cosine clears it
