@@ -116,7 +116,9 @@ def _noise(kind: str, snr_db: float) -> Degrade:
             noise = ctx.rng.standard_normal(x.size)
         else:  # babble: 3 other talkers, each looped to the probe's length
             talkers = ctx.babble if kind == "babble" else ctx.gallery_babble
-            picks = ctx.rng.choice(len(talkers), size=min(3, len(talkers)), replace=False)
+            if len(talkers) < 3:  # fewer is not babble (none would leave the probe clean)
+                raise ValueError(f"{kind}: need clips of 3 other talkers, have {len(talkers)}")
+            picks = ctx.rng.choice(len(talkers), size=3, replace=False)
             noise = sum(np.resize(talkers[i], x.size) for i in picks)
         # SNR over the whole clip's power, as make_conditions does.
         power = float(np.mean(x.astype(np.float64) ** 2))

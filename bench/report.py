@@ -267,6 +267,7 @@ def conditions_section(targets: list[dict]) -> list[str]:
         for name, r in rows.items()
         if r["service"].get("eer_decision", r["service"]["eer"]) > r["direct"]["eer"]
     ]
+    min_unenrolled = min(r["service"]["n_unenrolled"] for r in rows.values())
     failing = [
         name
         for name, r in rows.items()
@@ -276,14 +277,17 @@ def conditions_section(targets: list[dict]) -> list[str]:
         {
             "target": "degraded dev-speech: nothing audible refused; top-1 and EER no worse "
             "than SpeechBrain direct on any condition",
-            "figure": f"{refused} refused; worse on: {', '.join(worse) or 'none'} (EER of the "
-            f"decision score above direct's on: {', '.join(decision_worse) or 'none'})",
+            "figure": f"{refused} refused; worse on: {', '.join(worse) or 'none'} (top-1 = the "
+            "answer's first candidate, ranked by cosine; EER on `similarity`). The decision "
+            "score's (AS-norm) EER is above direct's on: "
+            f"{', '.join(decision_worse) or 'none'}",
             "status": verdict(refused == 0 and not worse),
         },
         {
             "target": "degraded dev-speech: the service's own decisions FPIR <= 5 %, FNIR <= 10 % "
             "on every condition",
-            "figure": f"fails on: {', '.join(failing) or 'none'}",
+            "figure": f"fails on: {', '.join(failing) or 'none'} (FPIR: one of "
+            f"{min_unenrolled} unenrolled probes = {100 / max(min_unenrolled, 1):.0f} %)",
             "status": verdict(not failing),
         },
     ]

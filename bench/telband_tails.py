@@ -55,7 +55,8 @@ def shipped_cohort() -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def build(st: C.Store, split: str, nz: N.Normaliser):
-    """Per condition: (normal-profile trials, pair-type-profile trials, type matrix, net speech)."""
+    """Per condition: (normal-profile trials, pair-type-profile trials, type matrix, net speech,
+    raw cosines against the normal profiles)."""
     names, G, _ = st.gallery(split, "bare")
     names_nb, Gn, _ = st.gallery(split, "bare", cond="tel8k")
     assert names_nb == names
