@@ -23,14 +23,13 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.bench_embedding import clips
 from bench.common import REPO, table, write_json
-from bench.server import bench_env
+from bench.server import bench_env, cli_command
 
 
 def main() -> None:
@@ -76,18 +75,7 @@ def enroll_dir(folder: Path, data: Path, narrowband: str) -> tuple[float, str, f
         env["VOICESEARCH_NARROWBAND_PROFILES"] = narrowband
     started = time.perf_counter()
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "--log-level",
-            "warning",
-            "enroll-dir",
-            str(folder),
-            "--language",
-            "en",
-            "--no-progress",
-        ],
+        cli_command("enroll-dir", str(folder), "--language", "en", "--no-progress"),
         cwd=REPO,
         env=env,
         capture_output=True,

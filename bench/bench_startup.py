@@ -21,7 +21,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 
 from bench.bench_search import make_data
 from bench.common import DEV_SPEECH, REAL_VOXCELEB, REPO, summary_ms, table, write_json
-from bench.server import Server, bench_env
+from bench.server import Server, bench_env, cli_command
 
 CLIP = DEV_SPEECH / "rtvc_samples" / "1320_00000.mp3"
 
@@ -66,17 +65,7 @@ def fill(data_dir: Path, n: int) -> float:
 def rebuild(env: dict[str, str]) -> tuple[float, str]:
     started = time.perf_counter()
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "--log-level",
-            "warning",
-            "index",
-            "rebuild",
-            "--space",
-            "voxceleb",
-        ],
+        cli_command("index", "rebuild", "--space", "voxceleb"),
         cwd=REPO,
         env=env,
         capture_output=True,

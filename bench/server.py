@@ -21,6 +21,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cli_command(*args: str, log_level: str = "warning") -> list[str]:
+    """``voicesearch <args>`` as a command line for this interpreter (``python -m service.cli``),
+    run with ``cwd`` = the checkout whose code should serve."""
+    return [sys.executable, "-m", "service.cli", "--log-level", log_level, *args]
+
+
 def bench_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """Real VoxCeleb model; no lang-ID or CN-Celeb weights exist here (pass ``language``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICESEARCH_")}
@@ -50,12 +56,7 @@ class Server:
         self.log_path = log
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "--log-level",
-                "info",
+            cli_command(
                 "serve",
                 "--host",
                 "127.0.0.1",
@@ -63,7 +64,8 @@ class Server:
                 str(self.port),
                 "--workers",
                 str(workers),
-            ],
+                log_level="info",
+            ),
             cwd=repo,
             env=env,
             stdout=self._log,

@@ -91,8 +91,12 @@ class Analysis:
     centroids: np.ndarray  # (k, dim): one unit vector per cluster
     windows: int
     samples: np.ndarray  # the decoded recording (16 kHz): enroll tokens keep excerpts of it
-    narrowband: bool = False  # the upload was <= 8 kHz: voices meet telephone-band profiles
     source_sample_rate: int = 16_000  # the upload's own rate (enroll tokens keep its band)
+
+    @property
+    def narrowband(self) -> bool:
+        """The upload was <= 8 kHz: its voices meet telephone-band profiles."""
+        return is_narrowband(self.source_sample_rate)
 
 
 @dataclass(frozen=True)
@@ -266,7 +270,6 @@ class RecordingIdentifier:
             centroids=means,
             windows=len(prepared.windows),
             samples=prepared.audio.samples,
-            narrowband=is_narrowband(prepared.audio.source_sample_rate),
             source_sample_rate=prepared.audio.source_sample_rate,
         )
 

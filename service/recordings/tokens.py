@@ -4,9 +4,9 @@ without sending the recording again.
 What a token keeps is the voice's *audio* (its most typical timeline segments, at most
 ``enroll_token_max_s`` of speech, as 16-bit FLAC; at 8 kHz when the recording was ≤ 8 kHz, so
 the enrollment knows the voice came over a phone line, as it would from the upload itself),
-not its window embeddings: an enrollment
-embeds each utterance as a whole clip in **every** loaded space, measures its net speech and
-quality, and recognises a clip already stored by its samples' hash. Window embeddings of the
+not its window embeddings: an enrollment embeds each utterance as a whole clip in **every**
+loaded space, measures its net speech and quality, and recognises a clip already stored by its
+samples' hash. Window embeddings of the
 routed space alone could do none of that, so the token's audio is handed to the normal
 enrollment (``VoiceSearch.enroll`` / ``add_utterances``) as one uploaded clip, and every check
 and policy of an upload applies to it.

@@ -267,13 +267,14 @@ class Matcher:
             Match(
                 id=candidates[i].id,
                 similarity=float(scores[i]),
-                is_match=bool(scores[i] >= threshold),
+                is_match=False,
                 metadata=candidates[i].metadata,
                 score=float(scores[i]),
                 match_probability=decision.probability(float(scores[i])),
             )
             for i in order
         ]
+        mark_leading_matches(matches, threshold)
         return self._result(matches, decision, None, space=space, searched=len(candidates))
 
     def search_index(
@@ -317,7 +318,7 @@ class Matcher:
                 name=r.speaker.name,
                 metadata=r.speaker.metadata,
                 similarity=r.similarity,
-                is_match=r.score >= decision.threshold,
+                is_match=False,
                 score=r.score,
                 match_probability=decision.probability(r.score),
                 pair_type=r.pair_type,
@@ -325,6 +326,7 @@ class Matcher:
             )
             for r in ranked
         ]
+        mark_leading_matches(matches, decision.threshold)
         result = self._result(matches, decision, speech_s, space=view.space, searched=size)
         return dataclasses.replace(result, probe_band=BAND_NARROW)
 
