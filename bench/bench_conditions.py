@@ -33,6 +33,12 @@ speaker with one long clip (>= 4 s) is enrolled from its first half and probed w
 probe clip >= 4 s gives non-overlapping ~2 s excerpts (at most 3), ``short`` takes 1-1.5 s
 excerpts (up to 2 per probe).
 
+Held-out speakers. Unenrolled speakers are few on dev-speech (10 probes per condition: one false
+match is 10 %), so every enrolled speaker is also tried as a stranger: it is deleted from the
+service (``DELETE /speakers/{id}``) and from direct's profiles, its probes are run again under
+every condition against the other N - 1, and it is enrolled again from the same clips. Those
+probes count as unenrolled in FPIR (the table gives how many); ``--no-held-out`` skips them.
+
     python -m bench.bench_conditions [--manifest M] [--limit-speakers N] [--conditions a,b]
 
 Writes ``bench/results/conditions.md`` (a hand-written "Reading" section below the generated
@@ -50,7 +56,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import av
@@ -81,6 +87,8 @@ class Unit:
     speaker: str
     samples: np.ndarray
     enrolled: bool
+    #: An enrolled speaker's probe run while that speaker is deleted from the gallery.
+    held_out: bool = False
 
 
 @dataclass
@@ -279,6 +287,7 @@ class Outcome:
     decision_scores: dict[str, float] = field(default_factory=dict)
     accepted_as: str | None = None  # the system's own decision (None: no match)
     codes: list[str] = field(default_factory=list)
+    threshold: float | None = None  # service only: the threshold its decision used
 
 
 def service_probe(client: TestClient, unit: Unit, data: bytes, ext: str, n: int) -> Outcome:
@@ -302,6 +311,7 @@ def service_probe(client: TestClient, unit: Unit, data: bytes, ext: str, n: int)
         {m["id"]: m["similarity"] for m in top},
         accepted_as=match["id"] if body.get("decision") == "match" and match else None,
         codes=(body.get("quality") or {}).get("codes", []),
+        threshold=body.get("threshold"),
         ranking=[m["id"] for m in top],
         decision_scores={
             m["id"]: m["score"] if m.get("score") is not None else m["similarity"] for m in top
@@ -319,7 +329,7 @@ def pairs(outcomes: list[Outcome], decision: bool = False) -> tuple[np.ndarray, 
     return np.asarray(genuine), np.asarray(impostor)
 
 
-def summarise(outcomes: list[Outcome], threshold: float | None = None) -> dict[str, float]:
+def summarise(outcomes: list[Outcome], threshold: float | None = None) -> dict[str, object]:
     """``threshold``: decide here (direct); None: use each outcome's own decision (service)."""
     enrolled = [o for o in outcomes if o.unit.enrolled]
     strangers = [o for o in outcomes if not o.unit.enrolled]
@@ -351,7 +361,23 @@ def summarise(outcomes: list[Outcome], threshold: float | None = None) -> dict[s
         "fnir": float(np.mean([accepted(o) != o.unit.speaker for o in enrolled])),
         "n_enrolled": len(enrolled),
         "n_unenrolled": len(strangers),
+        "n_held_out": sum(o.unit.held_out for o in strangers),
+        # Who each wrong acceptance named, on what score (against what threshold), so that a
+        # rate can be read back to its probes.
+        "wrong_accepts": [
+            wrong_accept(o, threshold)
+            for o in outcomes
+            if accepted(o) is not None and accepted(o) != o.unit.speaker
+        ],
     }
+
+
+def wrong_accept(o: Outcome, threshold: float | None) -> str:
+    name = (o.accepted_as if threshold is None else None) or max(o.scores, key=o.scores.get)
+    score = o.decision_scores.get(name, o.scores[name])
+    used = o.threshold if threshold is None else threshold
+    kind = "held-out" if o.unit.held_out else "enrolled" if o.unit.enrolled else "unenrolled"
+    return f"{o.unit.key} ({kind}) -> {name}: {score:.3f} >= {used:.3f}"
 
 
 def threshold_at_far(impostor: np.ndarray, far: float) -> float:
@@ -385,6 +411,12 @@ def main() -> None:
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--model", type=Path, default=SHARED / "models/spkrec-ecapa-voxceleb")
     parser.add_argument("--far", type=float, default=0.01, help="direct's pair FAR target")
+    parser.add_argument(
+        "--no-held-out",
+        dest="held_out",
+        action="store_false",
+        help="skip re-running each enrolled speaker's probes with that speaker deleted",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench/results/conditions.md")
     parser.add_argument("--work", type=Path, default=REPO / "bench/out/bench-conditions")
     parser.add_argument(
@@ -414,29 +446,52 @@ def main() -> None:
     direct = Direct(args.model, args.work / "direct-model")
     results: dict[str, dict[str, list[Outcome]]] = {"service": {}, "direct": {}}
     with TestClient(create_app(settings, models=load_models(settings))) as client:
-        profiles: dict[str, np.ndarray] = {}
-        for speaker, clips in enroll.items():
+
+        def enroll_speaker(speaker: str) -> None:
+            clips = enroll[speaker]
             files = [("audio", (f"{i}.wav", _wav(x), "audio/wav")) for i, x in enumerate(clips)]
             answer = client.post("/speakers", files=files, data={"external_id": speaker})
             assert answer.status_code == 201, answer.text
+
+        def run(batch: list[Unit], gallery: dict[str, np.ndarray]) -> None:
+            """Every unit of ``batch`` under every condition, against the service's current
+            gallery and direct's ``gallery`` (the same speakers)."""
+            for name in conditions:
+                service = results["service"].setdefault(name, [])
+                bare = results["direct"].setdefault(name, [])
+                for unit in batch:
+                    ctx = Context(
+                        np.random.default_rng(_seed(name, unit.key)),
+                        [x for speaker, x in babble if speaker != unit.speaker],
+                        [x for speaker, x in gallery_babble if speaker != unit.speaker],
+                    )
+                    for data, ext in CONDITIONS[name](unit.samples, ctx):
+                        service.append(service_probe(client, unit, data, ext, len(gallery)))
+                        vector = direct.embed(data)
+                        cosines = {s: float(p @ vector) for s, p in gallery.items()}
+                        bare.append(Outcome(unit, cosines))
+
+        profiles: dict[str, np.ndarray] = {}
+        for speaker, clips in enroll.items():
+            enroll_speaker(speaker)
             mean = np.mean([direct.embed(_wav(x)) for x in clips], axis=0)
             profiles[speaker] = mean / np.linalg.norm(mean)
         n = len(enroll)
-        for name in conditions:
+        t0 = time.perf_counter()
+        run(units, profiles)
+        elapsed = time.perf_counter() - t0
+        print(f"{len(units)} probes x {len(conditions)} conditions: {elapsed:.0f}s", flush=True)
+        if args.held_out:
             t0 = time.perf_counter()
-            service, bare = [], []
-            for unit in units:
-                ctx = Context(
-                    np.random.default_rng(_seed(name, unit.key)),
-                    [x for speaker, x in babble if speaker != unit.speaker],
-                    [x for speaker, x in gallery_babble if speaker != unit.speaker],
-                )
-                for data, ext in CONDITIONS[name](unit.samples, ctx):
-                    service.append(service_probe(client, unit, data, ext, n))
-                    vector = direct.embed(data)
-                    bare.append(Outcome(unit, {s: float(p @ vector) for s, p in profiles.items()}))
-            results["service"][name], results["direct"][name] = service, bare
-            print(f"{name}: {len(service)} probes, {time.perf_counter() - t0:.0f}s", flush=True)
+            for speaker in enroll:
+                # The speaker's own probes, now as a stranger's: nobody else's gallery changes.
+                gone = client.delete(f"/speakers/{speaker}")
+                assert gone.status_code == 200, gone.text
+                others = {s: p for s, p in profiles.items() if s != speaker}
+                mine = [u for u in units if u.enrolled and u.speaker == speaker]
+                run([replace(u, enrolled=False, held_out=True) for u in mine], others)
+                enroll_speaker(speaker)
+            print(f"held-out speakers: {time.perf_counter() - t0:.0f}s", flush=True)
         searchable = client.get("/health").json()["spaces"]["voxceleb"]["indexed_speakers"]
     pooled = np.concatenate([pairs(results["direct"][c])[1] for c in conditions])
     threshold = threshold_at_far(pooled, args.far)
@@ -450,6 +505,7 @@ def main() -> None:
     meta = {
         "manifest": args.manifest.name,
         "enrolled_speakers": n,
+        "held_out": args.held_out,
         "searchable_speakers": searchable,
         "probe_units": len(units),
         "direct_threshold": threshold,
@@ -464,6 +520,9 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
     def pct(v: float) -> str:
         return "–" if v != v else f"{100 * v:.1f}"
 
+    def held(row: dict) -> str:
+        return f" ({row['n_held_out']} held-out)" if row.get("n_held_out") else ""
+
     lines = [
         "# The service against SpeechBrain direct, per condition",
         "",
@@ -471,7 +530,9 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
         f"(manifest `{Path(meta['manifest']).name}`; {meta['seconds']:.0f} s, load average "
         f"{meta['loadavg'][0]:.1f}). {meta['enrolled_speakers']} enrolled speakers "
         f"({meta['searchable_speakers']} searchable in the service); probes per condition: "
-        "enrolled / unenrolled speakers (`short`: up to 2 excerpts per probe). Direct's threshold: "
+        "enrolled / unenrolled speakers (`short`: up to 2 excerpts per probe; held-out: an "
+        "enrolled speaker's probes run while it is deleted, counted as unenrolled). Direct's "
+        "threshold: "
         f"{meta['direct_threshold']:.4f} (its own {100 * meta['far']:g} % pair FAR over all "
         "conditions pooled). The service decides with its own defaults, read from find-match. "
         "Its top-1 is its own first candidate; its EER is given on `similarity` (the cosine a "
@@ -487,7 +548,7 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
     for name, row in table.items():
         d, s = row["direct"], row["service"]
         lines.append(
-            f"| {name} | {s['n_enrolled']} / {s['n_unenrolled']} | "
+            f"| {name} | {s['n_enrolled']} / {s['n_unenrolled']}{held(s)} | "
             f"{pct(d['top1'])} / {pct(s['top1'])} | {pct(d['eer'])} / "
             f"{pct(s['eer'])} / {pct(s.get('eer_decision', float('nan')))} | {s['refused']} | "
             f"{s['no_speech_detected']} | "
