@@ -420,6 +420,12 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "bench/results/conditions.md")
     parser.add_argument("--work", type=Path, default=REPO / "bench/out/bench-conditions")
     parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the service's data folder (default: a new one under --work); give one that "
+        "`voicesearch calibrate` wrote to, to measure the service under that calibration",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="rewrite the .md from the existing .json"
     )
     args = parser.parse_args()
@@ -437,7 +443,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     settings = Settings(
         _env_file=None,
-        data_dir=args.work / f"data-{os.getpid()}",
+        data_dir=args.data_dir or args.work / f"data-{os.getpid()}",
         model_voxceleb=str(args.model),
         model_langid="off",
         model_cnceleb="off",
@@ -493,6 +499,7 @@ def main() -> None:
                 enroll_speaker(speaker)
             print(f"held-out speakers: {time.perf_counter() - t0:.0f}s", flush=True)
         searchable = client.get("/health").json()["spaces"]["voxceleb"]["indexed_speakers"]
+        rule = client.get("/calibration").json()["spaces"]["voxceleb"]
     pooled = np.concatenate([pairs(results["direct"][c])[1] for c in conditions])
     threshold = threshold_at_far(pooled, args.far)
     table = {
@@ -506,6 +513,10 @@ def main() -> None:
         "manifest": args.manifest.name,
         "enrolled_speakers": n,
         "held_out": args.held_out,
+        # Where the service's rule came from: `shipped` defaults, or a `calibrated` data folder.
+        "decision_source": rule["source"],
+        "decision_tail": rule.get("tail"),
+        "fpir_target": rule.get("fpir_target"),
         "searchable_speakers": searchable,
         "probe_units": len(units),
         "direct_threshold": threshold,
@@ -519,6 +530,14 @@ def main() -> None:
 def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
     def pct(v: float) -> str:
         return "–" if v != v else f"{100 * v:.1f}"
+
+    def decided_by(meta: dict) -> str:
+        source = meta.get("decision_source")
+        if source is None:  # a report from before the rule was recorded: the shipped one
+            return "its own defaults"
+        tail = meta.get("decision_tail") or {}
+        fitted = f", tail u = {tail['u']:.3f}, β = {tail['beta']:.3f}" if tail else ""
+        return f"its `{source}` rule (FPIR* {meta.get('fpir_target')}{fitted})"
 
     def held(row: dict) -> str:
         return f" ({row['n_held_out']} held-out)" if row.get("n_held_out") else ""
@@ -534,7 +553,7 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
         "enrolled speaker's probes run while it is deleted, counted as unenrolled). Direct's "
         "threshold: "
         f"{meta['direct_threshold']:.4f} (its own {100 * meta['far']:g} % pair FAR over all "
-        "conditions pooled). The service decides with its own defaults, read from find-match. "
+        f"conditions pooled). The service decides with {decided_by(meta)}, read from find-match. "
         "Its top-1 is its own first candidate; its EER is given on `similarity` (the cosine a "
         "wideband answer is ranked by) and on `score` (what its decision compares with the "
         "threshold: AS-norm with the shipped cohort). `babble`: three unenrolled talkers; "
