@@ -259,7 +259,9 @@ def test_policy_ignores_calibration_of_other_score_type(tmp_path: Path) -> None:
     assert decision.source == "shipped" and decision.score_type == SCORE_ASNORM
 
 
-def test_calibrate_command_end_to_end(tmp_path: Path, tiny_model_dirs) -> None:
+def test_calibrate_command_end_to_end(
+    tmp_path: Path, tiny_model_dirs, capsys: pytest.CaptureFixture[str]
+) -> None:
     from service.commands import calibrate
 
     audio = tmp_path / "audio"
@@ -291,6 +293,9 @@ def test_calibrate_command_end_to_end(tmp_path: Path, tiny_model_dirs) -> None:
     )
     assert calibrate.run(args, settings) == 0
     assert (tmp_path / "c.json").is_file()
+    # Random models have no telephone-band profiles, so nothing is said about them.
+    out = capsys.readouterr().out
+    assert "stored calibration" in out and "telephone-band" not in out
     records = _store(settings.resolved_database_url).all()
     assert {r.space for r in records} == {"voxceleb", "cnceleb"}
     vox = next(r for r in records if r.space == VOX)

@@ -323,3 +323,20 @@ def test_identify_speakers_on_a_phone_recording_uses_the_telephone_band_profiles
     for found in body["speakers"]:
         assert found["decision"] == "match" and found["pair_type"] == PAIR_TELEPHONE, found
         assert {c["profile"] for c in found["candidates"]} == {"telephone_band"}
+
+
+@requires_real_model
+def test_calibrate_says_that_a_calibration_turns_the_telephone_band_profiles_off(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], real_registry: ModelRegistry
+) -> None:
+    """Under a stored calibration a phone probe is decided on the calibration's wideband tail
+    (measured: telephone-band FNIR 6.9 -> 55 %), so `voicesearch calibrate` says so for every
+    space that has telephone-band profiles, and for no other."""
+    from service.commands.calibrate import PHONE_NOTE, telephone_band_spaces
+
+    dirs = {**tiny_model_dirs, "voxceleb": REAL_VOXCELEB_DIR}
+    settings = make_settings(tmp_path / "data", dirs)
+    assert telephone_band_spaces(settings, real_registry) == {VOX}
+    off = make_settings(tmp_path / "off", dirs, narrowband_profiles="off")
+    assert telephone_band_spaces(off, real_registry) == set()
+    assert "telephone-band profiles" in PHONE_NOTE.format(space=VOX)

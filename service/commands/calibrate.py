@@ -106,9 +106,41 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     finally:
         engine.dispose()
+    phone_spaces = telephone_band_spaces(settings, models)
     for record in records:
         print(f"stored calibration {record.id} for {record.space} ({record.model_identity})")
+        if record.space in phone_spaces:
+            print(PHONE_NOTE.format(space=record.space))
     return 0
+
+
+#: Printed when a stored calibration switches a space's telephone-band decisions off: the
+#: pair-type tails exist for the shipped rule only, so under a calibration a probe of <= 8 kHz
+#: audio is decided on the wideband tail fitted here, against the normal profiles.
+PHONE_NOTE = (
+    "note: while this calibration is in force, {space} probes of <= 8 kHz audio (phone calls) "
+    "are no longer scored against the telephone-band profiles, which are decided on the shipped "
+    "rule only; they are decided on this fit. Measured on held-out read speech after a "
+    "calibration on clean wideband audio: telephone-band FNIR 6.9 % -> 55 % "
+    "(bench/results/conditions-test-read-calibrated.md). If your probes are phone calls, "
+    "measure with --dry-run first: a stored calibration stays in force until a newer one."
+)
+
+
+def telephone_band_spaces(settings: Settings, models: object) -> set[str]:
+    """Spaces whose narrowband probes use telephone-band profiles under the shipped rule."""
+    from service.decisions.bandwidth import resolve_views
+    from service.decisions.cohort import resolve_scoring
+
+    encoders = getattr(models, "encoders", {})
+    identities = {space: enc.identity for space, enc in encoders.items()}
+    dims = {space: enc.dim for space, enc in encoders.items()}
+    try:
+        scoring = resolve_scoring(settings.asnorm(), identities, dims)
+    except (OSError, ValueError):  # the calibration itself already used this scoring
+        return set()
+    views, _ = resolve_views(scoring, settings.narrowband_profiles)
+    return set(views)
 
 
 def _pct(value: float | None) -> str:
