@@ -3,6 +3,8 @@
 Written by ``voicesearch calibrate``; read at start-up and by ``GET /calibration``. The newest
 row whose space *and model identity* match the loaded encoder is in force: a calibration made
 with another model says nothing about this one's scores and is ignored.
+``voicesearch calibrate --withdraw SPACE`` deletes a space's rows (audited), which puts the
+shipped rule back in force.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage import audit
 from storage.models import Calibration, utcnow
+from storage.tx import Transactions
 
 SCORE_COSINE = "cosine"
 SCORE_ASNORM = "asnorm"
@@ -127,6 +131,41 @@ class CalibrationStore:
                 if row is not None:
                     out[space] = _record(row)
         return out
+
+    def withdraw(self, space: str, actor: audit.Actor) -> list[CalibrationRecord]:
+        """Delete every stored calibration of ``space``, so that the shipped rule is in force
+        again, with one audit row (``calibration.withdraw``: what was deleted, tails included)
+        in the same transaction. Returns the deleted calibrations (none: nothing changes)."""
+
+        def delete(session: Session) -> list[CalibrationRecord]:
+            rows = session.scalars(
+                select(Calibration).where(Calibration.space == space).order_by(Calibration.id)
+            ).all()
+            gone = [_record(row) for row in rows]
+            for row in rows:
+                session.delete(row)
+            if gone:
+                summary = [
+                    {
+                        "id": r.id,
+                        "created_at": r.created_at.isoformat(),
+                        "model_identity": r.model_identity,
+                        "score_type": r.score_type,
+                        "threshold": r.threshold,
+                        "tail": r.details.get("tail"),
+                        "source": r.source,
+                    }
+                    for r in gone
+                ]
+                record = audit.AuditRecord(
+                    audit.ACTION_CALIBRATION_WITHDRAW,
+                    actor,
+                    {"space": space, "calibrations": summary},
+                )
+                audit.add(session, record, None)
+            return gone
+
+        return Transactions(self._sf).write_transaction(delete)
 
     def all(self) -> list[CalibrationRecord]:
         with self._sf() as session:

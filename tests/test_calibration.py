@@ -69,6 +69,37 @@ def test_store_newest_matching_identity_and_score_type(migrated_database_url: st
     assert store.in_force({VOX: "m@3"}) == {}
 
 
+def test_withdraw_deletes_one_spaces_calibrations_and_audits_them(
+    migrated_database_url: str,
+) -> None:
+    # On SQLite and on PostgreSQL: the deletion and its audit row in one transaction.
+    from storage import audit
+
+    store = _store(migrated_database_url)
+    _add(store, "m@1", 0.4)
+    _add(store, "m@1", 3.1, score_type=SCORE_ASNORM, details={"tail": {"u": 0.3, "beta": 1.2}})
+    _add(store, "c@1", 0.6, space="cnceleb")
+    operator = audit.Actor("cli:ops", "operator")
+    gone = store.withdraw(VOX, operator)
+    assert [r.threshold for r in gone] == [0.4, 3.1]
+    assert store.in_force({VOX: "m@1"}) == {}
+    assert store.in_force({"cnceleb": "c@1"})["cnceleb"].threshold == 0.6
+    assert store.withdraw(VOX, operator) == []  # nothing left: no second audit row
+    entries, total = audit.list_entries(
+        make_session_factory(make_engine(migrated_database_url)), limit=10
+    )
+    assert total == 1
+    (entry,) = entries
+    assert (entry.action, entry.actor, entry.role) == (
+        "calibration.withdraw",
+        "cli:ops",
+        "operator",
+    )
+    assert entry.details["space"] == VOX
+    assert [c["id"] for c in entry.details["calibrations"]] == [r.id for r in gone]
+    assert entry.details["calibrations"][1]["tail"] == {"u": 0.3, "beta": 1.2}
+
+
 def _scores(rng: np.random.Generator, n_speakers: int = 20) -> SpaceScores:
     """Trials of a synthetic open-set run: 200 enrolled probes (top-1 right for 90 %), 100
     unenrolled ones, 2,000 impostor pair scores."""
@@ -313,6 +344,14 @@ def test_calibrate_command_end_to_end(
     assert [p["gallery_size"] for p in predicted] == [10, 100, 1000]
     assert all(p["kind"] == "model prediction" for p in predicted)
 
+    # Withdrawn: the space's calibration is gone (the shipped rule again), the other stays.
+    withdraw = argparse.Namespace(withdraw=VOX)
+    assert calibrate.run(withdraw, settings) == 0
+    assert f"withdrew calibration(s) {vox.id} of {VOX}" in capsys.readouterr().out
+    assert {r.space for r in _store(settings.resolved_database_url).all()} == {"cnceleb"}
+    assert calibrate.run(withdraw, settings) == 0
+    assert "no stored calibration for voxceleb" in capsys.readouterr().out
+
 
 @pytest.mark.parametrize(("fpir", "far"), [(1.0, None), (-0.1, None), (0.0, None), (None, 0.01)])
 def test_calibrate_rejects_bad_target(tmp_path: Path, fpir, far) -> None:
@@ -328,3 +367,14 @@ def test_calibrate_rejects_bad_target(tmp_path: Path, fpir, far) -> None:
         json_path=None,
     )
     assert calibrate.run(args, settings) == 2
+
+
+def test_calibrate_needs_a_manifest_or_a_space_to_withdraw(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.cli import main
+
+    monkeypatch.setenv("VOICESEARCH_DATA_DIR", str(tmp_path / "d"))
+    assert main(["calibrate"]) == 2
+    assert "give a MANIFEST to calibrate on, or --withdraw SPACE" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before anything was opened

@@ -511,7 +511,10 @@ class CalibrationResponse(BaseModel):
 class AuditEntryOut(BaseModel):
     id: int
     created_at: datetime
-    action: str = Field(description="e.g. `speaker.enroll`, `speaker.delete`, `index.rebuild`.")
+    action: str = Field(
+        description="e.g. `speaker.enroll`, `speaker.delete`, `index.rebuild`, "
+        "`calibration.withdraw`."
+    )
     speaker_id: str | None = Field(description="External id of the speaker concerned.")
     actor: str = Field(description="Name of the API key (never the key); `anonymous` if open.")
     role: str | None = Field(description="Role of that key; null when access control is off.")

@@ -1,5 +1,7 @@
 """`voicesearch calibrate MANIFEST [--fpir-target 0.03] [--root DIR] [--dry-run] [--json FILE]`:
 fit the open-set decision rule on labelled audio through the service's own pipeline and store it.
+`voicesearch calibrate --withdraw SPACE`: delete the space's stored calibrations (audited), so
+that the shipped rule is in force again.
 
 Per space: the exponential tail (u, β) of the impostor scores, which sets t(N) for any gallery
 size N so that at most the FPIR target of unenrolled voices are matched; FPIR and FNIR measured
@@ -31,7 +33,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "N = 10, 100, 1000, the EER and a logistic calibration, stored in the database with the "
         "model identity, score type, data sizes and date.",
     )
-    parser.add_argument("manifest", type=Path)
+    parser.add_argument("manifest", type=Path, nargs="?", help="labelled audio (CSV)")
+    parser.add_argument(
+        "--withdraw",
+        metavar="SPACE",
+        help="delete SPACE's stored calibrations instead (recorded in the audit log): the "
+        "shipped rule is in force again; running workers follow within 30 s",
+    )
     parser.add_argument(
         "--root", type=Path, help="folder the manifest's paths are relative to (default: its own)"
     )
@@ -59,6 +67,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from storage.db import make_session_factory
     from storage.speakers import SpeakerStore
 
+    if getattr(args, "withdraw", None):
+        return withdraw(args.withdraw, settings)
+    if args.manifest is None:
+        print("error: give a MANIFEST to calibrate on, or --withdraw SPACE", file=sys.stderr)
+        return 2
     if args.target_far is not None:
         print(
             "error: --target-far (a pair false-accept rate) is gone: 'match' is decided for the "
@@ -123,7 +136,8 @@ PHONE_NOTE = (
     "rule only; they are decided on this fit. Measured on held-out read speech after a "
     "calibration on clean wideband audio: telephone-band FNIR 6.9 % -> 55 % "
     "(bench/results/conditions-test-read-calibrated.md). If your probes are phone calls, "
-    "measure with --dry-run first: a stored calibration stays in force until a newer one."
+    "measure with --dry-run first; 'voicesearch calibrate --withdraw {space}' puts the shipped "
+    "rule back."
 )
 
 
@@ -141,6 +155,35 @@ def telephone_band_spaces(settings: Settings, models: object) -> set[str]:
         return set()
     views, _ = resolve_views(scoring, settings.narrowband_profiles)
     return set(views)
+
+
+def withdraw(space: str, settings: Settings) -> int:
+    import getpass
+
+    from service.bootstrap import open_database
+    from storage.audit import Actor
+    from storage.calibration import CalibrationStore
+    from storage.db import make_session_factory
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    engine = open_database(settings)
+    try:
+        store = CalibrationStore(make_session_factory(engine))
+        gone = store.withdraw(space, Actor(f"cli:{user}", "operator"))
+    finally:
+        engine.dispose()
+    if not gone:
+        print(f"no stored calibration for {space}: the shipped rule is already in force")
+        return 0
+    ids = ", ".join(str(r.id) for r in gone)
+    print(
+        f"withdrew calibration(s) {ids} of {space} (see the audit log): the shipped rule is in "
+        "force again; running workers follow within 30 s"
+    )
+    return 0
 
 
 def _pct(value: float | None) -> str:
