@@ -100,6 +100,24 @@ def test_withdraw_deletes_one_spaces_calibrations_and_audits_them(
     assert entry.details["calibrations"][1]["tail"] == {"u": 0.3, "beta": 1.2}
 
 
+def test_a_failed_withdrawal_deletes_nothing(
+    migrated_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The audit row is written in the deletion's transaction: if it fails, nothing is deleted.
+    from storage import audit
+
+    store = _store(migrated_database_url)
+    _add(store, "m@1", 0.4)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("audit log unavailable")
+
+    monkeypatch.setattr(audit, "add", broken)
+    with pytest.raises(RuntimeError):
+        store.withdraw(VOX, audit.Actor("cli:ops", "operator"))
+    assert store.in_force({VOX: "m@1"})[VOX].threshold == 0.4
+
+
 def _scores(rng: np.random.Generator, n_speakers: int = 20) -> SpaceScores:
     """Trials of a synthetic open-set run: 200 enrolled probes (top-1 right for 90 %), 100
     unenrolled ones, 2,000 impostor pair scores."""
@@ -378,3 +396,38 @@ def test_calibrate_needs_a_manifest_or_a_space_to_withdraw(
     assert main(["calibrate"]) == 2
     assert "give a MANIFEST to calibrate on, or --withdraw SPACE" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # refused before anything was opened
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["m.csv"], ["--dry-run"], ["--json", "x.json"], ["--root", "."], ["--fpir-target", "0.05"]],
+)
+def test_withdraw_refuses_calibration_options(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+) -> None:
+    # "--withdraw voxceleb --dry-run" must not delete anything "for a try".
+    from service.cli import main
+
+    monkeypatch.setenv("VOICESEARCH_DATA_DIR", str(tmp_path / "d"))
+    assert main(["calibrate", "--withdraw", "voxceleb", *extra]) == 2
+    assert "--withdraw deletes stored calibrations and takes no" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_withdraw_names_the_spaces_when_one_is_misspelt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.cli import main
+
+    monkeypatch.setenv("VOICESEARCH_DATA_DIR", str(tmp_path / "d"))
+    url = f"sqlite:///{tmp_path / 'd' / 'voicesearch.db'}"
+    assert main(["calibrate", "--withdraw", "voxceleeb"]) == 2
+    err = capsys.readouterr().err
+    assert "no space 'voxceleeb'; spaces: voxceleb, cnceleb (stored calibrations: none)" in err
+    _add(_store(url), "m@1", 0.4)
+    assert main(["calibrate", "--withdraw", "voxceleeb"]) == 2
+    assert "(stored calibrations: voxceleb)" in capsys.readouterr().err
+    assert _store(url).in_force({VOX: "m@1"})[VOX].threshold == 0.4  # nothing deleted

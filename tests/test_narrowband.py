@@ -332,11 +332,10 @@ def test_calibrate_says_that_a_calibration_turns_the_telephone_band_profiles_off
     """Under a stored calibration a phone probe is decided on the calibration's wideband tail
     (measured: telephone-band FNIR 6.9 -> 55 %), so `voicesearch calibrate` says so for every
     space that has telephone-band profiles, and for no other."""
-    from service.commands.calibrate import PHONE_NOTE, telephone_band_spaces
+    from service.commands.calibrate import telephone_band_spaces
 
     dirs = {**tiny_model_dirs, "voxceleb": REAL_VOXCELEB_DIR}
     settings = make_settings(tmp_path / "data", dirs)
     assert telephone_band_spaces(settings, real_registry) == {VOX}
     off = make_settings(tmp_path / "off", dirs, narrowband_profiles="off")
     assert telephone_band_spaces(off, real_registry) == set()
-    assert "telephone-band profiles" in PHONE_NOTE.format(space=VOX)

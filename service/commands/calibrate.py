@@ -16,8 +16,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from service.core.settings import Settings
+from service.core.settings import SPACE_CNCELEB, SPACE_VOXCELEB, Settings
+
+if TYPE_CHECKING:
+    from service.pipeline.registry import ModelRegistry
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -68,6 +72,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from storage.speakers import SpeakerStore
 
     if getattr(args, "withdraw", None):
+        mixed = [flag for flag, value in withdraw_conflicts(args) if value]
+        if mixed:
+            print(
+                f"error: --withdraw deletes stored calibrations and takes no {', '.join(mixed)}",
+                file=sys.stderr,
+            )
+            return 2
         return withdraw(args.withdraw, settings)
     if args.manifest is None:
         print("error: give a MANIFEST to calibrate on, or --withdraw SPACE", file=sys.stderr)
@@ -107,19 +118,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         summary = {space: c.summary() for space, c in results.items()}
+        phone_spaces = telephone_band_spaces(settings, models) & summary.keys()
         for space, f in summary.items():
             print(describe(space, f, live.get(space, 0)))
         if args.json_path:
             args.json_path.write_text(json.dumps(summary, indent=2) + "\n")
         if args.dry_run:
             print("dry run: nothing stored")
+            for space in sorted(phone_spaces):
+                print("if stored, " + PHONE_NOTE.format(space=space))
             return 0
         records = store_calibrations(
             CalibrationStore(make_session_factory(engine)), results, source=str(args.manifest)
         )
     finally:
         engine.dispose()
-    phone_spaces = telephone_band_spaces(settings, models)
     for record in records:
         print(f"stored calibration {record.id} for {record.space} ({record.model_identity})")
         if record.space in phone_spaces:
@@ -134,21 +147,20 @@ PHONE_NOTE = (
     "note: while this calibration is in force, {space} probes of <= 8 kHz audio (phone calls) "
     "are no longer scored against the telephone-band profiles, which are decided on the shipped "
     "rule only; they are decided on this fit. Measured on held-out read speech after a "
-    "calibration on clean wideband audio: telephone-band FNIR 6.9 % -> 55 % "
-    "(bench/results/conditions-test-read-calibrated.md). If your probes are phone calls, "
-    "measure with --dry-run first; 'voicesearch calibrate --withdraw {space}' puts the shipped "
-    "rule back."
+    "calibration on clean wideband audio: telephone-band FNIR 6.9 % -> 55 % (voicesearch "
+    "repository, bench/results/conditions-test-read-calibrated.md). If your probes are phone "
+    "calls, measure with --dry-run first; 'voicesearch calibrate --withdraw {space}' puts the "
+    "shipped rule back."
 )
 
 
-def telephone_band_spaces(settings: Settings, models: object) -> set[str]:
+def telephone_band_spaces(settings: Settings, models: ModelRegistry) -> set[str]:
     """Spaces whose narrowband probes use telephone-band profiles under the shipped rule."""
     from service.decisions.bandwidth import resolve_views
     from service.decisions.cohort import resolve_scoring
 
-    encoders = getattr(models, "encoders", {})
-    identities = {space: enc.identity for space, enc in encoders.items()}
-    dims = {space: enc.dim for space, enc in encoders.items()}
+    identities = {space: enc.identity for space, enc in models.encoders.items()}
+    dims = {space: enc.dim for space, enc in models.encoders.items()}
     try:
         scoring = resolve_scoring(settings.asnorm(), identities, dims)
     except (OSError, ValueError):  # the calibration itself already used this scoring
@@ -157,31 +169,45 @@ def telephone_band_spaces(settings: Settings, models: object) -> set[str]:
     return set(views)
 
 
-def withdraw(space: str, settings: Settings) -> int:
-    import getpass
+def withdraw_conflicts(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The options that belong to a calibration run, with their values (set: a mistake)."""
+    return [
+        ("MANIFEST", getattr(args, "manifest", None)),
+        ("--root", getattr(args, "root", None)),
+        ("--fpir-target", getattr(args, "fpir_target", None)),
+        ("--dry-run", getattr(args, "dry_run", False)),
+        ("--json", getattr(args, "json_path", None)),
+    ]
 
+
+def withdraw(space: str, settings: Settings) -> int:
     from service.bootstrap import open_database
-    from storage.audit import Actor
+    from service.commands.actor import cli_actor
     from storage.calibration import CalibrationStore
     from storage.db import make_session_factory
 
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
     engine = open_database(settings)
     try:
         store = CalibrationStore(make_session_factory(engine))
-        gone = store.withdraw(space, Actor(f"cli:{user}", "operator"))
+        stored = sorted({r.space for r in store.all()})
+        if space not in (SPACE_VOXCELEB, SPACE_CNCELEB) and space not in stored:
+            print(
+                f"error: no space {space!r}; spaces: {SPACE_VOXCELEB}, {SPACE_CNCELEB} "
+                f"(stored calibrations: {', '.join(stored) or 'none'})",
+                file=sys.stderr,
+            )
+            return 2
+        gone = store.withdraw(space, cli_actor())
     finally:
         engine.dispose()
     if not gone:
-        print(f"no stored calibration for {space}: the shipped rule is already in force")
+        print(f"no stored calibration for {space}: nothing withdrawn")
         return 0
     ids = ", ".join(str(r.id) for r in gone)
     print(
-        f"withdrew calibration(s) {ids} of {space} (see the audit log): the shipped rule is in "
-        "force again; running workers follow within 30 s"
+        f"withdrew calibration(s) {ids} of {space} (the audit log keeps what they were); "
+        "running workers drop them within 30 s: the shipped rule decides unless a "
+        "VOICESEARCH_THRESHOLDS / VOICESEARCH_ASNORM_THRESHOLDS setting does (GET /calibration)"
     )
     return 0
 

@@ -52,17 +52,12 @@ def _open_for_index_work(settings: Settings) -> VoiceSearch:
 
 def _audit_rebuild(voicesearch: VoiceSearch, space: str, count: int, generation: int) -> None:
     """Record an operator's index rebuild in the audit log (as the OS user who ran it)."""
-    import getpass
-
+    from service.commands.actor import cli_actor
     from storage import audit
 
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
     record = audit.AuditRecord(
         audit.ACTION_INDEX_REBUILD,
-        audit.Actor(f"cli:{user}", "operator"),
+        cli_actor(),
         {"space": space, "speakers": count, "generation": generation},
     )
     audit.record(voicesearch.store.session_factory, record)
