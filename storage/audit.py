@@ -26,6 +26,7 @@ ACTION_ADD_UTTERANCES = "speaker.add_utterances"
 ACTION_UPDATE = "speaker.update"
 ACTION_DELETE = "speaker.delete"
 ACTION_INDEX_REBUILD = "index.rebuild"
+ACTION_CALIBRATION_STORE = "calibration.store"
 ACTION_CALIBRATION_WITHDRAW = "calibration.withdraw"
 
 

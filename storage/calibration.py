@@ -3,8 +3,9 @@
 Written by ``voicesearch calibrate``; read at start-up and by ``GET /calibration``. The newest
 row whose space *and model identity* match the loaded encoder is in force: a calibration made
 with another model says nothing about this one's scores and is ignored.
-``voicesearch calibrate --withdraw SPACE`` deletes a space's rows (audited), which puts the
-shipped rule back in force.
+``voicesearch calibrate`` stores a row (audited: ``calibration.store``); ``voicesearch
+calibrate --withdraw SPACE`` deletes a space's rows (audited: ``calibration.withdraw``), which
+puts the shipped rule back in force.
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ class CalibrationStore:
         logistic: dict[str, float] | None = None,
         source: str | None = None,
         details: dict[str, Any] | None = None,
+        actor: audit.Actor | None = None,
     ) -> CalibrationRecord:
+        """Store a calibration; with ``actor``, its audit row (``calibration.store``) goes in
+        the same transaction."""
         if score_type not in (SCORE_COSINE, SCORE_ASNORM):
             raise ValueError(f"unknown score type {score_type!r}")
         with self._sf() as session:
@@ -109,6 +113,18 @@ class CalibrationStore:
                 details=dict(details or {}),
             )
             session.add(row)
+            if actor is not None:
+                session.flush()  # the row's id, for the audit row
+                summary = {
+                    "space": space,
+                    "calibration": row.id,
+                    "model_identity": model_identity,
+                    "score_type": score_type,
+                    "tail": row.details.get("tail"),
+                    "source": row.source,
+                }
+                record = audit.AuditRecord(audit.ACTION_CALIBRATION_STORE, actor, summary)
+                audit.add(session, record, None)
             session.commit()
             return _record(row)
 

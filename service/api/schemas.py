@@ -513,7 +513,7 @@ class AuditEntryOut(BaseModel):
     created_at: datetime
     action: str = Field(
         description="e.g. `speaker.enroll`, `speaker.delete`, `index.rebuild`, "
-        "`calibration.withdraw`."
+        "`calibration.store`, `calibration.withdraw`."
     )
     speaker_id: str | None = Field(description="External id of the speaker concerned.")
     actor: str = Field(description="Name of the API key (never the key); `anonymous` if open.")

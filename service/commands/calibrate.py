@@ -65,6 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from service.bootstrap import load_models, open_database
+    from service.commands.actor import cli_actor
     from service.evaluation.calibrate import calibrate, store_calibrations
     from service.evaluation.trials import read_manifest
     from storage.calibration import CalibrationStore
@@ -129,7 +130,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 print("if stored, " + PHONE_NOTE.format(space=space))
             return 0
         records = store_calibrations(
-            CalibrationStore(make_session_factory(engine)), results, source=str(args.manifest)
+            CalibrationStore(make_session_factory(engine)),
+            results,
+            source=str(args.manifest),
+            actor=cli_actor(),
         )
     finally:
         engine.dispose()

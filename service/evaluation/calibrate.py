@@ -42,6 +42,7 @@ from service.evaluation.trials import (
 )
 from service.pipeline.registry import ModelRegistry
 from service.search.voicesearch import VoiceSearch
+from storage.audit import Actor
 from storage.calibration import CalibrationRecord, CalibrationStore
 
 # ------------------------------------------------------------------------------------------------
@@ -297,11 +298,15 @@ def calibrate(
 
 
 def store_calibrations(
-    store: CalibrationStore, results: Mapping[str, SpaceCalibration], source: str
+    store: CalibrationStore,
+    results: Mapping[str, SpaceCalibration],
+    source: str,
+    actor: Actor | None = None,
 ) -> list[CalibrationRecord]:
-    """One row per space. The fixed ``threshold``/``target_far`` columns hold t(N) at the
-    manifest's gallery size and the FPIR target (what older readers expect); the tail that
-    drives t(N) and the open-set figures go into ``details``."""
+    """One row per space (each with its audit row when ``actor`` is given). The fixed
+    ``threshold``/``target_far`` columns hold t(N) at the manifest's gallery size and the FPIR
+    target (what older readers expect); the tail that drives t(N) and the open-set figures go
+    into ``details``."""
     return [
         store.add(
             space=c.space,
@@ -317,6 +322,7 @@ def store_calibrations(
             n_speakers=c.n_speakers,
             logistic=c.logistic.to_dict(),
             source=source,
+            actor=actor,
             details={
                 "tail": c.tail.to_dict(),
                 "fpir_target": c.fpir_target,
