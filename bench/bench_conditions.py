@@ -43,6 +43,9 @@ probes count as unenrolled in FPIR (the table gives how many); ``--no-held-out``
 
 Writes ``bench/results/conditions.md`` (a hand-written "Reading" section below the generated
 table is kept across runs) and ``bench/results/conditions.json``.
+
+One file on purpose (about 600 lines): the protocol, the degradations, the two systems and the
+report are read together when a number is questioned.
 """
 
 from __future__ import annotations
@@ -321,9 +324,13 @@ def service_probe(client: TestClient, unit: Unit, data: bytes, ext: str, n: int)
 
 # --- metrics ---------------------------------------------------------------------------------
 def pairs(outcomes: list[Outcome], decision: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Genuine and impostor pair scores: cosines, or (``decision``) the service's scores."""
+    """Genuine and impostor pair scores: cosines, or (``decision``) the service's scores.
+    Held-out probes are left out: their pairs with the other speakers are the same files' pairs
+    of the enrolled pass, and would count twice in EER and in direct's threshold."""
     genuine, impostor = [], []
     for o in outcomes:
+        if o.unit.held_out:
+            continue
         for speaker, score in (o.decision_scores if decision else o.scores).items():
             (genuine if speaker == o.unit.speaker else impostor).append(score)
     return np.asarray(genuine), np.asarray(impostor)
@@ -373,11 +380,26 @@ def summarise(outcomes: list[Outcome], threshold: float | None = None) -> dict[s
 
 
 def wrong_accept(o: Outcome, threshold: float | None) -> str:
-    name = (o.accepted_as if threshold is None else None) or max(o.scores, key=o.scores.get)
+    """One wrong acceptance: ``threshold`` None is the service's own decision."""
+    if threshold is None and o.accepted_as is not None:
+        name, used = o.accepted_as, o.threshold
+    else:
+        name, used = max(o.scores, key=o.scores.__getitem__), threshold
     score = o.decision_scores.get(name, o.scores[name])
-    used = o.threshold if threshold is None else threshold
     kind = "held-out" if o.unit.held_out else "enrolled" if o.unit.enrolled else "unenrolled"
-    return f"{o.unit.key} ({kind}) -> {name}: {score:.3f} >= {used:.3f}"
+    against = "?" if used is None else f"{used:.3f}"
+    return f"{o.unit.key} ({kind}) -> {name}: {score:.3f} >= {against}"
+
+
+def indexed_speakers(client: TestClient, want: int, wait_s: float = 10.0) -> int:
+    """``/health``'s searchable count once it reaches ``want`` (the index catches up with the
+    last enrollment in the background; a search catches it up itself), or after ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        count = client.get("/health").json()["spaces"]["voxceleb"]["indexed_speakers"]
+        if count >= want or time.monotonic() > deadline:
+            return int(count)
+        time.sleep(0.2)
 
 
 def threshold_at_far(impostor: np.ndarray, far: float) -> float:
@@ -422,8 +444,9 @@ def main() -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        help="the service's data folder (default: a new one under --work); give one that "
-        "`voicesearch calibrate` wrote to, to measure the service under that calibration",
+        help="the service's data folder (default: a new one under --work); give a fresh one "
+        "that `voicesearch calibrate` wrote to, to measure the service under that calibration "
+        "(the bench enrolls into it; one with enrolled speakers is refused)",
     )
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the .md from the existing .json"
@@ -452,6 +475,12 @@ def main() -> None:
     direct = Direct(args.model, args.work / "direct-model")
     results: dict[str, dict[str, list[Outcome]]] = {"service": {}, "direct": {}}
     with TestClient(create_app(settings, models=load_models(settings))) as client:
+        already = client.get("/health").json()["spaces"]["voxceleb"]["indexed_speakers"]
+        if already:  # they would be in the gallery, N and top_n: the numbers would be wrong
+            raise SystemExit(
+                f"{settings.data_dir} already holds {already} enrolled speakers; give a data "
+                "folder with a calibration and nobody enrolled (the bench enrolls its own)"
+            )
 
         def enroll_speaker(speaker: str) -> None:
             clips = enroll[speaker]
@@ -498,7 +527,7 @@ def main() -> None:
                 run([replace(u, enrolled=False, held_out=True) for u in mine], others)
                 enroll_speaker(speaker)
             print(f"held-out speakers: {time.perf_counter() - t0:.0f}s", flush=True)
-        searchable = client.get("/health").json()["spaces"]["voxceleb"]["indexed_speakers"]
+        searchable = indexed_speakers(client, want=n)
         rule = client.get("/calibration").json()["spaces"]["voxceleb"]
     pooled = np.concatenate([pairs(results["direct"][c])[1] for c in conditions])
     threshold = threshold_at_far(pooled, args.far)
