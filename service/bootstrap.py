@@ -18,8 +18,7 @@ from sqlalchemy import Engine
 
 from index.spec import IndexSpec
 from service.core.settings import SPACE_CNCELEB, Settings
-from service.decisions.bandwidth import narrowband_identity, resolve_views
-from service.decisions.cohort import resolve_scoring
+from service.decisions.bandwidth import narrowband_identity, resolve_space_scoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import DecisionPolicy
 from service.pipeline.backends.export_cache import ProgressFactory, default_progress
@@ -87,10 +86,9 @@ def build_voicesearch(settings: Settings, models: ModelRegistry, engine: Engine)
     dims = {space: enc.dim for space, enc in models.encoders.items()}
     # Per space: cosine or AS-norm, which cohort (shipped only for its own checkpoint). Before
     # the indexes open: a bad operator cohort file stops start-up with its reason.
-    scoring = resolve_scoring(settings.asnorm(), identities, dims)
     # Telephone-band profiles are one more (derived) space to storage and the gallery: their
     # own embeddings, profiles, change log entries, index, snapshots, rebuild and verify.
-    views, _ = resolve_views(scoring, settings.narrowband_profiles)
+    scoring, views, _ = resolve_space_scoring(settings, models.encoders)
     stored_identities = dict(identities)
     stored_dims = dict(dims)
     for view in views.values():

@@ -67,6 +67,19 @@ def _record(row: Calibration) -> CalibrationRecord:
     )
 
 
+def _audit_summary(record: CalibrationRecord) -> dict[str, Any]:
+    """What the audit log keeps of a stored or withdrawn calibration."""
+    return {
+        "id": record.id,
+        "created_at": record.created_at.isoformat(),
+        "model_identity": record.model_identity,
+        "score_type": record.score_type,
+        "threshold": record.threshold,
+        "tail": record.details.get("tail"),
+        "source": record.source,
+    }
+
+
 class CalibrationStore:
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self._sf = session_factory
@@ -94,7 +107,8 @@ class CalibrationStore:
         the same transaction."""
         if score_type not in (SCORE_COSINE, SCORE_ASNORM):
             raise ValueError(f"unknown score type {score_type!r}")
-        with self._sf() as session:
+
+        def insert(session: Session) -> CalibrationRecord:
             row = Calibration(
                 created_at=utcnow(),
                 space=space,
@@ -113,20 +127,15 @@ class CalibrationStore:
                 details=dict(details or {}),
             )
             session.add(row)
+            session.flush()  # the row's id
+            stored = _record(row)
             if actor is not None:
-                session.flush()  # the row's id, for the audit row
-                summary = {
-                    "space": space,
-                    "calibration": row.id,
-                    "model_identity": model_identity,
-                    "score_type": score_type,
-                    "tail": row.details.get("tail"),
-                    "source": row.source,
-                }
-                record = audit.AuditRecord(audit.ACTION_CALIBRATION_STORE, actor, summary)
+                entry = {"space": space, **_audit_summary(stored)}
+                record = audit.AuditRecord(audit.ACTION_CALIBRATION_STORE, actor, entry)
                 audit.add(session, record, None)
-            session.commit()
-            return _record(row)
+            return stored
+
+        return Transactions(self._sf).write_transaction(insert)
 
     def in_force(
         self, model_identities: Mapping[str, str], score_types: Mapping[str, str] | None = None
@@ -161,23 +170,8 @@ class CalibrationStore:
             for row in rows:
                 session.delete(row)
             if gone:
-                summary = [
-                    {
-                        "id": r.id,
-                        "created_at": r.created_at.isoformat(),
-                        "model_identity": r.model_identity,
-                        "score_type": r.score_type,
-                        "threshold": r.threshold,
-                        "tail": r.details.get("tail"),
-                        "source": r.source,
-                    }
-                    for r in gone
-                ]
-                record = audit.AuditRecord(
-                    audit.ACTION_CALIBRATION_WITHDRAW,
-                    actor,
-                    {"space": space, "calibrations": summary},
-                )
+                details = {"space": space, "calibrations": [_audit_summary(r) for r in gone]}
+                record = audit.AuditRecord(audit.ACTION_CALIBRATION_WITHDRAW, actor, details)
                 audit.add(session, record, None)
             return gone
 

@@ -160,16 +160,12 @@ PHONE_NOTE = (
 
 def telephone_band_spaces(settings: Settings, models: ModelRegistry) -> set[str]:
     """Spaces whose narrowband probes use telephone-band profiles under the shipped rule."""
-    from service.decisions.bandwidth import resolve_views
-    from service.decisions.cohort import resolve_scoring
+    from service.decisions.bandwidth import resolve_space_scoring
 
-    identities = {space: enc.identity for space, enc in models.encoders.items()}
-    dims = {space: enc.dim for space, enc in models.encoders.items()}
     try:
-        scoring = resolve_scoring(settings.asnorm(), identities, dims)
+        _, views, _ = resolve_space_scoring(settings, models.encoders)
     except (OSError, ValueError):  # the calibration itself already used this scoring
         return set()
-    views, _ = resolve_views(scoring, settings.narrowband_profiles)
     return set(views)
 
 

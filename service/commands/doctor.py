@@ -129,16 +129,12 @@ def _model_checks(settings: Settings) -> list[Check]:
 def scoring_checks(settings: Settings, registry: Any) -> list[Check]:
     """Per loaded encoder: cosine or AS-norm, which cohort, and why the shipped one is or is
     not used (it belongs to one checkpoint only)."""
-    from service.decisions.bandwidth import resolve_views
-    from service.decisions.cohort import resolve_scoring
+    from service.decisions.bandwidth import resolve_space_scoring
 
-    identities = {space: enc.identity for space, enc in registry.encoders.items()}
-    dims = {space: enc.dim for space, enc in registry.encoders.items()}
     try:
-        scoring = resolve_scoring(settings.asnorm(), identities, dims)
+        scoring, views, why_not = resolve_space_scoring(settings, registry.encoders)
     except (OSError, ValueError) as exc:
         return [Check("scores", False, f"AS-norm cohort: {exc}", "config")]
-    views, why_not = resolve_views(scoring, settings.narrowband_profiles)
     return [
         Check(
             f"scores {space}",

@@ -30,9 +30,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from service.decisions.cohort import COHORT_SHIPPED, SHIPPED, SpaceScoring, shipped_cohort
+from service.decisions.cohort import (
+    COHORT_SHIPPED,
+    SHIPPED,
+    SpaceScoring,
+    resolve_scoring,
+    shipped_cohort,
+)
 from service.decisions.openset import TailFit
+
+if TYPE_CHECKING:
+    from service.core.settings import Settings
 from service.pipeline.telephone import CHAIN_VERSION, TELEPHONE_RATE
 
 PAIR_WIDEBAND = "A"  # wideband probe × normal profile (or no telephone-band profile exists)
@@ -71,6 +81,29 @@ class NarrowbandView:
             return score
         own, common = self.tails[pair_type], self.tails[PAIR_WIDEBAND]
         return common.u + common.beta * (score - own.u) / own.beta
+
+
+class LoadedEncoder(Protocol):
+    """What scoring needs of a loaded encoder: which checkpoint, how many dimensions."""
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+
+def resolve_space_scoring(
+    settings: Settings, encoders: Mapping[str, LoadedEncoder]
+) -> tuple[dict[str, SpaceScoring], dict[str, NarrowbandView], dict[str, str]]:
+    """Per loaded space: its scoring (cosine or AS-norm, which cohort), its narrowband view
+    where fitted, and why not elsewhere: what start-up, ``doctor`` and ``calibrate`` all ask.
+    A bad operator cohort file raises (OSError / ValueError) with its reason."""
+    identities = {space: enc.identity for space, enc in encoders.items()}
+    dims = {space: enc.dim for space, enc in encoders.items()}
+    scoring = resolve_scoring(settings.asnorm(), identities, dims)
+    views, why_not = resolve_views(scoring, settings.narrowband_profiles)
+    return scoring, views, why_not
 
 
 def resolve_views(
