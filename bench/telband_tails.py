@@ -230,4 +230,5 @@ def main() -> None:
     print(text)
 
 
-main()
+if __name__ == "__main__":
+    main()

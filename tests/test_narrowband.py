@@ -23,6 +23,7 @@ from service.decisions.bandwidth import (
 )
 from service.decisions.cohort import COHORT_SHIPPED, shipped_cohort
 from service.decisions.openset import TailFit, per_pair_rate
+from service.decisions.probe_quality import load_rule
 from service.pipeline.audio import decode_audio
 from service.pipeline.registry import ModelRegistry
 from service.pipeline.telephone import telephone_band, telephone_copy, wav_bytes
@@ -199,6 +200,14 @@ def _find(client: TestClient, name: str, data: bytes) -> dict:
     return response.json()
 
 
+def _pooled_threshold(answer: dict, n: int) -> float:
+    """A phone probe is decided on the pooled tails however long and clean it is: the stricter
+    tail of long, clean probes (``service.decisions.probe_quality``) was fitted on wideband
+    probes only."""
+    assert answer["threshold_quality"] is None
+    return SHIPPED.tail("asnorm").threshold(0.03, n)
+
+
 @requires_real_model
 @pytest.mark.timeout(600)
 def test_phone_probe_is_found_through_the_telephone_band_profile(
@@ -223,6 +232,8 @@ def test_phone_probe_is_found_through_the_telephone_band_profile(
                 phone = _find(client, "phone.wav", _phone(ASR / "spk1_snt5.wav"))
                 assert phone["probe_band"] == "wideband"
                 assert phone["band_note"] == "no telephone-band profiles for this space"
+                # Scored against the normal profiles, yet still a phone probe: pooled tail.
+                assert phone["threshold"] == pytest.approx(_pooled_threshold(phone, 3))
                 shown = client.get("/calibration").json()["spaces"][VOX]["narrowband_profiles"]
                 assert "VOICESEARCH_NARROWBAND_PROFILES=off" in shown
                 continue
@@ -235,7 +246,7 @@ def test_phone_probe_is_found_through_the_telephone_band_profile(
             best = phone["best_match"]
             assert best["id"] == "spk1" and best["pair_type"] == PAIR_TELEPHONE
             assert best["profile"] == "telephone_band"
-            assert phone["threshold"] == pytest.approx(SHIPPED.tail("asnorm").threshold(0.03, 3))
+            assert phone["threshold"] == pytest.approx(_pooled_threshold(phone, 3))
             native = _find(client, "phone2.wav", _phone(ASR / "spk2_snt5.wav"))
             assert native["decision"] == "match" and native["best_match"]["id"] == "spk2"
             assert native["best_match"]["pair_type"] == PAIR_NATIVE, native
@@ -243,7 +254,11 @@ def test_phone_probe_is_found_through_the_telephone_band_profile(
             # it clears it is a rate, measured in bench/, not a property of one clip).
             stranger = _find(client, "stranger.wav", _phone(RTVC / "6829_00000.mp3"))
             assert stranger["probe_band"] == "narrowband"
-            assert stranger["threshold"] == phone["threshold"]
+            assert stranger["threshold"] == pytest.approx(_pooled_threshold(stranger, 3))
+            # ... though this one is long and clean: a wideband copy would get the strict tail.
+            rule = load_rule(SHIPPED.meta["quality_tails"])
+            heard = stranger["quality"]
+            assert rule is not None and rule.applies(heard["speech_s"], heard["snr_db"]), heard
             assert {m["pair_type"] for m in stranger["top_matches"]} == {
                 PAIR_TELEPHONE,
                 PAIR_NATIVE,

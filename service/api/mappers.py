@@ -7,6 +7,8 @@ the schemas, nowhere else.
 
 from __future__ import annotations
 
+from typing import Any
+
 from service.api.recording_schemas import (
     FoundSpeakerOut,
     IdentifySpeakersResponse,
@@ -31,6 +33,7 @@ from service.api.schemas import (
     SpeakerOut,
     UtteranceOut,
 )
+from service.decisions.policy import Decision
 from service.pipeline.clip import EmbeddedClip
 from service.pipeline.quality import QualityReport
 from service.recordings.identify import RecordingResult
@@ -134,6 +137,7 @@ def find_match_out(result: MatchResult) -> FindMatchResponse:
         fpir_target=result.decision.fpir_target,
         gallery_size=result.decision.gallery_size,
         threshold_note=result.decision.note,
+        threshold_quality=result.decision.quality,
         quality=quality_out(result.quality) if result.quality is not None else None,
     )
 
@@ -217,6 +221,23 @@ def health_out(health: Health, *, version: str, auth_enabled: bool) -> HealthRes
     )
 
 
+def strict_tail_out(decision: Decision) -> dict[str, Any] | None:
+    """The long, clean probes' stricter tail of a shipped rule, as /calibration shows it."""
+    strict, fpir = decision.strict, decision.fpir_target
+    if strict is None or fpir is None:
+        return None
+    n = decision.gallery_size or 0
+    return {
+        "name": strict.name,
+        "min_speech_s": strict.min_speech_s,
+        "min_snr_db": strict.min_snr_db,
+        "tails": {
+            pair: {"u": t.u, "beta": t.beta, "mass": t.mass, "threshold": t.threshold(fpir, n)}
+            for pair, t in strict.tails.items()
+        },
+    }
+
+
 def calibration_out(spaces: list[SpaceCalibration]) -> CalibrationResponse:
     out: dict[str, CalibrationSpaceOut] = {}
     for space in spaces:
@@ -241,6 +262,7 @@ def calibration_out(spaces: list[SpaceCalibration]) -> CalibrationResponse:
                 if tail
                 else None
             ),
+            strict_tail=strict_tail_out(decision),
             cohort=space.cohort,
             narrowband_profiles=space.narrowband,
             fpir=details.get("fpir"),

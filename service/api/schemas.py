@@ -346,6 +346,12 @@ class FindMatchResponse(BaseModel):
     threshold_note: str | None = Field(
         None, description="e.g. `shipped default (uncalibrated for this checkpoint)`."
     )
+    threshold_quality: str | None = Field(
+        None,
+        description="`long_clean` when the probe (>= 2 s of speech at >= 20 dB estimated SNR) "
+        "was held to the shipped stricter tail of such probes: impostor scores of long, clean "
+        "probes run higher, so its threshold is the higher of the two t(N). Null otherwise.",
+    )
     quality: QualityOut | None = Field(None, description="Speech quality of the probe audio.")
 
 
@@ -467,6 +473,12 @@ class CalibrationSpaceOut(BaseModel):
     )
     thresholds_by_gallery_size: dict[str, float] | None = Field(
         None, description="t(N) for a few N (model, not measurement)."
+    )
+    strict_tail: dict[str, Any] | None = Field(
+        None,
+        description="Shipped rule only: which probes are held to the stricter tail "
+        "(`min_speech_s`, `min_snr_db`) and, per pair type, its tail and t(N) at the gallery "
+        "size now (VOICESEARCH_QUALITY_TAILS).",
     )
     cohort: str | None = Field(
         None, description="AS-norm cohort in use, or why the shipped one is not used."

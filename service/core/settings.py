@@ -105,6 +105,7 @@ class DecisionSettings:
     asnorm_spaces: frozenset[str]  # spaces the operator put under AS-norm
     asnorm_thresholds: Mapping[str, float]  # fixed AS-norm threshold per space (operator)
     fpir_target: float = 0.03  # FPIR* of the max-of-N rule t(N)
+    quality_tails: bool = True  # long, clean probes get the shipped strict tail
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,12 @@ class Settings(BaseSettings):
         lt=1,
         description="Open-set target: share of unenrolled voices allowed to be matched (FPIR*). "
         "The threshold in force grows with the gallery so that FPIR stays at it.",
+    )
+    quality_tails: bool = Field(
+        True,
+        description="Long, clean probes (>= 2 s of speech at >= 20 dB SNR) are decided on the "
+        "shipped stricter impostor tail measured for such probes (`on`/`off`): their threshold "
+        "is the higher of the two. Only where the shipped rule is in force.",
     )
 
     # --- HTTP ---------------------------------------------------------------------------------
@@ -567,6 +574,7 @@ class Settings(BaseSettings):
             asnorm_spaces=frozenset(self.asnorm_spaces),
             asnorm_thresholds=dict(self.asnorm_thresholds),
             fpir_target=self.fpir_target,
+            quality_tails=self.quality_tails,
         )
 
     def recordings(self) -> RecordingSettings:

@@ -32,6 +32,7 @@ import numpy as np
 
 from service.core.settings import SPACE_VOXCELEB, AsNormSettings
 from service.decisions.openset import TailFit
+from service.decisions.probe_quality import StrictTailRule, load_rule
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE
 
 COHORT_DIR = Path(__file__).resolve().parent / "cohorts"
@@ -142,6 +143,9 @@ class SpaceScoring:
     cohort_status: str  # one sentence: which cohort and why (for /calibration and doctor)
     shipped_matches: bool  # the shipped cohort/tails were measured with this very checkpoint
     tails: Mapping[str, TailFit]  # the shipped default tail per score type
+    #: The shipped cohort's stricter AS-norm tail for long, clean probes
+    #: (``service.decisions.probe_quality``); None unless AS-norm runs with the shipped cohort.
+    strict: StrictTailRule | None = None
 
     def default_tail(self, score_type: str) -> TailFit:
         return self.tails[score_type]
@@ -203,5 +207,8 @@ def resolve_scoring(
             shipped_matches=shipped is not None
             and shipped.mismatch(identity, dims.get(space)) is None,
             tails={t: source.tail(t) for t in (SCORE_COSINE, SCORE_ASNORM)},
+            strict=load_rule(shipped.meta.get("quality_tails"))
+            if shipped is not None and origin == COHORT_SHIPPED
+            else None,
         )
     return out

@@ -12,7 +12,9 @@ comes from, in order:
    t(N); one stored before the tail existed holds a fixed pair-FAR threshold and is used as is.
 3. ``shipped``: the package's tail for the space's score (``service.decisions.cohort``),
    labelled "uncalibrated for this checkpoint" when the loaded model is not the one it was
-   measured with.
+   measured with. Where it was fitted for this checkpoint (AS-norm, shipped cohort), a long,
+   clean probe is held to the higher of it and the strict tail fitted on such probes
+   (:meth:`Decision.for_probe`, ``service.decisions.probe_quality``).
 
 Stored calibrations are re-read at most every ``refresh_s`` seconds, so ``voicesearch calibrate``
 takes effect in running workers without a restart.
@@ -28,8 +30,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.core.settings import DecisionSettings
+from service.decisions.bandwidth import PAIR_WIDEBAND
 from service.decisions.cohort import FALLBACK, SpaceScoring, shipped_cohort
 from service.decisions.openset import TailFit
+from service.decisions.probe_quality import StrictTailRule
 from service.decisions.scoring import LogisticCalibration
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationRecord, CalibrationStore
 
@@ -57,6 +61,9 @@ class Decision:
     note: str | None = None  # e.g. "shipped default (uncalibrated for this checkpoint)"
     record: CalibrationRecord | None = None
     logistic: LogisticCalibration | None = None
+    #: Shipped rule only: the strict tail of long, clean probes, and its name once applied.
+    strict: StrictTailRule | None = None
+    quality: str | None = None
 
     def at_size(self, n: int) -> Decision:
         """This rule at gallery size ``n`` (a fixed threshold stays what it is)."""
@@ -64,7 +71,23 @@ class Decision:
         if self.tail is None or self.fpir_target is None:
             return dataclasses.replace(self, gallery_size=n)
         threshold = self.tail.threshold(self.fpir_target, n)
-        return dataclasses.replace(self, threshold=threshold, gallery_size=n)
+        return dataclasses.replace(self, threshold=threshold, gallery_size=n, quality=None)
+
+    def for_probe(self, speech_s: float | None, snr_db: float | None) -> Decision:
+        """This rule for one probe of ``speech_s`` seconds of net speech at ``snr_db``: a long,
+        clean one is held to the higher of the pooled and the strict t(N) (wideband pairs;
+        narrowband ones per pair type in ``service.search.narrowband``). Call after
+        :meth:`at_size`."""
+        if (
+            self.strict is None
+            or self.tail is None
+            or self.fpir_target is None
+            or not self.strict.applies(speech_s, snr_db)
+        ):
+            return self
+        n = self.gallery_size or 0
+        threshold = self.strict.threshold(PAIR_WIDEBAND, self.tail, self.fpir_target, n)
+        return dataclasses.replace(self, threshold=threshold, quality=self.strict.name)
 
     def predicted_fpir(self, n: int) -> float | None:
         """Modelled FPIR of this threshold at gallery size ``n`` (None without a tail)."""
@@ -170,6 +193,14 @@ class DecisionPolicy:
             note = "shipped default (uncalibrated for this checkpoint)"
         else:
             tail, note = scoring.default_tail(score_type), scoring.default_note(score_type)
+        strict = None
+        if (
+            self.settings.quality_tails
+            and scoring is not None
+            and score_type == SCORE_ASNORM
+            and scoring.default_fitted(score_type)
+        ):
+            strict = scoring.strict
         return Decision(
             space,
             tail.threshold(self.settings.fpir_target, 1),
@@ -179,6 +210,7 @@ class DecisionPolicy:
             fpir_target=self.settings.fpir_target,
             tail=tail,
             note=note,
+            strict=strict,
         )
 
 

@@ -284,13 +284,19 @@ class Matcher:
         top_n: int,
         speech_s: float | None = None,
         narrowband: bool = False,
+        snr_db: float | None = None,
     ) -> MatchResult:
         """The enrolled speakers of ``space`` nearest to ``vector`` (unit length).
 
         ``narrowband``: the probe's source was ≤ 8 kHz; where the space has telephone-band
-        profiles it is scored against them (:meth:`search_narrowband`)."""
+        profiles it is scored against them (:meth:`search_narrowband`). ``speech_s`` and
+        ``snr_db`` (the probe's net speech and estimated SNR, when known) choose the tail a
+        long, clean wideband probe is decided on (``Decision.for_probe``)."""
         note = None
         if narrowband:
+            # The strict tail was fitted on wideband probes only: a phone probe keeps the pooled
+            # tails, whichever profiles it is scored against.
+            snr_db = None
             view = self.views.get(space)
             if view is None:
                 note = "no telephone-band profiles for this space"
@@ -299,7 +305,7 @@ class Matcher:
                 if result is not None:
                     return result
                 note = "telephone-band profiles not used: the rule in force is not the shipped one"
-        result = self.search_wideband(space, vector, top_n, speech_s)
+        result = self.search_wideband(space, vector, top_n, speech_s, snr_db)
         return dataclasses.replace(result, band_note=note) if note else result
 
     def search_narrowband(
@@ -331,7 +337,12 @@ class Matcher:
         return dataclasses.replace(result, probe_band=BAND_NARROW)
 
     def search_wideband(
-        self, space: str, vector: np.ndarray, top_n: int, speech_s: float | None = None
+        self,
+        space: str,
+        vector: np.ndarray,
+        top_n: int,
+        speech_s: float | None = None,
+        snr_db: float | None = None,
     ) -> MatchResult:
         """The normal profiles of ``space``: what every probe got before telephone-band
         profiles, and what a wideband probe still gets."""
@@ -379,6 +390,7 @@ class Matcher:
                 # Some candidate has no cohort statistics: never decide on AS-norm scores and
                 # cosines together; the whole answer is in cosines, under the cosine rule.
                 decision = self.policy.cosine_decision(space, size)
+        decision = decision.for_probe(speech_s, snr_db)  # a long, clean probe's stricter tail
         matches = [
             Match(
                 id=speakers[hit.speaker_id].external_id,

@@ -237,7 +237,9 @@ class VoiceSearch:
         routed, report = clip.routed, clip.quality
         narrow = is_narrowband(clip.audio.source_sample_rate)  # telephone-band profiles
         search = self.matcher.search_index
-        result = await self._io(search, routed.space, clip.vector, top_n, report.speech_s, narrow)
+        result = await self._io(
+            search, routed.space, clip.vector, top_n, report.speech_s, narrow, report.snr_db
+        )
         return dataclasses.replace(
             result,
             language=routed.language,

@@ -1,0 +1,135 @@
+"""A long, clean probe is held to the stricter shipped tail (issue 12; service.decisions.
+probe_quality): never a lower bar than the pooled t(N), only where the shipped rule is in force,
+and the answer says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.core.settings import DecisionSettings
+from service.decisions.bandwidth import PAIR_WIDEBAND
+from service.decisions.cohort import COHORT_SHIPPED, SpaceScoring, shipped_cohort
+from service.decisions.openset import TailFit
+from service.decisions.policy import SOURCE_SETTING, SOURCE_SHIPPED, DecisionPolicy
+from service.decisions.probe_quality import LONG_CLEAN, StrictTailRule, load_rule
+from service.pipeline.registry import ModelRegistry
+from storage.calibration import SCORE_ASNORM, SCORE_COSINE
+from tests.api.conftest import make_settings
+from tests.paths import DEV_SPEECH_DIR, REAL_VOXCELEB_DIR, requires_real_model
+
+VOX = "voxceleb"
+POOLED = {SCORE_ASNORM: TailFit(-1.2, 1.1, 0.05), SCORE_COSINE: TailFit(0.21, 0.05, 0.05)}
+RULE = StrictTailRule(
+    LONG_CLEAN, 2.0, 20.0, {PAIR_WIDEBAND: TailFit(-0.6, 1.1, 0.05), "B": TailFit(0.8, 1.3, 0.05)}
+)
+
+
+def _policy(*, quality_tails: bool = True, fitted: bool = True, asnorm_fixed=None):
+    scoring = SpaceScoring(
+        VOX, SCORE_ASNORM, COHORT_SHIPPED, None, "shipped", fitted, POOLED, strict=RULE
+    )
+    settings = DecisionSettings(
+        thresholds={},
+        asnorm_spaces=frozenset(),
+        asnorm_thresholds=asnorm_fixed or {},
+        quality_tails=quality_tails,
+    )
+    return DecisionPolicy(settings, None, {VOX: "model@sha256:ab"}, {VOX: scoring})
+
+
+def test_the_rule_applies_only_to_probes_measured_long_and_clean() -> None:
+    assert RULE.applies(2.0, 20.0) and RULE.applies(9.5, 41.0)
+    assert not RULE.applies(1.99, 40.0) and not RULE.applies(8.0, 19.9)
+    # Unknown quality (an embedding probe, a recording's cluster) keeps the pooled bar.
+    assert not RULE.applies(None, 30.0) and not RULE.applies(5.0, None)
+
+
+def test_a_long_clean_probe_gets_the_higher_threshold_and_nothing_else_changes() -> None:
+    policy = _policy()
+    for n in (1, 6, 1000):
+        pooled = policy.decision(VOX, n)
+        assert pooled.source == SOURCE_SHIPPED and pooled.quality is None
+        strict_t = RULE.tails[PAIR_WIDEBAND].threshold(0.03, n)
+        assert strict_t > pooled.threshold  # this strict tail is the heavier one
+        clean = pooled.for_probe(4.0, 30.0)
+        assert clean.threshold == pytest.approx(strict_t) and clean.quality == LONG_CLEAN
+        assert clean.gallery_size == n and clean.tail == pooled.tail
+        for speech_s, snr_db in ((1.0, 30.0), (4.0, 10.0), (None, None)):
+            assert pooled.for_probe(speech_s, snr_db) == pooled
+        # The answer stays in one unit: the cosine fallback has no strict tail.
+        cosine = policy.cosine_decision(VOX, n)
+        assert cosine.for_probe(4.0, 30.0) == cosine
+    # Never a lower bar: a strict tail lighter than the pooled one leaves the pooled t(N).
+    light = StrictTailRule(LONG_CLEAN, 2.0, 20.0, {PAIR_WIDEBAND: TailFit(-3.0, 0.5, 0.05)})
+    assert light.threshold(PAIR_WIDEBAND, POOLED[SCORE_ASNORM], 0.03, 6) == pytest.approx(
+        POOLED[SCORE_ASNORM].threshold(0.03, 6)
+    )
+
+
+def test_the_strict_tail_is_only_used_where_the_shipped_rule_is_fitted_and_on() -> None:
+    assert _policy(quality_tails=False).decision(VOX, 6).for_probe(4.0, 30.0).quality is None
+    assert _policy(fitted=False).decision(VOX, 6).for_probe(4.0, 30.0).quality is None
+    fixed = _policy(asnorm_fixed={VOX: 2.5}).decision(VOX, 6)
+    assert fixed.source == SOURCE_SETTING and fixed.for_probe(4.0, 30.0).threshold == 2.5
+
+
+def test_the_shipped_cohort_ships_a_strict_tail_heavier_than_its_pooled_one() -> None:
+    shipped = shipped_cohort("ecapa-voxceleb")
+    rule = load_rule(shipped.meta["quality_tails"])
+    assert rule is not None and rule.min_speech_s == 2.0 and rule.min_snr_db == 20.0
+    pooled = shipped.tail(SCORE_ASNORM)
+    for n in (1, 6, 100, 10_000):
+        assert rule.tails[PAIR_WIDEBAND].threshold(0.03, n) > pooled.threshold(0.03, n)
+    assert "bench/quality_tails.py" in shipped.meta["quality_tails"]["long_clean"]["fitted_on"]
+    assert load_rule(None) is None and load_rule({}) is None
+
+
+def _find(client: TestClient, path: Path) -> dict:
+    files = [("audio", (path.name, path.read_bytes(), "application/octet-stream"))]
+    response = client.post("/find-match", files=files, data={"language": "en"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@requires_real_model
+def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
+    tmp_path: Path, tiny_model_dirs, real_registry: ModelRegistry
+) -> None:
+    asr = DEV_SPEECH_DIR / "speechbrain_samples" / "ASR"
+    dirs = {**tiny_model_dirs, "voxceleb": REAL_VOXCELEB_DIR}
+    shipped = shipped_cohort("ecapa-voxceleb")
+    rule = load_rule(shipped.meta["quality_tails"])
+    assert rule is not None
+    answers = {}
+    for setting in ("on", "off"):
+        settings = make_settings(tmp_path / setting, dirs, quality_tails=setting)
+        with TestClient(create_app(settings, models=real_registry)) as client:
+            for ext in ("spk1", "spk2"):
+                paths = [asr / f"{ext}_snt{i}.wav" for i in (1, 2)]
+                files = [("audio", (p.name, p.read_bytes(), "audio/wav")) for p in paths]
+                form = {"external_id": ext, "language": "en"}
+                assert client.post("/speakers", files=files, data=form).status_code == 201
+            answers[setting] = _find(client, asr / "spk1_snt4.wav")
+            shown = client.get("/calibration").json()["spaces"][VOX]["strict_tail"]
+            if setting == "off":
+                assert shown is None
+                continue
+            assert shown["min_speech_s"] == 2.0 and shown["min_snr_db"] == 20.0
+            assert shown["tails"]["A"]["threshold"] == pytest.approx(
+                rule.tails["A"].threshold(0.03, 2)
+            )
+    on, off = answers["on"], answers["off"]
+    quality = on["quality"]
+    assert quality["speech_s"] >= 2.0 and quality["snr_db"] >= 20.0, quality  # a clean sentence
+    assert on["threshold_quality"] == LONG_CLEAN and off["threshold_quality"] is None
+    pooled = shipped.tail(SCORE_ASNORM).threshold(0.03, 2)
+    assert off["threshold"] == pytest.approx(pooled)
+    assert on["threshold"] == pytest.approx(max(pooled, rule.tails["A"].threshold(0.03, 2)))
+    # Ranking and scores are the bare model's either way; only the bar moved.
+    assert on["top_matches"][0]["id"] == off["top_matches"][0]["id"] == "spk1"
+    assert [m["score"] for m in on["top_matches"]] == [m["score"] for m in off["top_matches"]]
+    assert on["decision"] == off["decision"] == "match"
