@@ -248,6 +248,7 @@ def test_random_model_ignores_the_shipped_cohort_and_says_why(
     checks = doctor.scoring_checks(settings, tiny_registry)
     vox = next(c for c in checks if c.name == f"scores {VOX}")
     assert vox.ok and "shipped cohort ignored" in vox.detail and "uncalibrated" in vox.detail
+    assert "long, clean probes: pooled tail (shipped rule not fitted)" in vox.detail
 
 
 # --- the real model ---------------------------------------------------------------------------

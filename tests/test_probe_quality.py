@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.commands import doctor
 from service.core.settings import DecisionSettings
 from service.decisions.bandwidth import PAIR_WIDEBAND
 from service.decisions.cohort import COHORT_SHIPPED, SpaceScoring, shipped_cohort
@@ -115,9 +116,16 @@ def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
                 assert client.post("/speakers", files=files, data=form).status_code == 201
             answers[setting] = _find(client, asr / "spk1_snt4.wav")
             shown = client.get("/calibration").json()["spaces"][VOX]["strict_tail"]
+            (checked,) = [
+                c for c in doctor.scoring_checks(settings, real_registry) if VOX in c.name
+            ]
             if setting == "off":
                 assert shown is None
+                assert "long, clean probes: pooled tail (VOICESEARCH_QUALITY_TAILS=off)" in (
+                    checked.detail
+                )
                 continue
+            assert "long, clean probes (>= 2 s at >= 20 dB): stricter tail" in checked.detail
             assert shown["min_speech_s"] == 2.0 and shown["min_snr_db"] == 20.0
             assert shown["tails"]["A"]["threshold"] == pytest.approx(
                 rule.tails["A"].threshold(0.03, 2)

@@ -126,6 +126,20 @@ def _model_checks(settings: Settings) -> list[Check]:
     return checks
 
 
+def _strict_note(settings: Settings, chosen: Any) -> str:
+    """Whether long, clean probes are held to the stricter shipped tail, or why not."""
+    rule = chosen.strict_for(chosen.score_type, settings.quality_tails)
+    if rule is not None:
+        return (
+            f"long, clean probes (>= {rule.min_speech_s:g} s at >= {rule.min_snr_db:g} dB): "
+            "stricter tail"
+        )
+    why = (
+        "VOICESEARCH_QUALITY_TAILS=off" if not settings.quality_tails else "shipped rule not fitted"
+    )
+    return f"long, clean probes: pooled tail ({why})"
+
+
 def scoring_checks(settings: Settings, registry: Any) -> list[Check]:
     """Per loaded encoder: cosine or AS-norm, which cohort, and why the shipped one is or is
     not used (it belongs to one checkpoint only)."""
@@ -140,7 +154,8 @@ def scoring_checks(settings: Settings, registry: Any) -> list[Check]:
             f"scores {space}",
             True,
             f"{chosen.score_type}: {chosen.cohort_status}; default rule "
-            f"{chosen.default_note(chosen.score_type)}; telephone-band profiles: "
+            f"{chosen.default_note(chosen.score_type)}; {_strict_note(settings, chosen)}; "
+            "telephone-band profiles: "
             + (f"on ({views[space].derived})" if space in views else f"off, {why_not[space]}"),
             extra={"score_type": chosen.score_type, "cohort": chosen.cohort_origin},
         )

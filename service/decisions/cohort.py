@@ -157,6 +157,14 @@ class SpaceScoring:
             return False
         return score_type == SCORE_COSINE or self.cohort_origin == COHORT_SHIPPED
 
+    def strict_for(self, score_type: str, enabled: bool) -> StrictTailRule | None:
+        """The long, clean probes' strict tail where it applies to the shipped rule for
+        ``score_type``: AS-norm with the shipped cohort of this very checkpoint, and ``enabled``
+        (``VOICESEARCH_QUALITY_TAILS``)."""
+        if not enabled or score_type != SCORE_ASNORM or not self.default_fitted(score_type):
+            return None
+        return self.strict
+
     def default_note(self, score_type: str) -> str:
         if self.default_fitted(score_type):
             return "shipped default (fitted for this checkpoint)"

@@ -193,14 +193,7 @@ class DecisionPolicy:
             note = "shipped default (uncalibrated for this checkpoint)"
         else:
             tail, note = scoring.default_tail(score_type), scoring.default_note(score_type)
-        strict = None
-        if (
-            self.settings.quality_tails
-            and scoring is not None
-            and score_type == SCORE_ASNORM
-            and scoring.default_fitted(score_type)
-        ):
-            strict = scoring.strict
+        strict = scoring.strict_for(score_type, self.settings.quality_tails) if scoring else None
         return Decision(
             space,
             tail.threshold(self.settings.fpir_target, 1),
