@@ -291,6 +291,9 @@ class Outcome:
     accepted_as: str | None = None  # the system's own decision (None: no match)
     codes: list[str] = field(default_factory=list)
     threshold: float | None = None  # service only: the threshold its decision used
+    #: Service only: ``long_clean`` when the probe was held to the strict tail of long, clean
+    #: probes (``threshold_quality``).
+    threshold_quality: str | None = None
 
 
 def service_probe(client: TestClient, unit: Unit, data: bytes, ext: str, n: int) -> Outcome:
@@ -315,6 +318,7 @@ def service_probe(client: TestClient, unit: Unit, data: bytes, ext: str, n: int)
         accepted_as=match["id"] if body.get("decision") == "match" and match else None,
         codes=(body.get("quality") or {}).get("codes", []),
         threshold=body.get("threshold"),
+        threshold_quality=body.get("threshold_quality"),
         ranking=[m["id"] for m in top],
         decision_scores={
             m["id"]: m["score"] if m.get("score") is not None else m["similarity"] for m in top
@@ -364,6 +368,7 @@ def summarise(outcomes: list[Outcome], threshold: float | None = None) -> dict[s
         "eer_decision": rate(*pairs(outcomes, decision=True)),
         "refused": sum(o.refused for o in outcomes),
         "no_speech_detected": sum("no_speech_detected" in o.codes for o in outcomes),
+        "long_clean": sum(o.threshold_quality == "long_clean" for o in outcomes),
         "fpir": float(np.mean([accepted(o) is not None for o in strangers])),
         "fnir": float(np.mean([accepted(o) != o.unit.speaker for o in enrolled])),
         "n_enrolled": len(enrolled),
@@ -545,6 +550,7 @@ def main() -> None:
         # Where the service's rule came from: `shipped` defaults, or a `calibrated` data folder.
         "decision_source": rule["source"],
         "decision_tail": rule.get("tail"),
+        "strict_tail": rule.get("strict_tail"),
         "fpir_target": rule.get("fpir_target"),
         "searchable_speakers": searchable,
         "probe_units": len(units),
@@ -566,6 +572,14 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
             return "its own defaults"
         tail = meta.get("decision_tail") or {}
         fitted = f", tail u = {tail['u']:.3f}, β = {tail['beta']:.3f}" if tail else ""
+        strict = meta.get("strict_tail")
+        if strict:
+            a = strict["tails"]["A"]
+            fitted += (
+                f"; wideband probes with >= {strict['min_speech_s']:g} s of speech at >= "
+                f"{strict['min_snr_db']:g} dB SNR held to the higher of it and the strict tail "
+                f"u = {a['u']:.3f}, β = {a['beta']:.3f}: column `long_clean`"
+            )
         return f"its `{source}` rule (FPIR* {meta.get('fpir_target')}{fitted})"
 
     def held(row: dict) -> str:
@@ -589,9 +603,9 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
         "`gbabble`: three *enrolled* speakers' enrollment clips (the gallery's own voices).",
         "",
         "| condition | probes | top-1 % direct / service | EER % direct / service `similarity` "
-        "/ service `score` | service refused (422) | service `no_speech_detected` | FPIR % "
-        "direct / service | FNIR % direct / service |",
-        "|---|---|---|---|---|---|---|---|",
+        "/ service `score` | service refused (422) | service `no_speech_detected` | service "
+        "`long_clean` | FPIR % direct / service | FNIR % direct / service |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
         d, s = row["direct"], row["service"]
@@ -599,7 +613,7 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
             f"| {name} | {s['n_enrolled']} / {s['n_unenrolled']}{held(s)} | "
             f"{pct(d['top1'])} / {pct(s['top1'])} | {pct(d['eer'])} / "
             f"{pct(s['eer'])} / {pct(s.get('eer_decision', float('nan')))} | {s['refused']} | "
-            f"{s['no_speech_detected']} | "
+            f"{s['no_speech_detected']} | {s.get('long_clean', '–')} | "
             f"{pct(d['fpir'])} / {pct(s['fpir'])} | {pct(d['fnir'])} / {pct(s['fnir'])} |"
         )
     reading = ""
