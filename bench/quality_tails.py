@@ -68,7 +68,9 @@ def wideband(st: C.Store, split: str, c: str) -> np.ndarray:
     return np.array([st.info[(pr["id"], c)]["src"] > 8000 for pr in st.probes(split)])
 
 
-def scored_with_distractors(st: C.Store, split: str, nz: N.Normaliser) -> dict:
+def scored_with_distractors(
+    st: C.Store, split: str, nz: N.Normaliser
+) -> tuple[dict[str, C.Trials], int]:
     """Per condition, AS-norm trials against the split's gallery plus its distractors."""
     names, G, _ = st.gallery(split, "bare", with_distractors=True)
     probes = st.probes(split)
@@ -92,7 +94,7 @@ def fit(x: np.ndarray) -> dict:
     return {"u": round(u, 6), "beta": round(beta, 6), "mass": T.MASS, "n_impostor": int(x.size)}
 
 
-def speech_diagnostic(st, cal) -> list[str]:
+def speech_diagnostic(cal: dict) -> list[str]:
     """Type-A impostor 95th percentile by net speech, and the slope on log duration."""
     xs, ls = [], []
     for _, t, typ, dur, _ in cal.values():
@@ -124,28 +126,38 @@ def main() -> None:
     nz_cal = N.Normaliser(M, L, T.K, exclude_own=True)
     _, cal, _ = T.build(st, "CAL", nz_cal)
     snr_cal = probe_snr(st, "CAL")
-    lines = speech_diagnostic(st, cal)
+    lines = speech_diagnostic(cal)
 
     # Strict tails: A on wideband probes against CAL + distractors, B against telephone-band
     # profiles (T.build's type 1).
     cal_d, _ = scored_with_distractors(st, "CAL", nz_cal)
-    a_parts, b_parts = [], []
+    a_parts, b_parts, a_alone, a_pooled_alone = [], [], [], []
     for c in P.CONDITIONS:
         _, tt, typ, dur, _ = cal[c]
         good = (dur >= MIN_SPEECH_S) & (snr_cal[c] >= MIN_SNR_DB)
         z = cal_d[c]
         a_parts.append(z.scores[impostor_mask(z, good & wideband(st, "CAL", c))])
         b_parts.append(tt.scores[impostor_mask(tt, good) & (typ == 1)])
+        # For comparison: the same type-A pairs without the distractors in the gallery, and all
+        # type-A pairs (any length and SNR) without them.
+        a_alone.append(tt.scores[impostor_mask(tt, good) & (typ == 0)])
+        a_pooled_alone.append(tt.scores[impostor_mask(tt, dur > 0) & (typ == 0)])
     strict = {"A": fit(np.concatenate(a_parts)), "B": fit(np.concatenate(b_parts))}
     pooled = {"A": meta["tails"]["asnorm"], **meta["pairtype_tails"]}
+    alone, pooled_alone = fit(np.concatenate(a_alone)), fit(np.concatenate(a_pooled_alone))
     lines += [
         f"\nLong, clean probes (>= {MIN_SPEECH_S} s of net speech, SNR >= {MIN_SNR_DB} dB), "
-        "CAL impostor tails vs pooled:",
+        "CAL impostor tails vs the pooled shipped ones (A: with CAL's LibriSpeech distractors "
+        "in the gallery; B: without, none exist for telephone-band profiles):",
         *(
             f"* {k}: u = {v['u']:.3f}, beta = {v['beta']:.3f} ({v['n_impostor']} pairs); "
             f"pooled u = {pooled[k]['u']:.3f}, beta = {pooled[k]['beta']:.3f}"
             for k, v in strict.items()
         ),
+        f"* A without the distractors: long and clean u = {alone['u']:.3f}, beta = "
+        f"{alone['beta']:.3f} ({alone['n_impostor']} pairs); every type-A pair u = "
+        f"{pooled_alone['u']:.3f}, beta = {pooled_alone['beta']:.3f}: part of the gap above "
+        "is the same-corpus gallery, part is the probe's quality.",
     ]
     result = {
         "strict": strict,
@@ -156,11 +168,15 @@ def main() -> None:
     }
 
     def per_type_thresholds(lz: float, good: np.ndarray, rule: str) -> dict[str, np.ndarray]:
+        """Per pair type, each probe's threshold: ``good`` marks the long, clean probes;
+        ``quality`` holds the shipped types' pairs (``ADOPTED``) to the strict tail,
+        ``quality+B`` also type B's (measured, not shipped)."""
+        types = {"pooled": (), "quality": ADOPTED, "quality+B": (*ADOPTED, "B")}[rule]
         out = {}
         for k in T.TYPES:
             t_pool = pooled[k]["u"] + pooled[k]["beta"] * lz
             thr = np.full(good.shape, t_pool)
-            if rule == "quality" and k in ADOPTED:
+            if k in types:
                 t_strict = strict[k]["u"] + strict[k]["beta"] * lz
                 thr = np.where(good, max(t_pool, t_strict), thr)
             out[k] = thr
@@ -172,7 +188,9 @@ def main() -> None:
     header = "| probes | N | rule | " + " | ".join(P.CONDITIONS) + " |"
     lines += [
         "\nTEST, FPIR* 3 %. Cells: FPIR % / FNIR %. pooled = the per-type rule as released; "
-        "quality = with the strict tail for long, clean probes (pair type A only). "
+        "quality = with the strict tail for long, clean wideband probes (pair type A: "
+        "shipped); quality+B = also long, clean narrowband probes on type B's own strict "
+        "tail (measured, not shipped). "
         "N = 69: every pair type (narrowband probes on telephone-band profiles, mapped as "
         "the service does); N = "
         f"{n_d}: with TEST's distractors, wideband probes only.\n",
@@ -184,12 +202,24 @@ def main() -> None:
         m = np.array([srcs is None or pr["source"] in srcs for pr in probes])
         for n_label in (len(names), n_d):
             lz = float(np.log(T.MASS / (1 - (1 - T.TARGET) ** (1 / n_label))))
-            for rule in ("pooled", "quality"):
+            rules = (
+                ("pooled", "quality", "quality+B")
+                if n_label == len(names)
+                else ("pooled", "quality")
+            )
+            for rule in rules:
                 cells = []
                 for c in P.CONDITIONS:
                     _, tt, typ, dur, raw = test[c]
                     good = (dur >= MIN_SPEECH_S) & (snr_test[c] >= MIN_SNR_DB)
-                    at = per_type_thresholds(lz, good, rule)
+                    wide_probe = wideband(st, "TEST", c)
+                    # As the service: a wideband probe's pairs on the A tails, a narrowband
+                    # probe's on its own pair types' (never A's strict one).
+                    at = per_type_thresholds(lz, good & wide_probe, rule)
+                    at_nb = per_type_thresholds(lz, good & ~wide_probe, rule)
+                    for k in T.TYPES:
+                        if k != "A":
+                            at[k] = np.where(wide_probe, at[k], at_nb[k])
                     if n_label == len(names):
                         mapped = np.empty_like(tt.scores)
                         for k, name in enumerate(T.TYPES):
@@ -228,5 +258,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] or print("usage: python <repo>/bench/quality_tails.py <repo>", file=sys.stderr)
+    if not sys.argv[1:]:
+        sys.exit("usage: cd <research folder> && python <repo>/bench/quality_tails.py <repo>")
     main()

@@ -248,7 +248,10 @@ def test_random_model_ignores_the_shipped_cohort_and_says_why(
     checks = doctor.scoring_checks(settings, tiny_registry)
     vox = next(c for c in checks if c.name == f"scores {VOX}")
     assert vox.ok and "shipped cohort ignored" in vox.detail and "uncalibrated" in vox.detail
-    assert "long, clean probes: pooled tail (shipped rule not fitted)" in vox.detail
+    assert (
+        "long, clean probes: pooled tail (only with AS-norm on the shipped cohort of its "
+        "checkpoint)" in vox.detail
+    )
 
 
 # --- the real model ---------------------------------------------------------------------------
@@ -285,6 +288,9 @@ def test_real_model_uses_the_shipped_cohort_and_decides(
             ).json()
             assert found["decision"] == "match" and found["match"]["id"] == speaker, found
             assert found["score_type"] == "asnorm" and found["gallery_size"] == 3
+            # Each a single sentence of under 2 s of speech: the pooled tail (a long, clean probe
+            # would be held to the stricter one: tests/test_probe_quality.py).
+            assert found["quality"]["speech_s"] < 2.0 and found["threshold_quality"] is None
             assert found["threshold"] == pytest.approx(tail.threshold(0.03, 3))
             assert found["threshold_source"] == "shipped" and found["fpir_target"] == 0.03
             best = found["best_match"]

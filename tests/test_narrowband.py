@@ -232,8 +232,14 @@ def test_phone_probe_is_found_through_the_telephone_band_profile(
                 phone = _find(client, "phone.wav", _phone(ASR / "spk1_snt5.wav"))
                 assert phone["probe_band"] == "wideband"
                 assert phone["band_note"] == "no telephone-band profiles for this space"
-                # Scored against the normal profiles, yet still a phone probe: pooled tail.
-                assert phone["threshold"] == pytest.approx(_pooled_threshold(phone, 3))
+                # Scored against the normal profiles, yet still a phone probe: the pooled tail,
+                # even for one long and clean enough that a wideband copy would get the strict.
+                long_phone = _find(client, "stranger.wav", _phone(RTVC / "6829_00000.mp3"))
+                assert long_phone["probe_band"] == "wideband"
+                rule = load_rule(SHIPPED.meta["quality_tails"])
+                heard = long_phone["quality"]
+                assert rule is not None and rule.applies(heard["speech_s"], heard["snr_db"]), heard
+                assert long_phone["threshold"] == pytest.approx(_pooled_threshold(long_phone, 3))
                 shown = client.get("/calibration").json()["spaces"][VOX]["narrowband_profiles"]
                 assert "VOICESEARCH_NARROWBAND_PROFILES=off" in shown
                 continue

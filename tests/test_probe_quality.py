@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -15,23 +17,38 @@ from service.core.settings import DecisionSettings
 from service.decisions.bandwidth import PAIR_WIDEBAND
 from service.decisions.cohort import COHORT_SHIPPED, SpaceScoring, shipped_cohort
 from service.decisions.openset import TailFit
-from service.decisions.policy import SOURCE_SETTING, SOURCE_SHIPPED, DecisionPolicy
+from service.decisions.policy import (
+    SOURCE_CALIBRATED,
+    SOURCE_SETTING,
+    SOURCE_SHIPPED,
+    DecisionPolicy,
+)
 from service.decisions.probe_quality import LONG_CLEAN, StrictTailRule, load_rule
 from service.pipeline.registry import ModelRegistry
-from storage.calibration import SCORE_ASNORM, SCORE_COSINE
+from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationStore
+from storage.db import make_engine, make_session_factory
 from tests.api.conftest import make_settings
+from tests.audio_factory import wav_bytes
 from tests.paths import DEV_SPEECH_DIR, REAL_VOXCELEB_DIR, requires_real_model
 
 VOX = "voxceleb"
+IDENTITY = "model@sha256:ab"
 POOLED = {SCORE_ASNORM: TailFit(-1.2, 1.1, 0.05), SCORE_COSINE: TailFit(0.21, 0.05, 0.05)}
 RULE = StrictTailRule(
     LONG_CLEAN, 2.0, 20.0, {PAIR_WIDEBAND: TailFit(-0.6, 1.1, 0.05), "B": TailFit(0.8, 1.3, 0.05)}
 )
 
 
-def _policy(*, quality_tails: bool = True, fitted: bool = True, asnorm_fixed=None):
+def _policy(
+    *,
+    quality_tails: bool = True,
+    fitted: bool = True,
+    asnorm_fixed: dict[str, float] | None = None,
+    store: CalibrationStore | None = None,
+    rule: StrictTailRule = RULE,
+) -> DecisionPolicy:
     scoring = SpaceScoring(
-        VOX, SCORE_ASNORM, COHORT_SHIPPED, None, "shipped", fitted, POOLED, strict=RULE
+        VOX, SCORE_ASNORM, COHORT_SHIPPED, None, "shipped", fitted, POOLED, strict=rule
     )
     settings = DecisionSettings(
         thresholds={},
@@ -39,7 +56,7 @@ def _policy(*, quality_tails: bool = True, fitted: bool = True, asnorm_fixed=Non
         asnorm_thresholds=asnorm_fixed or {},
         quality_tails=quality_tails,
     )
-    return DecisionPolicy(settings, None, {VOX: "model@sha256:ab"}, {VOX: scoring})
+    return DecisionPolicy(settings, store, {VOX: IDENTITY}, {VOX: scoring})
 
 
 def test_the_rule_applies_only_to_probes_measured_long_and_clean() -> None:
@@ -69,6 +86,9 @@ def test_a_long_clean_probe_gets_the_higher_threshold_and_nothing_else_changes()
     assert light.threshold(PAIR_WIDEBAND, POOLED[SCORE_ASNORM], 0.03, 6) == pytest.approx(
         POOLED[SCORE_ASNORM].threshold(0.03, 6)
     )
+    # ... and the answer does not claim the strict tail decided when the pooled bar did.
+    pooled = _policy(rule=light).decision(VOX, 6)
+    assert pooled.for_probe(4.0, 30.0) == pooled and pooled.quality is None
 
 
 def test_the_strict_tail_is_only_used_where_the_shipped_rule_is_fitted_and_on() -> None:
@@ -76,6 +96,28 @@ def test_the_strict_tail_is_only_used_where_the_shipped_rule_is_fitted_and_on() 
     assert _policy(fitted=False).decision(VOX, 6).for_probe(4.0, 30.0).quality is None
     fixed = _policy(asnorm_fixed={VOX: 2.5}).decision(VOX, 6)
     assert fixed.source == SOURCE_SETTING and fixed.for_probe(4.0, 30.0).threshold == 2.5
+
+
+def test_a_calibration_of_ones_own_is_used_as_it_is(migrated_database_url: str) -> None:
+    """A stored calibration was fitted on the installation's own probes, long and short alike:
+    no shipped strict tail is laid over it."""
+    store = CalibrationStore(make_session_factory(make_engine(migrated_database_url)))
+    own = TailFit(0.35, 1.25, 0.05, 5000)
+    store.add(
+        space=VOX,
+        model_identity=IDENTITY,
+        score_type=SCORE_ASNORM,
+        threshold=own.threshold(0.03, 1),
+        target_far=0.0,
+        n_genuine=100,
+        n_impostor=5000,
+        n_speakers=40,
+        details={"tail": own.to_dict()},
+    )
+    decision = _policy(store=store).decision(VOX, 6)
+    assert decision.source == SOURCE_CALIBRATED and decision.strict is None
+    assert decision.threshold == pytest.approx(own.threshold(0.03, 6))
+    assert decision.for_probe(6.0, 40.0) == decision
 
 
 def test_the_shipped_cohort_ships_a_strict_tail_heavier_than_its_pooled_one() -> None:
@@ -89,8 +131,8 @@ def test_the_shipped_cohort_ships_a_strict_tail_heavier_than_its_pooled_one() ->
     assert load_rule(None) is None and load_rule({}) is None
 
 
-def _find(client: TestClient, path: Path) -> dict:
-    files = [("audio", (path.name, path.read_bytes(), "application/octet-stream"))]
+def _find(client: TestClient, name: str, data: bytes) -> dict:
+    files = [("audio", (name, data, "application/octet-stream"))]
     response = client.post("/find-match", files=files, data={"language": "en"})
     assert response.status_code == 200, response.text
     return response.json()
@@ -105,6 +147,10 @@ def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
     shipped = shipped_cohort("ecapa-voxceleb")
     rule = load_rule(shipped.meta["quality_tails"])
     assert rule is not None
+    long_probe = wav_bytes(
+        np.concatenate([sf.read(asr / f"spk1_snt{i}.wav", dtype="float32")[0] for i in (4, 5)]),
+        16_000,
+    )
     answers = {}
     for setting in ("on", "off"):
         settings = make_settings(tmp_path / setting, dirs, quality_tails=setting)
@@ -114,7 +160,19 @@ def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
                 files = [("audio", (p.name, p.read_bytes(), "audio/wav")) for p in paths]
                 form = {"external_id": ext, "language": "en"}
                 assert client.post("/speakers", files=files, data=form).status_code == 201
-            answers[setting] = _find(client, asr / "spk1_snt4.wav")
+            # Two sentences back to back: about 5 s of clean speech, well past the 2 s floor.
+            answers[setting] = _find(client, "long.wav", long_probe)
+            # The same voice sent as numbers has no measured quality: the pooled tail.
+            vector = client.post(
+                "/extract-embedding", files=[("audio", ("long.wav", long_probe, "audio/wav"))]
+            ).json()["embedding"]
+            by_vector = client.post("/find-match", json={"user_embedding": vector, "space": VOX})
+            assert by_vector.status_code == 200, by_vector.text
+            numbers = by_vector.json()
+            assert numbers["threshold_quality"] is None
+            assert numbers["threshold"] == pytest.approx(
+                shipped.tail(SCORE_ASNORM).threshold(0.03, 2)
+            )
             shown = client.get("/calibration").json()["spaces"][VOX]["strict_tail"]
             (checked,) = [
                 c for c in doctor.scoring_checks(settings, real_registry) if VOX in c.name
@@ -127,8 +185,10 @@ def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
                 continue
             assert "long, clean probes (>= 2 s at >= 20 dB): stricter tail" in checked.detail
             assert shown["min_speech_s"] == 2.0 and shown["min_snr_db"] == 20.0
+            pooled_2 = shipped.tail(SCORE_ASNORM).threshold(0.03, 2)
+            assert shown["name"] == LONG_CLEAN
             assert shown["tails"]["A"]["threshold"] == pytest.approx(
-                rule.tails["A"].threshold(0.03, 2)
+                max(pooled_2, rule.tails["A"].threshold(0.03, 2))
             )
     on, off = answers["on"], answers["off"]
     quality = on["quality"]

@@ -7,8 +7,6 @@ the schemas, nowhere else.
 
 from __future__ import annotations
 
-from typing import Any
-
 from service.api.recording_schemas import (
     FoundSpeakerOut,
     IdentifySpeakersResponse,
@@ -31,6 +29,8 @@ from service.api.schemas import (
     QualityOut,
     SpaceHealth,
     SpeakerOut,
+    StrictTailFitOut,
+    StrictTailOut,
     UtteranceOut,
 )
 from service.decisions.policy import Decision
@@ -221,21 +221,23 @@ def health_out(health: Health, *, version: str, auth_enabled: bool) -> HealthRes
     )
 
 
-def strict_tail_out(decision: Decision) -> dict[str, Any] | None:
+def strict_tail_out(decision: Decision) -> StrictTailOut | None:
     """The long, clean probes' stricter tail of a shipped rule, as /calibration shows it."""
-    strict, fpir = decision.strict, decision.fpir_target
-    if strict is None or fpir is None:
+    strict, fpir, pooled = decision.strict, decision.fpir_target, decision.tail
+    if strict is None or fpir is None or pooled is None:
         return None
     n = decision.gallery_size or 0
-    return {
-        "name": strict.name,
-        "min_speech_s": strict.min_speech_s,
-        "min_snr_db": strict.min_snr_db,
-        "tails": {
-            pair: {"u": t.u, "beta": t.beta, "mass": t.mass, "threshold": t.threshold(fpir, n)}
+    return StrictTailOut(
+        name=strict.name,
+        min_speech_s=strict.min_speech_s,
+        min_snr_db=strict.min_snr_db,
+        tails={
+            pair: StrictTailFitOut(
+                u=t.u, beta=t.beta, mass=t.mass, threshold=strict.threshold(pair, pooled, fpir, n)
+            )
             for pair, t in strict.tails.items()
         },
-    }
+    )
 
 
 def calibration_out(spaces: list[SpaceCalibration]) -> CalibrationResponse:

@@ -450,6 +450,25 @@ class DeletedResponse(BaseModel):
 
 
 # --- calibration -----------------------------------------------------------------------------
+class StrictTailFitOut(BaseModel):
+    u: float = Field(description="The strict tail's 95th percentile of impostor scores.")
+    beta: float = Field(description="Its mean excess above u.")
+    mass: float = Field(description="Share of impostor scores above u.")
+    threshold: float = Field(
+        description="What a long, clean probe is held to at the gallery size now: the higher "
+        "of the pooled and this tail's t(N)."
+    )
+
+
+class StrictTailOut(BaseModel):
+    name: str = Field(description="`long_clean`: the value answers carry in `threshold_quality`.")
+    min_speech_s: float = Field(description="Net speech a probe needs (s).")
+    min_snr_db: float = Field(description="Estimated SNR a probe needs (dB).")
+    tails: dict[str, StrictTailFitOut] = Field(
+        description="Per pair type (`A`: a wideband probe against the normal profiles)."
+    )
+
+
 class CalibrationSpaceOut(BaseModel):
     space: str
     model_identity: str | None = Field(None, description="Identity of the loaded encoder.")
@@ -474,11 +493,10 @@ class CalibrationSpaceOut(BaseModel):
     thresholds_by_gallery_size: dict[str, float] | None = Field(
         None, description="t(N) for a few N (model, not measurement)."
     )
-    strict_tail: dict[str, Any] | None = Field(
+    strict_tail: StrictTailOut | None = Field(
         None,
-        description="Shipped rule only: which probes are held to the stricter tail "
-        "(`min_speech_s`, `min_snr_db`) and, per pair type, its tail and t(N) at the gallery "
-        "size now (VOICESEARCH_QUALITY_TAILS).",
+        description="Shipped rule only (VOICESEARCH_QUALITY_TAILS): which probes are held to "
+        "the stricter tail of long, clean probes, and the threshold they get now.",
     )
     cohort: str | None = Field(
         None, description="AS-norm cohort in use, or why the shipped one is not used."

@@ -18,9 +18,12 @@ import json
 import platform
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.core.settings import Settings
+
+if TYPE_CHECKING:  # imported lazily below: doctor must start without torch
+    from service.decisions.cohort import SpaceScoring
 
 #: What to do about each kind of model failure (service.pipeline.loading.FAILURE_*).
 ADVICE = {
@@ -126,7 +129,7 @@ def _model_checks(settings: Settings) -> list[Check]:
     return checks
 
 
-def _strict_note(settings: Settings, chosen: Any) -> str:
+def _strict_note(settings: Settings, chosen: SpaceScoring) -> str:
     """Whether long, clean probes are held to the stricter shipped tail, or why not."""
     rule = chosen.strict_for(chosen.score_type, settings.quality_tails)
     if rule is not None:
@@ -135,7 +138,9 @@ def _strict_note(settings: Settings, chosen: Any) -> str:
             "stricter tail"
         )
     why = (
-        "VOICESEARCH_QUALITY_TAILS=off" if not settings.quality_tails else "shipped rule not fitted"
+        "only with AS-norm on the shipped cohort of its checkpoint"
+        if settings.quality_tails
+        else "VOICESEARCH_QUALITY_TAILS=off"
     )
     return f"long, clean probes: pooled tail ({why})"
 

@@ -74,10 +74,10 @@ class Decision:
         return dataclasses.replace(self, threshold=threshold, gallery_size=n, quality=None)
 
     def for_probe(self, speech_s: float | None, snr_db: float | None) -> Decision:
-        """This rule for one probe of ``speech_s`` seconds of net speech at ``snr_db``: a long,
-        clean one is held to the higher of the pooled and the strict t(N) (wideband pairs;
-        narrowband ones per pair type in ``service.search.narrowband``). Call after
-        :meth:`at_size`."""
+        """This rule for one wideband probe of ``speech_s`` seconds of net speech at ``snr_db``:
+        a long, clean one is held to the higher of the pooled and the strict t(N), and
+        ``quality`` names the strict tail only when it is the higher (narrowband probes never
+        come here: they keep their pooled pair-type tails). Call after :meth:`at_size`."""
         if (
             self.strict is None
             or self.tail is None
@@ -87,6 +87,8 @@ class Decision:
             return self
         n = self.gallery_size or 0
         threshold = self.strict.threshold(PAIR_WIDEBAND, self.tail, self.fpir_target, n)
+        if threshold <= self.threshold:  # the pooled bar is already the higher one
+            return self
         return dataclasses.replace(self, threshold=threshold, quality=self.strict.name)
 
     def predicted_fpir(self, n: int) -> float | None:
