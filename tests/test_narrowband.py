@@ -23,7 +23,7 @@ from service.decisions.bandwidth import (
 )
 from service.decisions.cohort import COHORT_SHIPPED, shipped_cohort
 from service.decisions.openset import TailFit, per_pair_rate
-from service.decisions.probe_quality import load_rule
+from service.decisions.probe_quality import LONG_CLEAN, load_rule
 from service.pipeline.audio import decode_audio
 from service.pipeline.registry import ModelRegistry
 from service.pipeline.telephone import telephone_band, telephone_copy, wav_bytes
@@ -201,10 +201,16 @@ def _find(client: TestClient, name: str, data: bytes) -> dict:
 
 
 def _pooled_threshold(answer: dict, n: int) -> float:
-    """A phone probe is decided on the pooled tails however long and clean it is: the stricter
-    tail of long, clean probes (``service.decisions.probe_quality``) was fitted on wideband
-    probes only."""
-    assert answer["threshold_quality"] is None
+    """The space's pooled t(n), the threshold every phone probe's answer shows: the wideband
+    strict tail (``service.decisions.probe_quality``) never applies to a phone probe, and a
+    long, clean one's telephone-band pairs are mapped so that their own strict bar lands on it.
+    The answer says whether they were (``threshold_quality``)."""
+    rule = load_rule(SHIPPED.meta["quality_tails"])
+    assert rule is not None
+    heard = answer["quality"]
+    long_clean = rule.applies(heard["speech_s"], heard["snr_db"])
+    telephone = answer["probe_band"] == "narrowband"
+    assert answer["threshold_quality"] == (LONG_CLEAN if long_clean and telephone else None)
     return SHIPPED.tail("asnorm").threshold(0.03, n)
 
 
@@ -240,6 +246,7 @@ def test_phone_probe_is_found_through_the_telephone_band_profile(
                 heard = long_phone["quality"]
                 assert rule is not None and rule.applies(heard["speech_s"], heard["snr_db"]), heard
                 assert long_phone["threshold"] == pytest.approx(_pooled_threshold(long_phone, 3))
+                assert long_phone["threshold_quality"] is None
                 shown = client.get("/calibration").json()["spaces"][VOX]["narrowband_profiles"]
                 assert "VOICESEARCH_NARROWBAND_PROFILES=off" in shown
                 continue
@@ -261,10 +268,8 @@ def test_phone_probe_is_found_through_the_telephone_band_profile(
             stranger = _find(client, "stranger.wav", _phone(RTVC / "6829_00000.mp3"))
             assert stranger["probe_band"] == "narrowband"
             assert stranger["threshold"] == pytest.approx(_pooled_threshold(stranger, 3))
-            # ... though this one is long and clean: a wideband copy would get the strict tail.
-            rule = load_rule(SHIPPED.meta["quality_tails"])
-            heard = stranger["quality"]
-            assert rule is not None and rule.applies(heard["speech_s"], heard["snr_db"]), heard
+            # This one is long and clean: its telephone-band pairs met their strict tail.
+            assert stranger["threshold_quality"] == LONG_CLEAN, stranger["quality"]
             assert {m["pair_type"] for m in stranger["top_matches"]} == {
                 PAIR_TELEPHONE,
                 PAIR_NATIVE,

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.commands import doctor
 from service.core.settings import DecisionSettings
-from service.decisions.bandwidth import PAIR_WIDEBAND
+from service.decisions.bandwidth import PAIR_NATIVE, PAIR_TELEPHONE, PAIR_WIDEBAND, NarrowbandView
 from service.decisions.cohort import COHORT_SHIPPED, SpaceScoring, shipped_cohort
 from service.decisions.openset import TailFit
 from service.decisions.policy import (
@@ -25,6 +25,7 @@ from service.decisions.policy import (
 )
 from service.decisions.probe_quality import LONG_CLEAN, StrictTailRule, load_rule
 from service.pipeline.registry import ModelRegistry
+from service.search.narrowband import strict_thresholds
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationStore
 from storage.db import make_engine, make_session_factory
 from tests.api.conftest import make_settings
@@ -118,6 +119,42 @@ def test_a_calibration_of_ones_own_is_used_as_it_is(migrated_database_url: str) 
     assert decision.source == SOURCE_CALIBRATED and decision.strict is None
     assert decision.threshold == pytest.approx(own.threshold(0.03, 6))
     assert decision.for_probe(6.0, 40.0) == decision
+
+
+def test_a_long_clean_phone_probe_holds_telephone_band_pairs_to_their_strict_tail() -> None:
+    tails = {
+        PAIR_WIDEBAND: POOLED[SCORE_ASNORM],
+        PAIR_TELEPHONE: TailFit(0.78, 1.1, 0.05),
+        PAIR_NATIVE: TailFit(0.64, 1.27, 0.05),
+    }
+    view = NarrowbandView(VOX, "voxceleb-nb", tails)
+    decision = _policy().decision(VOX, 69)
+    pooled = {pair: tail.threshold(0.03, 69) for pair, tail in tails.items()}
+    # With every type at its pooled t(N) the map is the one without thresholds.
+    for pair in tails:
+        assert view.to_common(pair, 1.7, pooled) == pytest.approx(view.to_common(pair, 1.7))
+    assert strict_thresholds(view, decision, 1.5, 30.0) is None  # too short
+    assert strict_thresholds(view, decision, 6.0, 12.0) is None  # too noisy
+    at = strict_thresholds(view, decision, 6.0, 30.0)
+    assert at is not None
+    # A keeps its pooled bar (its strict tail is for wideband probes), C has no strict tail,
+    # B gets its own.
+    assert at[PAIR_WIDEBAND] == pytest.approx(pooled[PAIR_WIDEBAND])
+    assert at[PAIR_NATIVE] == pytest.approx(pooled[PAIR_NATIVE])
+    assert at[PAIR_TELEPHONE] == pytest.approx(RULE.tails["B"].threshold(0.03, 69))
+    assert at[PAIR_TELEPHONE] > pooled[PAIR_TELEPHONE]
+    for pair in tails:
+        # Each type's own threshold lands on the answer's threshold, the order around it kept.
+        assert view.to_common(pair, at[pair], at) == pytest.approx(decision.threshold)
+        assert view.to_common(pair, at[pair] + 1e-6, at) > decision.threshold
+        assert view.to_common(pair, at[pair] - 1e-6, at) < decision.threshold
+    # A B pair between its pooled and strict bars matched before and does not now.
+    between = (pooled[PAIR_TELEPHONE] + at[PAIR_TELEPHONE]) / 2
+    assert view.to_common(PAIR_TELEPHONE, between) > decision.threshold
+    assert view.to_common(PAIR_TELEPHONE, between, at) < decision.threshold
+    # A rule with nothing stricter for these types changes nothing.
+    light = StrictTailRule(LONG_CLEAN, 2.0, 20.0, {"B": TailFit(-3.0, 0.5, 0.05)})
+    assert strict_thresholds(view, _policy(rule=light).decision(VOX, 69), 6.0, 30.0) is None
 
 
 def test_the_shipped_cohort_ships_a_strict_tail_heavier_than_its_pooled_one() -> None:

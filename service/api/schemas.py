@@ -350,7 +350,9 @@ class FindMatchResponse(BaseModel):
         None,
         description="`long_clean` when the probe (>= 2 s of speech at >= 20 dB estimated SNR) "
         "was held to the shipped stricter tail of such probes: impostor scores of long, clean "
-        "probes run higher, so its threshold is the higher of the two t(N). Null otherwise.",
+        "probes run higher. A wideband probe's `threshold` is then the higher of the two t(N); "
+        "a phone probe's telephone-band pairs are mapped so that their own strict bar lands on "
+        "`threshold`. Null otherwise.",
     )
     quality: QualityOut | None = Field(None, description="Speech quality of the probe audio.")
 

@@ -40,6 +40,7 @@ from service.decisions.cohort import (
     shipped_cohort,
 )
 from service.decisions.openset import TailFit
+from service.decisions.probe_quality import StrictTailRule
 
 if TYPE_CHECKING:
     from service.core.settings import Settings
@@ -75,12 +76,32 @@ class NarrowbandView:
     derived: str  # its telephone-band profiles, e.g. voxceleb-nb
     tails: Mapping[str, TailFit]  # pair type -> tail, on the space's decision score
 
-    def to_common(self, pair_type: str, score: float) -> float:
-        """``score`` of a ``pair_type`` pair on the type-A scale (see the module docstring)."""
+    def to_common(
+        self, pair_type: str, score: float, at: Mapping[str, float] | None = None
+    ) -> float:
+        """``score`` of a ``pair_type`` pair on the type-A scale (see the module docstring).
+
+        ``at``: every pair type's threshold for this probe, where they are not all their pooled
+        t(N) (a long, clean probe: :meth:`thresholds`); the map then sends each type's own
+        threshold onto type A's, with the same slope β_A/β_type."""
         if pair_type == PAIR_WIDEBAND:
             return score
         own, common = self.tails[pair_type], self.tails[PAIR_WIDEBAND]
-        return common.u + common.beta * (score - own.u) / own.beta
+        if at is None:
+            return common.u + common.beta * (score - own.u) / own.beta
+        return at[PAIR_WIDEBAND] + common.beta * (score - at[pair_type]) / own.beta
+
+    def thresholds(self, strict: StrictTailRule, fpir: float, n: int) -> dict[str, float]:
+        """Every pair type's threshold for a long, clean narrowband probe at gallery size
+        ``n``: its strict t(N) where the rule has one for it and that is the higher bar, else
+        its pooled t(N). Type A stays pooled: its strict tail was fitted on wideband probes
+        (``service.decisions.probe_quality``)."""
+        return {
+            pair: tail.threshold(fpir, n)
+            if pair == PAIR_WIDEBAND
+            else strict.threshold(pair, tail, fpir, n)
+            for pair, tail in self.tails.items()
+        }
 
 
 class LoadedEncoder(Protocol):

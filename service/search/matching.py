@@ -294,14 +294,15 @@ class Matcher:
         long, clean wideband probe is decided on (``Decision.for_probe``)."""
         note = None
         if narrowband:
-            # The strict tail was fitted on wideband probes only: a phone probe keeps the pooled
-            # tails, whichever profiles it is scored against.
-            snr_db = None
+            # A phone probe: its telephone-band pairs may be held to their own strict tail
+            # (search_narrowband); the wideband one (pair type A) was fitted on wideband probes
+            # only, so on the normal profiles below it keeps the pooled tail.
+            narrow_snr_db, snr_db = snr_db, None
             view = self.views.get(space)
             if view is None:
                 note = "no telephone-band profiles for this space"
             else:
-                result = self.search_narrowband(view, vector, top_n, speech_s)
+                result = self.search_narrowband(view, vector, top_n, speech_s, narrow_snr_db)
                 if result is not None:
                     return result
                 note = "telephone-band profiles not used: the rule in force is not the shipped one"
@@ -309,12 +310,17 @@ class Matcher:
         return dataclasses.replace(result, band_note=note) if note else result
 
     def search_narrowband(
-        self, view: NarrowbandView, vector: np.ndarray, top_n: int, speech_s: float | None
+        self,
+        view: NarrowbandView,
+        vector: np.ndarray,
+        top_n: int,
+        speech_s: float | None,
+        snr_db: float | None = None,
     ) -> MatchResult | None:
         """A narrowband probe against ``view``: candidates ranked and decided per pair type."""
         if vector.shape[0] != self.gallery.dims.get(view.space):
             return None  # the wideband path gives the error
-        found = self.narrowband.search(view, vector, top_n, NARROWBAND_POOL)
+        found = self.narrowband.search(view, vector, top_n, NARROWBAND_POOL, speech_s, snr_db)
         if found is None:
             return None
         ranked, decision, size = found

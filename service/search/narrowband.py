@@ -11,7 +11,9 @@ runs it against the gallery. For one probe vector:
    to build one) are still searched, in the normal index, and scored as today (type ``A``);
 4. every score is mapped onto the space's own scale (``NarrowbandView.to_common``) and the
    candidates are ranked on it; the caller decides with the space's t(N) at N = the normal
-   gallery size, exactly as for a wideband probe.
+   gallery size, exactly as for a wideband probe. For a long, clean probe the telephone-band
+   pairs' own threshold is their strict tail's (``service.decisions.probe_quality``): the map
+   sends it onto the same t(N), and the answer says ``threshold_quality: long_clean``.
 
 Unlike a wideband probe (ranked on the bare model's cosine, ``service.search.matching``), a
 narrowband one is ranked on the mapped score: its candidates are scored against different kinds
@@ -27,6 +29,7 @@ ordinary way (:meth:`NarrowbandSearch.search` returns None, and the caller says 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -82,6 +85,20 @@ def usable_views(
     return views, status
 
 
+def strict_thresholds(
+    view: NarrowbandView, decision: Decision, speech_s: float | None, snr_db: float | None
+) -> dict[str, float] | None:
+    """Per pair type, the thresholds a long, clean narrowband probe is held to, or None when
+    every type keeps its pooled t(N) (the probe is not long and clean, the rule has no stricter
+    bar for any of its pair types, or the decision has no strict tail)."""
+    strict, fpir, n = decision.strict, decision.fpir_target, decision.gallery_size
+    if strict is None or fpir is None or n is None or not strict.applies(speech_s, snr_db):
+        return None
+    at = view.thresholds(strict, fpir, n)
+    pooled = {pair: tail.threshold(fpir, n) for pair, tail in view.tails.items()}
+    return at if any(at[pair] > pooled[pair] for pair in at) else None
+
+
 class NarrowbandSearch:
     def __init__(
         self,
@@ -110,11 +127,18 @@ class NarrowbandSearch:
         return hits, [float(s) for s in normed if s is not None], briefs
 
     def search(
-        self, view: NarrowbandView, vector: np.ndarray, top_n: int, pool: int
+        self,
+        view: NarrowbandView,
+        vector: np.ndarray,
+        top_n: int,
+        pool: int,
+        speech_s: float | None = None,
+        snr_db: float | None = None,
     ) -> tuple[list[Ranked], Decision, int] | None:
         """Candidates best first (at most ``top_n``), the decision at the normal gallery's
         size, and that size; None when the view cannot decide this search (see the module
-        docstring)."""
+        docstring). ``speech_s``/``snr_db``: the probe's measured quality; a long, clean probe's
+        telephone-band pairs are held to their strict tail (:func:`strict_thresholds`)."""
         normalizer = self.normalizer
         size = self.gallery.size(view.space)
         decision = self.policy.decision(view.space, size)
@@ -131,6 +155,9 @@ class NarrowbandSearch:
         if found is None:
             return None
         hits, scores, briefs = found
+        at = strict_thresholds(view, decision, speech_s, snr_db)
+        if at is not None and decision.strict is not None:
+            decision = dataclasses.replace(decision, quality=decision.strict.name)
         native = self.store.natively_narrowband([h.speaker_id for h in hits], TELEPHONE_RATE)
         ranked: dict[int, Ranked] = {}
         for hit, score in zip(hits, scores, strict=True):
@@ -138,7 +165,7 @@ class NarrowbandSearch:
             ranked[hit.speaker_id] = Ranked(
                 briefs[hit.speaker_id],
                 hit.score,
-                view.to_common(pair, score),
+                view.to_common(pair, score, at),
                 pair,
                 PROFILE_TELEPHONE if pair == PAIR_TELEPHONE else PROFILE_NORMAL,
             )
