@@ -574,11 +574,15 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
         fitted = f", tail u = {tail['u']:.3f}, β = {tail['beta']:.3f}" if tail else ""
         strict = meta.get("strict_tail")
         if strict:
-            a = strict["tails"]["A"]
+            tails = ", ".join(
+                f"{pair} u = {t['u']:.3f}, β = {t['beta']:.3f}"
+                for pair, t in strict["tails"].items()
+            )
             fitted += (
-                f"; wideband probes with >= {strict['min_speech_s']:g} s of speech at >= "
-                f"{strict['min_snr_db']:g} dB SNR held to the higher of it and the strict tail "
-                f"u = {a['u']:.3f}, β = {a['beta']:.3f}: column `long_clean`"
+                f"; probes with >= {strict['min_speech_s']:g} s of speech at >= "
+                f"{strict['min_snr_db']:g} dB SNR held to the stricter tails of such probes "
+                f"where higher ({tails}; A: wideband probes, B: phone probes' telephone-band "
+                "pairs): column `long_clean`"
             )
         return f"its `{source}` rule (FPIR* {meta.get('fpir_target')}{fitted})"
 

@@ -14,7 +14,13 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.commands import doctor
 from service.core.settings import DecisionSettings
-from service.decisions.bandwidth import PAIR_NATIVE, PAIR_TELEPHONE, PAIR_WIDEBAND, NarrowbandView
+from service.decisions.bandwidth import (
+    PAIR_NATIVE,
+    PAIR_TELEPHONE,
+    PAIR_WIDEBAND,
+    Bar,
+    NarrowbandView,
+)
 from service.decisions.cohort import COHORT_SHIPPED, SpaceScoring, shipped_cohort
 from service.decisions.openset import TailFit
 from service.decisions.policy import (
@@ -25,7 +31,7 @@ from service.decisions.policy import (
 )
 from service.decisions.probe_quality import LONG_CLEAN, StrictTailRule, load_rule
 from service.pipeline.registry import ModelRegistry
-from service.search.narrowband import strict_thresholds
+from service.search.narrowband import strict_bars
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationStore
 from storage.db import make_engine, make_session_factory
 from tests.api.conftest import make_settings
@@ -129,32 +135,34 @@ def test_a_long_clean_phone_probe_holds_telephone_band_pairs_to_their_strict_tai
     }
     view = NarrowbandView(VOX, "voxceleb-nb", tails)
     decision = _policy().decision(VOX, 69)
-    pooled = {pair: tail.threshold(0.03, 69) for pair, tail in tails.items()}
-    # With every type at its pooled t(N) the map is the one without thresholds.
+    pooled = {pair: Bar(t.threshold(0.03, 69), t.beta) for pair, t in tails.items()}
+    # With every type at its pooled bar the map is the one without bars.
     for pair in tails:
         assert view.to_common(pair, 1.7, pooled) == pytest.approx(view.to_common(pair, 1.7))
-    assert strict_thresholds(view, decision, 1.5, 30.0) is None  # too short
-    assert strict_thresholds(view, decision, 6.0, 12.0) is None  # too noisy
-    at = strict_thresholds(view, decision, 6.0, 30.0)
-    assert at is not None
+    assert strict_bars(view, decision, 1.5, 30.0) is None  # too short
+    assert strict_bars(view, decision, 6.0, 12.0) is None  # too noisy
+    bars = strict_bars(view, decision, 6.0, 30.0)
+    assert bars is not None
     # A keeps its pooled bar (its strict tail is for wideband probes), C has no strict tail,
-    # B gets its own.
-    assert at[PAIR_WIDEBAND] == pytest.approx(pooled[PAIR_WIDEBAND])
-    assert at[PAIR_NATIVE] == pytest.approx(pooled[PAIR_NATIVE])
-    assert at[PAIR_TELEPHONE] == pytest.approx(RULE.tails["B"].threshold(0.03, 69))
-    assert at[PAIR_TELEPHONE] > pooled[PAIR_TELEPHONE]
-    for pair in tails:
-        # Each type's own threshold lands on the answer's threshold, the order around it kept.
-        assert view.to_common(pair, at[pair], at) == pytest.approx(decision.threshold)
-        assert view.to_common(pair, at[pair] + 1e-6, at) > decision.threshold
-        assert view.to_common(pair, at[pair] - 1e-6, at) < decision.threshold
+    # B gets its own, with the β of the tail in force.
+    assert bars[PAIR_WIDEBAND] == pooled[PAIR_WIDEBAND]
+    assert bars[PAIR_NATIVE] == pooled[PAIR_NATIVE]
+    strict_b = RULE.tails["B"]
+    assert bars[PAIR_TELEPHONE] == Bar(strict_b.threshold(0.03, 69), strict_b.beta, True)
+    assert bars[PAIR_TELEPHONE].threshold > pooled[PAIR_TELEPHONE].threshold
+    for pair, bar in bars.items():
+        # Each type's own threshold lands on the answer's threshold, the order around it kept,
+        # and one β of exceedance above it maps to one β_A above the answer's threshold.
+        assert view.to_common(pair, bar.threshold, bars) == pytest.approx(decision.threshold)
+        above = view.to_common(pair, bar.threshold + bar.beta, bars)
+        assert above == pytest.approx(decision.threshold + tails[PAIR_WIDEBAND].beta)
     # A B pair between its pooled and strict bars matched before and does not now.
-    between = (pooled[PAIR_TELEPHONE] + at[PAIR_TELEPHONE]) / 2
+    between = (pooled[PAIR_TELEPHONE].threshold + bars[PAIR_TELEPHONE].threshold) / 2
     assert view.to_common(PAIR_TELEPHONE, between) > decision.threshold
-    assert view.to_common(PAIR_TELEPHONE, between, at) < decision.threshold
+    assert view.to_common(PAIR_TELEPHONE, between, bars) < decision.threshold
     # A rule with nothing stricter for these types changes nothing.
     light = StrictTailRule(LONG_CLEAN, 2.0, 20.0, {"B": TailFit(-3.0, 0.5, 0.05)})
-    assert strict_thresholds(view, _policy(rule=light).decision(VOX, 69), 6.0, 30.0) is None
+    assert strict_bars(view, _policy(rule=light).decision(VOX, 69), 6.0, 30.0) is None
 
 
 def test_the_shipped_cohort_ships_a_strict_tail_heavier_than_its_pooled_one() -> None:
@@ -164,6 +172,10 @@ def test_the_shipped_cohort_ships_a_strict_tail_heavier_than_its_pooled_one() ->
     pooled = shipped.tail(SCORE_ASNORM)
     for n in (1, 6, 100, 10_000):
         assert rule.tails[PAIR_WIDEBAND].threshold(0.03, n) > pooled.threshold(0.03, n)
+    pooled_b = TailFit.from_dict(shipped.meta["pairtype_tails"]["B"])
+    for n in (1, 6, 100, 10_000):
+        assert rule.tails["B"].threshold(0.03, n) > pooled_b.threshold(0.03, n)
+    assert set(rule.tails) == {"A", "B"}  # C: too few long, clean probes to fit one
     assert "bench/quality_tails.py" in shipped.meta["quality_tails"]["long_clean"]["fitted_on"]
     assert load_rule(None) is None and load_rule({}) is None
 
@@ -226,6 +238,10 @@ def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
             assert shown["name"] == LONG_CLEAN
             assert shown["tails"]["A"]["threshold"] == pytest.approx(
                 max(pooled_2, rule.tails["A"].threshold(0.03, 2))
+            )
+            # Telephone-band profiles are on by default: type B's bar, on its own scale.
+            assert shown["tails"]["B"]["threshold"] == pytest.approx(
+                rule.tails["B"].threshold(0.03, 2)
             )
     on, off = answers["on"], answers["off"]
     quality = on["quality"]

@@ -33,7 +33,6 @@ from service.api.schemas import (
     StrictTailOut,
     UtteranceOut,
 )
-from service.decisions.policy import Decision
 from service.pipeline.clip import EmbeddedClip
 from service.pipeline.quality import QualityReport
 from service.recordings.identify import RecordingResult
@@ -221,21 +220,20 @@ def health_out(health: Health, *, version: str, auth_enabled: bool) -> HealthRes
     )
 
 
-def strict_tail_out(decision: Decision) -> StrictTailOut | None:
-    """The long, clean probes' stricter tail of a shipped rule, as /calibration shows it."""
-    strict, fpir, pooled = decision.strict, decision.fpir_target, decision.tail
-    if strict is None or fpir is None or pooled is None:
+def strict_tail_out(space: SpaceCalibration) -> StrictTailOut | None:
+    """The long, clean probes' stricter tails of a shipped rule, as /calibration shows them:
+    only the pair types this space can use (B needs its telephone-band profiles)."""
+    strict, bars = space.decision.strict, space.strict_bars
+    if strict is None or not bars:
         return None
-    n = decision.gallery_size or 0
     return StrictTailOut(
         name=strict.name,
         min_speech_s=strict.min_speech_s,
         min_snr_db=strict.min_snr_db,
         tails={
-            pair: StrictTailFitOut(
-                u=t.u, beta=t.beta, mass=t.mass, threshold=strict.threshold(pair, pooled, fpir, n)
-            )
+            pair: StrictTailFitOut(u=t.u, beta=t.beta, mass=t.mass, threshold=bars[pair])
             for pair, t in strict.tails.items()
+            if pair in bars
         },
     )
 
@@ -264,7 +262,7 @@ def calibration_out(spaces: list[SpaceCalibration]) -> CalibrationResponse:
                 if tail
                 else None
             ),
-            strict_tail=strict_tail_out(decision),
+            strict_tail=strict_tail_out(space),
             cohort=space.cohort,
             narrowband_profiles=space.narrowband,
             fpir=details.get("fpir"),

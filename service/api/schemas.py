@@ -457,8 +457,9 @@ class StrictTailFitOut(BaseModel):
     beta: float = Field(description="Its mean excess above u.")
     mass: float = Field(description="Share of impostor scores above u.")
     threshold: float = Field(
-        description="What a long, clean probe is held to at the gallery size now: the higher "
-        "of the pooled and this tail's t(N)."
+        description="The bar a long, clean probe's pairs of this type meet at the gallery size "
+        "now, on this type's own scale: for `A` the answer's `threshold` (the higher of the "
+        "pooled and this tail's t(N)); for `B` the bar answers map onto their `threshold`."
     )
 
 
@@ -467,7 +468,8 @@ class StrictTailOut(BaseModel):
     min_speech_s: float = Field(description="Net speech a probe needs (s).")
     min_snr_db: float = Field(description="Estimated SNR a probe needs (dB).")
     tails: dict[str, StrictTailFitOut] = Field(
-        description="Per pair type (`A`: a wideband probe against the normal profiles)."
+        description="Per pair type: `A`, a wideband probe against the normal profiles; `B`, a "
+        "phone probe against telephone-band profiles (only where this space has them)."
     )
 
 

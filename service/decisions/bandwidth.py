@@ -69,6 +69,16 @@ def narrowband_identity(identity: str) -> str:
 
 
 @dataclass(frozen=True)
+class Bar:
+    """What one pair type's scores are decided against for one probe: the threshold, the β
+    of the tail it comes from, and whether that is the strict tail of long, clean probes."""
+
+    threshold: float
+    beta: float
+    strict: bool = False
+
+
+@dataclass(frozen=True)
 class NarrowbandView:
     """One space's telephone-band view and the tails its narrowband probes are decided on."""
 
@@ -77,31 +87,34 @@ class NarrowbandView:
     tails: Mapping[str, TailFit]  # pair type -> tail, on the space's decision score
 
     def to_common(
-        self, pair_type: str, score: float, at: Mapping[str, float] | None = None
+        self, pair_type: str, score: float, bars: Mapping[str, Bar] | None = None
     ) -> float:
         """``score`` of a ``pair_type`` pair on the type-A scale (see the module docstring).
 
-        ``at``: every pair type's threshold for this probe, where they are not all their pooled
-        t(N) (a long, clean probe: :meth:`thresholds`); the map then sends each type's own
-        threshold onto type A's, with the same slope β_A/β_type."""
+        ``bars``: every pair type's bar for this probe, where they are not all their pooled
+        t(N) (a long, clean probe: :meth:`bars`); the map then sends each type's own threshold
+        onto type A's, scaled by the β of the tail in force (exceedances stay comparable)."""
         if pair_type == PAIR_WIDEBAND:
             return score
         own, common = self.tails[pair_type], self.tails[PAIR_WIDEBAND]
-        if at is None:
+        if bars is None:
             return common.u + common.beta * (score - own.u) / own.beta
-        return at[PAIR_WIDEBAND] + common.beta * (score - at[pair_type]) / own.beta
+        bar, base = bars[pair_type], bars[PAIR_WIDEBAND]
+        return base.threshold + base.beta * (score - bar.threshold) / bar.beta
 
-    def thresholds(self, strict: StrictTailRule, fpir: float, n: int) -> dict[str, float]:
-        """Every pair type's threshold for a long, clean narrowband probe at gallery size
-        ``n``: its strict t(N) where the rule has one for it and that is the higher bar, else
-        its pooled t(N). Type A stays pooled: its strict tail was fitted on wideband probes
+    def bars(self, strict: StrictTailRule, fpir: float, n: int) -> dict[str, Bar]:
+        """Every pair type's bar for a long, clean narrowband probe at gallery size ``n``: its
+        strict tail where the rule has one for it and that gives the higher t(N), else its
+        pooled tail. Type A stays pooled: its strict tail was fitted on wideband probes
         (``service.decisions.probe_quality``)."""
-        return {
-            pair: tail.threshold(fpir, n)
-            if pair == PAIR_WIDEBAND
-            else strict.threshold(pair, tail, fpir, n)
-            for pair, tail in self.tails.items()
-        }
+        out: dict[str, Bar] = {}
+        for pair, pooled in self.tails.items():
+            tail = strict.tails.get(pair) if pair != PAIR_WIDEBAND else None
+            chosen = pooled
+            if tail is not None and tail.threshold(fpir, n) > pooled.threshold(fpir, n):
+                chosen = tail
+            out[pair] = Bar(chosen.threshold(fpir, n), chosen.beta, chosen is not pooled)
+        return out
 
 
 class LoadedEncoder(Protocol):

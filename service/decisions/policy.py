@@ -76,8 +76,9 @@ class Decision:
     def for_probe(self, speech_s: float | None, snr_db: float | None) -> Decision:
         """This rule for one wideband probe of ``speech_s`` seconds of net speech at ``snr_db``:
         a long, clean one is held to the higher of the pooled and the strict t(N), and
-        ``quality`` names the strict tail only when it is the higher (narrowband probes never
-        come here: they keep their pooled pair-type tails). Call after :meth:`at_size`."""
+        ``quality`` names the strict tail only when it is the higher. A narrowband probe's
+        pairs are held to theirs in ``service.search.narrowband`` (type A stays pooled for
+        them). Call after :meth:`at_size`."""
         if (
             self.strict is None
             or self.tail is None

@@ -39,6 +39,7 @@ from service.decisions.bandwidth import (
     PAIR_NATIVE,
     PAIR_TELEPHONE,
     PAIR_WIDEBAND,
+    Bar,
     NarrowbandView,
     resolve_views,
 )
@@ -85,18 +86,17 @@ def usable_views(
     return views, status
 
 
-def strict_thresholds(
+def strict_bars(
     view: NarrowbandView, decision: Decision, speech_s: float | None, snr_db: float | None
-) -> dict[str, float] | None:
-    """Per pair type, the thresholds a long, clean narrowband probe is held to, or None when
-    every type keeps its pooled t(N) (the probe is not long and clean, the rule has no stricter
-    bar for any of its pair types, or the decision has no strict tail)."""
+) -> dict[str, Bar] | None:
+    """Per pair type, the bars a long, clean narrowband probe is held to, or None when every
+    type keeps its pooled t(N) (the probe is not long and clean, the rule has no stricter bar
+    for any of its pair types, or the decision has no strict tail)."""
     strict, fpir, n = decision.strict, decision.fpir_target, decision.gallery_size
     if strict is None or fpir is None or n is None or not strict.applies(speech_s, snr_db):
         return None
-    at = view.thresholds(strict, fpir, n)
-    pooled = {pair: tail.threshold(fpir, n) for pair, tail in view.tails.items()}
-    return at if any(at[pair] > pooled[pair] for pair in at) else None
+    bars = view.bars(strict, fpir, n)
+    return bars if any(bar.strict for bar in bars.values()) else None
 
 
 class NarrowbandSearch:
@@ -138,7 +138,7 @@ class NarrowbandSearch:
         """Candidates best first (at most ``top_n``), the decision at the normal gallery's
         size, and that size; None when the view cannot decide this search (see the module
         docstring). ``speech_s``/``snr_db``: the probe's measured quality; a long, clean probe's
-        telephone-band pairs are held to their strict tail (:func:`strict_thresholds`)."""
+        telephone-band pairs are held to their strict tail (:func:`strict_bars`)."""
         normalizer = self.normalizer
         size = self.gallery.size(view.space)
         decision = self.policy.decision(view.space, size)
@@ -155,9 +155,7 @@ class NarrowbandSearch:
         if found is None:
             return None
         hits, scores, briefs = found
-        at = strict_thresholds(view, decision, speech_s, snr_db)
-        if at is not None and decision.strict is not None:
-            decision = dataclasses.replace(decision, quality=decision.strict.name)
+        bars = strict_bars(view, decision, speech_s, snr_db)
         native = self.store.natively_narrowband([h.speaker_id for h in hits], TELEPHONE_RATE)
         ranked: dict[int, Ranked] = {}
         for hit, score in zip(hits, scores, strict=True):
@@ -165,7 +163,7 @@ class NarrowbandSearch:
             ranked[hit.speaker_id] = Ranked(
                 briefs[hit.speaker_id],
                 hit.score,
-                view.to_common(pair, score, at),
+                view.to_common(pair, score, bars),
                 pair,
                 PROFILE_TELEPHONE if pair == PAIR_TELEPHONE else PROFILE_NORMAL,
             )
@@ -183,4 +181,8 @@ class NarrowbandSearch:
                         briefs[hit.speaker_id], hit.score, score, PAIR_WIDEBAND, PROFILE_NORMAL
                     )
         best = sorted(ranked.values(), key=lambda r: -r.score)[:top_n]
+        # Say so only when some candidate answered was held to a raised bar.
+        raised = bars is not None and any(bars[r.pair_type].strict for r in best)
+        if raised and decision.strict is not None:
+            decision = dataclasses.replace(decision, quality=decision.strict.name)
         return best, decision, size

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ import anyio
 import numpy as np
 
 from service.core.settings import Settings
-from service.decisions.bandwidth import is_narrowband
+from service.decisions.bandwidth import PAIR_WIDEBAND, is_narrowband
 from service.decisions.cohort import resolve_scoring
 from service.decisions.normalization import AsNorm
 from service.decisions.policy import Decision, DecisionPolicy
@@ -94,6 +94,9 @@ class SpaceCalibration:
     asnorm: bool
     cohort: str | None  # which AS-norm cohort, or why the shipped one is not used
     narrowband: str | None = None  # telephone-band profiles: on, or why not
+    #: Per pair type, the bar a long, clean probe's pairs meet now (``strict_bars``); None
+    #: where no strict tail applies.
+    strict_bars: Mapping[str, float] | None = None
 
 
 class VoiceSearch:
@@ -381,9 +384,26 @@ class VoiceSearch:
                 asnorm=self.normalizer is not None and self.normalizer.enabled(space),
                 cohort=self.scoring[space].cohort_status if space in self.scoring else None,
                 narrowband=self.narrowband_status.get(space),
+                strict_bars=self._strict_bars(space, decision),
             )
             for space, decision in decisions.items()
         ]
+
+    def _strict_bars(self, space: str, decision: Decision) -> dict[str, float] | None:
+        """What a long, clean probe's pairs are held to now, per pair type, each on its own
+        scale: type A (wideband probes) the higher of the pooled and the strict t(N); the
+        telephone-band types, where this space has telephone-band profiles, their bars."""
+        strict, fpir, pooled = decision.strict, decision.fpir_target, decision.tail
+        if strict is None or fpir is None or pooled is None:
+            return None
+        n = decision.gallery_size or 0
+        bars = {PAIR_WIDEBAND: strict.threshold(PAIR_WIDEBAND, pooled, fpir, n)}
+        view = self.views.get(space)
+        if view is not None:
+            for pair, bar in view.bars(strict, fpir, n).items():
+                if pair != PAIR_WIDEBAND and pair in strict.tails:
+                    bars[pair] = bar.threshold
+        return bars
 
     async def index_stats(self) -> list[IndexStats]:
         """Per loaded space: index size and type, and how old its snapshot file is."""
