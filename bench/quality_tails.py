@@ -168,19 +168,24 @@ def main() -> None:
         "test": {},
     }
 
-    def per_type_thresholds(lz: float, good: np.ndarray, rule: str) -> dict[str, np.ndarray]:
-        """Per pair type, each probe's threshold: ``good`` marks the long, clean probes;
-        ``A only`` holds wideband pairs to the strict tail, ``quality`` every shipped type's
-        (``ADOPTED``)."""
+    def per_type_bars(
+        lz: float, good: np.ndarray, rule: str
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per pair type, each probe's bar (threshold, β of the tail in force), as the service's
+        ``Bar``: ``good`` marks the long, clean probes; ``A only`` holds wideband pairs to the
+        strict tail, ``quality`` every shipped type's (``ADOPTED``)."""
         types = {"pooled": (), "A only": ("A",), "quality": ADOPTED}[rule]
         out = {}
         for k in T.TYPES:
             t_pool = pooled[k]["u"] + pooled[k]["beta"] * lz
             thr = np.full(good.shape, t_pool)
+            beta = np.full(good.shape, pooled[k]["beta"])
             if k in types:
                 t_strict = strict[k]["u"] + strict[k]["beta"] * lz
-                thr = np.where(good, max(t_pool, t_strict), thr)
-            out[k] = thr
+                if t_strict > t_pool:
+                    thr = np.where(good, t_strict, thr)
+                    beta = np.where(good, strict[k]["beta"], beta)
+            out[k] = (thr, beta)
         return out
 
     names, test, _ = T.build(st, "TEST", N.Normaliser(M, L, T.K, exclude_own=False))
@@ -214,19 +219,25 @@ def main() -> None:
                     wide_probe = wideband(st, "TEST", c)
                     # As the service: a wideband probe's pairs on the A tails, a narrowband
                     # probe's on its own pair types' (never A's strict one).
-                    at = per_type_thresholds(lz, good & wide_probe, rule)
-                    at_nb = per_type_thresholds(lz, good & ~wide_probe, rule)
-                    for k in T.TYPES:
-                        if k != "A":
-                            at[k] = np.where(wide_probe, at[k], at_nb[k])
+                    wb = per_type_bars(lz, good & wide_probe, rule)
+                    nb = per_type_bars(lz, good & ~wide_probe, rule)
+                    at = {"A": wb["A"]}
+                    for k in T.TYPES[1:]:
+                        at[k] = (
+                            np.where(wide_probe, wb[k][0], nb[k][0]),
+                            np.where(wide_probe, wb[k][1], nb[k][1]),
+                        )
                     if n_label == len(names):
-                        mapped = np.empty_like(tt.scores)
-                        for k, name in enumerate(T.TYPES):
+                        # Type A pairs keep their score; the others are mapped so that their
+                        # own bar lands on A's, scaled by the β of the tail in force.
+                        mapped = tt.scores.copy()
+                        for k, name in enumerate(T.TYPES[1:], start=1):
+                            thr_k, beta_k = at[name]
                             v = (
-                                at["A"][:, None]
+                                at["A"][0][:, None]
                                 + pooled["A"]["beta"]
-                                * (tt.scores - at[name][:, None])
-                                / pooled[name]["beta"]
+                                * (tt.scores - thr_k[:, None])
+                                / beta_k[:, None]
                             )
                             mapped = np.where(typ == k, v, mapped)
                         sel = m
@@ -242,7 +253,7 @@ def main() -> None:
                             z.scores[sel], z.enrolled[sel], z.target_col[sel], z.refused[sel]
                         )
                         key = t.scores
-                    thr = np.where(dur[sel] <= 0, np.inf, at["A"][sel])
+                    thr = np.where(dur[sel] <= 0, np.inf, at["A"][0][sel])
                     if sel.sum() == 0:
                         cells.append("–")
                         continue
