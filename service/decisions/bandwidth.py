@@ -109,10 +109,9 @@ class NarrowbandView:
         (``service.decisions.probe_quality``)."""
         out: dict[str, Bar] = {}
         for pair, pooled in self.tails.items():
-            tail = strict.tails.get(pair) if pair != PAIR_WIDEBAND else None
-            chosen = pooled
-            if tail is not None and tail.threshold(fpir, n) > pooled.threshold(fpir, n):
-                chosen = tail
+            chosen = (
+                pooled if pair == PAIR_WIDEBAND else strict.tail_in_force(pair, pooled, fpir, n)
+            )
             out[pair] = Bar(chosen.threshold(fpir, n), chosen.beta, chosen is not pooled)
         return out
 

@@ -87,9 +87,10 @@ class Decision:
         ):
             return self
         n = self.gallery_size or 0
-        threshold = self.strict.threshold(PAIR_WIDEBAND, self.tail, self.fpir_target, n)
-        if threshold <= self.threshold:  # the pooled bar is already the higher one
+        tail = self.strict.tail_in_force(PAIR_WIDEBAND, self.tail, self.fpir_target, n)
+        if tail is self.tail:  # the pooled bar is already the higher one
             return self
+        threshold = tail.threshold(self.fpir_target, n)
         return dataclasses.replace(self, threshold=threshold, quality=self.strict.name)
 
     def predicted_fpir(self, n: int) -> float | None:

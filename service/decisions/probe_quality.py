@@ -60,11 +60,17 @@ class StrictTailRule:
             return False
         return speech_s >= self.min_speech_s and snr_db >= self.min_snr_db
 
+    def tail_in_force(self, pair_type: str, pooled: TailFit, fpir: float, n: int) -> TailFit:
+        """The tail a long, clean probe's ``pair_type`` pairs are decided on at gallery size
+        ``n``: the strict one where it gives the higher t(N), else ``pooled`` itself."""
+        strict = self.tails.get(pair_type)
+        if strict is None or strict.threshold(fpir, n) <= pooled.threshold(fpir, n):
+            return pooled
+        return strict
+
     def threshold(self, pair_type: str, pooled: TailFit, fpir: float, n: int) -> float:
         """The higher of the pooled and the strict t(N) for ``pair_type``."""
-        base = pooled.threshold(fpir, n)
-        strict = self.tails.get(pair_type)
-        return base if strict is None else max(base, strict.threshold(fpir, n))
+        return self.tail_in_force(pair_type, pooled, fpir, n).threshold(fpir, n)
 
 
 def load_rule(meta: Mapping[str, Any] | None) -> StrictTailRule | None:
