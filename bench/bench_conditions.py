@@ -72,6 +72,7 @@ from bench.conditions.make_conditions import mp3_32k, tel8k
 from service.app import create_app
 from service.bootstrap import load_models
 from service.core.settings import Settings
+from service.decisions.probe_quality import LONG_CLEAN, LONG_NOISY, MEDIUM_CLEAN
 from service.decisions.scoring import eer
 from service.pipeline.audio import decode_audio
 
@@ -79,6 +80,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VOICESEARCH_TEST_SHARED", REPO.parent / "shared"))
 SR = 16_000
 READING = "## Reading"
+QUALITY_CLASSES = (LONG_CLEAN, LONG_NOISY, MEDIUM_CLEAN)
 Degrade = Callable[[np.ndarray, "Context"], list[tuple[bytes, str]]]
 
 
@@ -291,8 +293,8 @@ class Outcome:
     accepted_as: str | None = None  # the system's own decision (None: no match)
     codes: list[str] = field(default_factory=list)
     threshold: float | None = None  # service only: the threshold its decision used
-    #: Service only: ``long_clean`` when the probe was held to the strict tail of long, clean
-    #: probes (``threshold_quality``).
+    #: Service only: the probe's quality class when it was held to that class's strict tail
+    #: (``threshold_quality``: ``long_clean``, ``long_noisy``, ``medium_clean``).
     threshold_quality: str | None = None
 
 
@@ -368,7 +370,10 @@ def summarise(outcomes: list[Outcome], threshold: float | None = None) -> dict[s
         "eer_decision": rate(*pairs(outcomes, decision=True)),
         "refused": sum(o.refused for o in outcomes),
         "no_speech_detected": sum("no_speech_detected" in o.codes for o in outcomes),
-        "long_clean": sum(o.threshold_quality == "long_clean" for o in outcomes),
+        # Probes whose bar a quality class raised, per class (service.decisions.probe_quality).
+        "quality_classes": {
+            name: sum(o.threshold_quality == name for o in outcomes) for name in QUALITY_CLASSES
+        },
         "fpir": float(np.mean([accepted(o) is not None for o in strangers])),
         "fnir": float(np.mean([accepted(o) != o.unit.speaker for o in enrolled])),
         "n_enrolled": len(enrolled),
@@ -550,7 +555,7 @@ def main() -> None:
         # Where the service's rule came from: `shipped` defaults, or a `calibrated` data folder.
         "decision_source": rule["source"],
         "decision_tail": rule.get("tail"),
-        "strict_tail": rule.get("strict_tail"),
+        "strict_tails": rule.get("strict_tails"),
         "fpir_target": rule.get("fpir_target"),
         "searchable_speakers": searchable,
         "probe_units": len(units),
@@ -572,19 +577,39 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
             return "its own defaults"
         tail = meta.get("decision_tail") or {}
         fitted = f", tail u = {tail['u']:.3f}, β = {tail['beta']:.3f}" if tail else ""
-        strict = meta.get("strict_tail")
-        if strict:
-            tails = ", ".join(
-                f"{pair} u = {t['u']:.3f}, β = {t['beta']:.3f}"
-                for pair, t in strict["tails"].items()
+        classes = meta.get("strict_tails") or []
+        if classes:
+
+            def bounds(c: dict) -> str:
+                speech = f">= {c['min_speech_s']:g} s"
+                if c.get("max_speech_s") is not None:
+                    speech = f"{c['min_speech_s']:g}-{c['max_speech_s']:g} s"
+                snr = []
+                if c.get("min_snr_db") is not None:
+                    snr.append(f">= {c['min_snr_db']:g} dB")
+                if c.get("max_snr_db") is not None:
+                    snr.append(f"< {c['max_snr_db']:g} dB")
+                return f"{speech} at {' and '.join(snr)}"
+
+            described = "; ".join(
+                f"`{c['name']}` ({bounds(c)}: "
+                + ", ".join(
+                    f"{pair} u = {t['u']:.3f}, β = {t['beta']:.3f}"
+                    for pair, t in c["tails"].items()
+                )
+                + ")"
+                for c in classes
             )
             fitted += (
-                f"; probes with >= {strict['min_speech_s']:g} s of speech at >= "
-                f"{strict['min_snr_db']:g} dB SNR held to the stricter tails of such probes "
-                f"where higher ({tails}; A: wideband probes, B: phone probes' telephone-band "
-                "pairs): column `long_clean`"
+                "; probes of a quality class held to its stricter tails where higher ("
+                f"{described}; A: wideband probes, B: phone probes' telephone-band pairs): "
+                "column `quality class`"
             )
         return f"its `{source}` rule (FPIR* {meta.get('fpir_target')}{fitted})"
+
+    def classes_cell(row: dict) -> str:
+        counts = row.get("quality_classes") or {}
+        return " / ".join(str(counts.get(name, "–")) for name in QUALITY_CLASSES)
 
     def held(row: dict) -> str:
         return f" ({row['n_held_out']} held-out)" if row.get("n_held_out") else ""
@@ -608,7 +633,8 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
         "",
         "| condition | probes | top-1 % direct / service | EER % direct / service `similarity` "
         "/ service `score` | service refused (422) | service `no_speech_detected` | service "
-        "`long_clean` | FPIR % direct / service | FNIR % direct / service |",
+        "`quality class` (" + " / ".join(QUALITY_CLASSES) + ") | FPIR % direct / service | "
+        "FNIR % direct / service |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
@@ -617,7 +643,7 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
             f"| {name} | {s['n_enrolled']} / {s['n_unenrolled']}{held(s)} | "
             f"{pct(d['top1'])} / {pct(s['top1'])} | {pct(d['eer'])} / "
             f"{pct(s['eer'])} / {pct(s.get('eer_decision', float('nan')))} | {s['refused']} | "
-            f"{s['no_speech_detected']} | {s.get('long_clean', '–')} | "
+            f"{s['no_speech_detected']} | {classes_cell(s)} | "
             f"{pct(d['fpir'])} / {pct(s['fpir'])} | {pct(d['fnir'])} / {pct(s['fnir'])} |"
         )
     reading = ""

@@ -1,5 +1,6 @@
-"""Issue 12: the stricter impostor tail of long, clean probes (``service.decisions.
-probe_quality``), fitted with the SHIPPED cohort on CAL; TEST compared with the rule without it.
+"""Issue 12: the stricter impostor tails of probe quality classes (``service.decisions.
+probe_quality``: long and clean, long and noisy, medium-length and clean), fitted with the
+SHIPPED cohort on CAL; TEST compared with the rule without them.
 
 Not runnable from the repository alone: like ``bench/telband_tails.py`` it runs inside the
 issue-12 research folder (protocol, embedding cache of the calibration corpus, and its replica of
@@ -14,14 +15,16 @@ What it prints, in order:
    95th percentile is U-shaped in it (high for sub-second words, lowest near 1.2 s, highest for
    long sentences), so a tail that moves with net speech alone (a slope on log duration) barely
    moves: the slope fitted here is printed, and was not adopted.
-2. The tail of long, clean probes (net speech >= MIN_SPEECH_S, estimated SNR >= MIN_SNR_DB)
-   per pair type: A with the CAL LibriSpeech distractors in the gallery (a same-corpus gallery,
-   the case where the pooled tail was too light: research Q9), B (narrowband probe against a
-   telephone-band profile) without (no telephone-band distractor profiles exist); C has too few
-   such probes and keeps its pooled tail. Both A and B are shipped (``ADOPTED``).
-3. TEST (never fitted on), FPIR* 3 %: per-type rule as released ("pooled") and with the strict
-   tail for long, clean probes ("quality"); N = 69 with every pair type, N = 134 (with TEST's
-   LibriSpeech distractors) for wideband probes.
+2. Per quality class (``CLASSES``), its tail per pair type: A with the CAL LibriSpeech
+   distractors in the gallery (a same-corpus gallery, the case where the pooled tail was too
+   light: research Q9), B (narrowband probe against a telephone-band profile) without (no
+   telephone-band distractor profiles exist); C has too few such probes and keeps its pooled
+   tail. What each class ships is its ``adopted`` pair types; the block to paste into the
+   shipped cohort's metadata (``quality_tails``) is written to decide/quality_tails.json.
+3. TEST (never fitted on), FPIR* 3 %: the per-type rule without classes ("pooled"), with the
+   long, clean class only (the previous release: "long_clean") and with every class
+   ("classes"); N = 69 with every pair type, N = 134 (with TEST's LibriSpeech distractors) for
+   wideband probes.
 """
 
 import itertools
@@ -33,12 +36,25 @@ import telband_tails as T
 
 C, N, P, Q5 = T.C, T.N, T.P, T.Q5
 
-#: Pair types whose strict tail is shipped. B's costs read-speech tel8k FNIR here (3.3 -> 9.8 %
-#: at N = 69, no FPIR to gain on this split) but took end-to-end tel8k FPIR on a same-corpus
-#: gallery from 7.1 to 2.2 % (FNIR 6.9 -> 9.0 %) and dev-speech tel8k from 20 to 10 %: shipped.
-ADOPTED = ("A", "B")
-MIN_SPEECH_S = 2.0
-MIN_SNR_DB = 20.0
+#: The quality classes (disjoint) and the pair types each ships. Bounds are half-open,
+#: [min, max); a class is a wideband probe's (pair type A) or a narrowband probe's telephone-band
+#: pairs' (B). Why these: CAL's type-A tails by net speech x SNR (research q19_snrbins.py,
+#: t(6) at FPIR* 3 %, pooled 1.41): >= 2 s probes 1.69-1.83 below 20 dB and 2.2-2.4 above;
+#: 1-2 s probes 1.57-1.75 at >= 15 dB but 0.86-1.14 below; under 1 s 0.68-1.06 at every SNR.
+#: B: long, clean only. It costs read-speech tel8k FNIR on TEST (3.3 -> 9.8 % at N = 69, no FPIR
+#: to gain on this split) but took end-to-end tel8k FPIR on a same-corpus gallery from 7.1 to
+#: 2.2 % (FNIR 6.9 -> 9.0 %) and dev-speech tel8k from 20 to 10 %. Long, noisy phone probes are
+#: too few on CAL (58 pairs); medium, clean ones' B tail is lighter than the pooled one.
+CLASSES: dict[str, dict] = {
+    "long_clean": {"min_speech_s": 2.0, "min_snr_db": 20.0, "adopted": ("A", "B")},
+    "long_noisy": {"min_speech_s": 2.0, "max_snr_db": 20.0, "adopted": ("A",)},
+    "medium_clean": {
+        "min_speech_s": 1.0,
+        "max_speech_s": 2.0,
+        "min_snr_db": 15.0,
+        "adopted": ("A",),
+    },
+}
 LO, HI, REF = 0.5, 8.0, 2.0  # the net-speech diagnostic: clip range and reference (s)
 
 
@@ -62,6 +78,27 @@ def probe_snr(st: C.Store, split: str) -> dict[str, np.ndarray]:
             values.append(-np.inf if cache[key] is None else cache[key])
         out[c] = np.asarray(values)
     path.write_text(json.dumps(cache))
+    return out
+
+
+def member(spec: dict, dur: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    """Which probes belong to the class ``spec``: as ``StrictTailRule.applies``, with an
+    unknown SNR (no speech: -inf here) never a member."""
+    m = (dur >= spec["min_speech_s"]) & np.isfinite(snr)
+    if spec.get("max_speech_s") is not None:
+        m &= dur < spec["max_speech_s"]
+    if spec.get("min_snr_db") is not None:
+        m &= snr >= spec["min_snr_db"]
+    if spec.get("max_snr_db") is not None:
+        m &= snr < spec["max_snr_db"]
+    return m
+
+
+def class_of(dur: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    """Each probe's class name ('' for none)."""
+    out = np.full(dur.shape, "", dtype=object)
+    for name, spec in CLASSES.items():
+        out[member(spec, dur, snr)] = name
     return out
 
 
@@ -129,76 +166,103 @@ def main() -> None:
     snr_cal = probe_snr(st, "CAL")
     lines = speech_diagnostic(cal)
 
-    # Strict tails: A on wideband probes against CAL + distractors, B against telephone-band
-    # profiles (T.build's type 1).
+    # Strict tails per class: A on wideband probes against CAL + distractors, B against
+    # telephone-band profiles (T.build's type 1).
     cal_d, _ = scored_with_distractors(st, "CAL", nz_cal)
-    a_parts, b_parts, a_alone, a_pooled_alone = [], [], [], []
+    pooled = {"A": meta["tails"]["asnorm"], **meta["pairtype_tails"]}
+    strict: dict[str, dict[str, dict]] = {}
+    lines.append(
+        "\nQuality classes, CAL impostor tails vs the pooled shipped ones (A: with CAL's "
+        "LibriSpeech distractors in the gallery; B: without, none exist for telephone-band "
+        f"profiles). Pooled: A u = {pooled['A']['u']:.3f}, beta = {pooled['A']['beta']:.3f}; "
+        f"B u = {pooled['B']['u']:.3f}, beta = {pooled['B']['beta']:.3f}. Shipped: *adopted*."
+    )
+    for name, spec in CLASSES.items():
+        a_parts, b_parts, n_probes = [], [], 0
+        for c in P.CONDITIONS:
+            _, tt, typ, dur, _ = cal[c]
+            good = member(spec, dur, snr_cal[c])
+            n_probes += int(good.sum())
+            z = cal_d[c]
+            a_parts.append(z.scores[impostor_mask(z, good & wideband(st, "CAL", c))])
+            b_parts.append(tt.scores[impostor_mask(tt, good) & (typ == 1)])
+        fits = {
+            k: fit(np.concatenate(x))
+            for k, x in (("A", a_parts), ("B", b_parts))
+            if np.concatenate(x).size >= 300
+        }
+        strict[name] = {k: v for k, v in fits.items() if k in spec["adopted"]}
+        lines.append(
+            f"* {name} ({n_probes} probe-conditions): "
+            + "; ".join(
+                f"{'*' if k in spec['adopted'] else ''}{k}{'*' if k in spec['adopted'] else ''} "
+                f"u = {v['u']:.3f}, beta = {v['beta']:.3f} ({v['n_impostor']} pairs)"
+                for k, v in fits.items()
+            )
+        )
+    # For comparison: long, clean type-A pairs without the distractors in the gallery.
+    alone, pooled_alone = [], []
     for c in P.CONDITIONS:
         _, tt, typ, dur, _ = cal[c]
-        good = (dur >= MIN_SPEECH_S) & (snr_cal[c] >= MIN_SNR_DB)
-        z = cal_d[c]
-        a_parts.append(z.scores[impostor_mask(z, good & wideband(st, "CAL", c))])
-        b_parts.append(tt.scores[impostor_mask(tt, good) & (typ == 1)])
-        # For comparison: the same type-A pairs without the distractors in the gallery, and all
-        # type-A pairs (any length and SNR) without them.
-        a_alone.append(tt.scores[impostor_mask(tt, good) & (typ == 0)])
-        a_pooled_alone.append(tt.scores[impostor_mask(tt, dur > 0) & (typ == 0)])
-    strict = {"A": fit(np.concatenate(a_parts)), "B": fit(np.concatenate(b_parts))}
-    pooled = {"A": meta["tails"]["asnorm"], **meta["pairtype_tails"]}
-    alone, pooled_alone = fit(np.concatenate(a_alone)), fit(np.concatenate(a_pooled_alone))
-    lines += [
-        f"\nLong, clean probes (>= {MIN_SPEECH_S} s of net speech, SNR >= {MIN_SNR_DB} dB), "
-        "CAL impostor tails vs the pooled shipped ones (A: with CAL's LibriSpeech distractors "
-        "in the gallery; B: without, none exist for telephone-band profiles):",
-        *(
-            f"* {k}: u = {v['u']:.3f}, beta = {v['beta']:.3f} ({v['n_impostor']} pairs); "
-            f"pooled u = {pooled[k]['u']:.3f}, beta = {pooled[k]['beta']:.3f}"
-            for k, v in strict.items()
-        ),
-        f"* A without the distractors: long and clean u = {alone['u']:.3f}, beta = "
-        f"{alone['beta']:.3f} ({alone['n_impostor']} pairs); every type-A pair u = "
-        f"{pooled_alone['u']:.3f}, beta = {pooled_alone['beta']:.3f}: part of the gap above "
-        "is the same-corpus gallery, part is the probe's quality.",
-    ]
-    result = {
-        "strict": strict,
-        "adopted": list(ADOPTED),
-        "min_speech_s": MIN_SPEECH_S,
-        "min_snr_db": MIN_SNR_DB,
-        "test": {},
+        good = member(CLASSES["long_clean"], dur, snr_cal[c])
+        alone.append(tt.scores[impostor_mask(tt, good) & (typ == 0)])
+        pooled_alone.append(tt.scores[impostor_mask(tt, dur > 0) & (typ == 0)])
+    a1, a2 = fit(np.concatenate(alone)), fit(np.concatenate(pooled_alone))
+    lines.append(
+        f"* long_clean A without the distractors: u = {a1['u']:.3f}, beta = {a1['beta']:.3f} "
+        f"({a1['n_impostor']} pairs); every type-A pair u = {a2['u']:.3f}, beta = "
+        f"{a2['beta']:.3f}: part of that class's gap is the same-corpus gallery, part is the "
+        "probe's quality."
+    )
+    fitted_on = (
+        "CAL split, AS-norm with this cohort: impostor pairs of probes in the class (net "
+        "speech and estimated SNR by the research replica of service.pipeline.quality's "
+        "estimator); u = 95th percentile, beta = mean excess. A: wideband probes against the "
+        "normal profiles, the gallery being CAL's enrolled speakers plus its LibriSpeech "
+        "distractors (a same-corpus gallery: research Q9, Q17). B: narrowband probes against "
+        "telephone-band profiles of wideband-enrolled speakers (no telephone-band distractor "
+        "profiles exist). Built by bench/quality_tails.py in the research folder."
+    )
+    block = {
+        name: {
+            **{k: v for k, v in spec.items() if k != "adopted"},
+            "tails": strict[name],
+            "fitted_on": fitted_on,
+        }
+        for name, spec in CLASSES.items()
     }
+    result = {"quality_tails": block, "test": {}}
 
-    def per_type_bars(
-        lz: float, good: np.ndarray, rule: str
-    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def bars_for(lz: float, cls: np.ndarray, names: tuple[str, ...]) -> dict[str, tuple]:
         """Per pair type, each probe's bar (threshold, β of the tail in force), as the service's
-        ``Bar``: ``good`` marks the long, clean probes; ``A only`` holds wideband pairs to the
-        strict tail, ``quality`` every shipped type's (``ADOPTED``)."""
-        types = {"pooled": (), "A only": ("A",), "quality": ADOPTED}[rule]
+        ``Bar``: a probe of a class in ``names`` is held to the higher of the pooled and its
+        class's t(N) for the types the class ships."""
         out = {}
         for k in T.TYPES:
             t_pool = pooled[k]["u"] + pooled[k]["beta"] * lz
-            thr = np.full(good.shape, t_pool)
-            beta = np.full(good.shape, pooled[k]["beta"])
-            if k in types:
-                t_strict = strict[k]["u"] + strict[k]["beta"] * lz
+            thr = np.full(cls.shape, t_pool)
+            beta = np.full(cls.shape, pooled[k]["beta"])
+            for name in names:
+                tail = strict[name].get(k)
+                if tail is None:
+                    continue
+                t_strict = tail["u"] + tail["beta"] * lz
                 if t_strict > t_pool:
-                    thr = np.where(good, t_strict, thr)
-                    beta = np.where(good, strict[k]["beta"], beta)
+                    thr = np.where(cls == name, t_strict, thr)
+                    beta = np.where(cls == name, tail["beta"], beta)
             out[k] = (thr, beta)
         return out
 
+    rules = {"pooled": (), "long_clean": ("long_clean",), "classes": tuple(CLASSES)}
     names, test, _ = T.build(st, "TEST", N.Normaliser(M, L, T.K, exclude_own=False))
     snr_test = probe_snr(st, "TEST")
     test_d, n_d = scored_with_distractors(st, "TEST", N.Normaliser(M, L, T.K, exclude_own=False))
     header = "| probes | N | rule | " + " | ".join(P.CONDITIONS) + " |"
     lines += [
-        "\nTEST, FPIR* 3 %. Cells: FPIR % / FNIR %. pooled = the per-type rule as released; "
-        "A only = with the strict tail for long, clean wideband probes (pair type A); "
-        "quality = also long, clean narrowband probes' telephone-band pairs on type B's own "
-        "strict tail (the release). "
-        "N = 69: every pair type (narrowband probes on telephone-band profiles, mapped as "
-        "the service does); N = "
+        "\nTEST, FPIR* 3 %. Cells: FPIR % / FNIR %. pooled = the per-type rule without quality "
+        "classes; long_clean = with the long, clean class only (the previous release); classes "
+        "= every class (this release). N = 69: every pair type (narrowband probes on "
+        "telephone-band profiles, mapped as the service does); N = "
         f"{n_d}: with TEST's distractors, wideband probes only.\n",
         header,
         "|---|---|---|" + "---|" * len(P.CONDITIONS),
@@ -208,19 +272,16 @@ def main() -> None:
         m = np.array([srcs is None or pr["source"] in srcs for pr in probes])
         for n_label in (len(names), n_d):
             lz = float(np.log(T.MASS / (1 - (1 - T.TARGET) ** (1 / n_label))))
-            rules = (
-                ("pooled", "A only", "quality") if n_label == len(names) else ("pooled", "quality")
-            )
-            for rule in rules:
+            for rule, in_force in rules.items():
                 cells = []
                 for c in P.CONDITIONS:
                     _, tt, typ, dur, raw = test[c]
-                    good = (dur >= MIN_SPEECH_S) & (snr_test[c] >= MIN_SNR_DB)
+                    cls = class_of(dur, snr_test[c])
                     wide_probe = wideband(st, "TEST", c)
                     # As the service: a wideband probe's pairs on the A tails, a narrowband
                     # probe's on its own pair types' (never A's strict one).
-                    wb = per_type_bars(lz, good & wide_probe, rule)
-                    nb = per_type_bars(lz, good & ~wide_probe, rule)
+                    wb = bars_for(lz, np.where(wide_probe, cls, ""), in_force)
+                    nb = bars_for(lz, np.where(wide_probe, "", cls), in_force)
                     at = {"A": wb["A"]}
                     for k in T.TYPES[1:]:
                         at[k] = (
@@ -248,7 +309,7 @@ def main() -> None:
                         key = np.where(wide[:, None], raw[sel], t.scores)
                     else:
                         z = test_d[c]
-                        sel = m & wideband(st, "TEST", c)
+                        sel = m & wide_probe
                         t = C.Trials(
                             z.scores[sel], z.enrolled[sel], z.target_col[sel], z.refused[sel]
                         )

@@ -16,6 +16,7 @@ from service.app import create_app
 from service.bootstrap import build_voicesearch, open_database
 from service.decisions.cohort import shipped_cohort
 from service.decisions.openset import TailFit, fit_tail, per_pair_rate
+from service.decisions.probe_quality import QualityTails, load_rules
 from service.pipeline.registry import ModelRegistry
 from service.search.voicesearch import VoiceSearch
 from storage.records import UtteranceInput
@@ -24,6 +25,7 @@ from tests.paths import DEV_SPEECH_DIR, REAL_VOXCELEB_DIR, requires_real_model
 
 VOX = "voxceleb"
 SHIPPED = shipped_cohort("ecapa-voxceleb")
+CLASSES: QualityTails = load_rules(SHIPPED.meta["quality_tails"]) or QualityTails(())
 
 
 # --- the rule --------------------------------------------------------------------------------
@@ -249,7 +251,7 @@ def test_random_model_ignores_the_shipped_cohort_and_says_why(
     vox = next(c for c in checks if c.name == f"scores {VOX}")
     assert vox.ok and "shipped cohort ignored" in vox.detail and "uncalibrated" in vox.detail
     assert (
-        "long, clean probes: pooled tail (only with AS-norm on the shipped cohort of its "
+        "probe quality classes: pooled tail (only with AS-norm on the shipped cohort of its "
         "checkpoint)" in vox.detail
     )
 
@@ -288,10 +290,14 @@ def test_real_model_uses_the_shipped_cohort_and_decides(
             ).json()
             assert found["decision"] == "match" and found["match"]["id"] == speaker, found
             assert found["score_type"] == "asnorm" and found["gallery_size"] == 3
-            # Each a single sentence of under 2 s of speech: the pooled tail (a long, clean probe
-            # would be held to the stricter one: tests/test_probe_quality.py).
-            assert found["quality"]["speech_s"] < 2.0 and found["threshold_quality"] is None
-            assert found["threshold"] == pytest.approx(tail.threshold(0.03, 3))
+            # The pooled tail, or the stricter one of the probe's quality class where higher
+            # (tests/test_probe_quality.py); the answer names the class that set the bar.
+            heard = found["quality"]
+            rule = CLASSES.rule_for(heard["speech_s"], heard["snr_db"])
+            pooled = tail.threshold(0.03, 3)
+            bar = pooled if rule is None else rule.threshold("A", tail, 0.03, 3)
+            assert found["threshold"] == pytest.approx(bar)
+            assert found["threshold_quality"] == (rule.name if bar > pooled else None)
             assert found["threshold_source"] == "shipped" and found["fpir_target"] == 0.03
             best = found["best_match"]
             assert best["score"] >= found["threshold"] and -1 <= best["similarity"] <= 1

@@ -23,7 +23,7 @@ from service.decisions.bandwidth import (
 )
 from service.decisions.cohort import COHORT_SHIPPED, shipped_cohort
 from service.decisions.openset import TailFit, per_pair_rate
-from service.decisions.probe_quality import LONG_CLEAN, load_rule
+from service.decisions.probe_quality import LONG_CLEAN, load_rules
 from service.pipeline.audio import decode_audio
 from service.pipeline.registry import ModelRegistry
 from service.pipeline.telephone import telephone_band, telephone_copy, wav_bytes
@@ -202,13 +202,15 @@ def _find(client: TestClient, name: str, data: bytes) -> dict:
 
 def _pooled_threshold(answer: dict, n: int) -> float:
     """The space's pooled t(n), the threshold every phone probe's answer shows: the wideband
-    strict tail (``service.decisions.probe_quality``) never applies to a phone probe, and a
-    long, clean one's telephone-band pairs are mapped so that their own strict bar lands on it.
-    The answer says whether they were (``threshold_quality``)."""
-    rule = load_rule(SHIPPED.meta["quality_tails"])
-    assert rule is not None
+    strict tails (``service.decisions.probe_quality``) never apply to a phone probe, and a
+    long, clean one's telephone-band pairs are mapped so that their own strict bar lands on it
+    (no other class has a telephone-band tail). The answer says whether they were
+    (``threshold_quality``)."""
+    classes = load_rules(SHIPPED.meta["quality_tails"])
+    assert classes is not None
     heard = answer["quality"]
-    long_clean = rule.applies(heard["speech_s"], heard["snr_db"])
+    rule = classes.rule_for(heard["speech_s"], heard["snr_db"])
+    long_clean = rule is not None and rule.name == LONG_CLEAN
     telephone = answer["probe_band"] == "narrowband"
     assert answer["threshold_quality"] == (LONG_CLEAN if long_clean and telephone else None)
     return SHIPPED.tail("asnorm").threshold(0.03, n)
@@ -242,9 +244,11 @@ def test_phone_probe_is_found_through_the_telephone_band_profile(
                 # even for one long and clean enough that a wideband copy would get the strict.
                 long_phone = _find(client, "stranger.wav", _phone(RTVC / "6829_00000.mp3"))
                 assert long_phone["probe_band"] == "wideband"
-                rule = load_rule(SHIPPED.meta["quality_tails"])
+                classes = load_rules(SHIPPED.meta["quality_tails"])
                 heard = long_phone["quality"]
-                assert rule is not None and rule.applies(heard["speech_s"], heard["snr_db"]), heard
+                assert classes is not None
+                rule = classes.rule_for(heard["speech_s"], heard["snr_db"])
+                assert rule is not None and rule.name == LONG_CLEAN, heard
                 assert long_phone["threshold"] == pytest.approx(_pooled_threshold(long_phone, 3))
                 assert long_phone["threshold_quality"] is None
                 shown = client.get("/calibration").json()["spaces"][VOX]["narrowband_profiles"]

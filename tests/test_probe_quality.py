@@ -1,6 +1,6 @@
-"""A long, clean probe is held to the stricter shipped tail (issue 12; service.decisions.
-probe_quality): never a lower bar than the pooled t(N), only where the shipped rule is in force,
-and the answer says so."""
+"""A probe of a quality class (long and clean, long and noisy, medium and clean) is held to its
+class's stricter shipped tail (issue 12; service.decisions.probe_quality): never a lower bar than
+the pooled t(N), only where the shipped rule is in force, and the answer says so."""
 
 from __future__ import annotations
 
@@ -29,7 +29,14 @@ from service.decisions.policy import (
     SOURCE_SHIPPED,
     DecisionPolicy,
 )
-from service.decisions.probe_quality import LONG_CLEAN, StrictTailRule, load_rule
+from service.decisions.probe_quality import (
+    LONG_CLEAN,
+    LONG_NOISY,
+    MEDIUM_CLEAN,
+    QualityTails,
+    StrictTailRule,
+    load_rules,
+)
 from service.pipeline.registry import ModelRegistry
 from service.search.narrowband import strict_bars
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationStore
@@ -55,7 +62,14 @@ def _policy(
     rule: StrictTailRule = RULE,
 ) -> DecisionPolicy:
     scoring = SpaceScoring(
-        VOX, SCORE_ASNORM, COHORT_SHIPPED, None, "shipped", fitted, POOLED, strict=rule
+        VOX,
+        SCORE_ASNORM,
+        COHORT_SHIPPED,
+        None,
+        "shipped",
+        fitted,
+        POOLED,
+        strict=QualityTails((rule,)),
     )
     settings = DecisionSettings(
         thresholds={},
@@ -71,6 +85,29 @@ def test_the_rule_applies_only_to_probes_measured_long_and_clean() -> None:
     assert not RULE.applies(1.99, 40.0) and not RULE.applies(8.0, 19.9)
     # Unknown quality (an embedding probe, a recording's cluster) keeps the pooled bar.
     assert not RULE.applies(None, 30.0) and not RULE.applies(5.0, None)
+
+
+def test_quality_classes_are_half_open_and_disjoint() -> None:
+    a = TailFit(-0.8, 1.1, 0.05)
+    noisy = StrictTailRule(LONG_NOISY, 2.0, None, {PAIR_WIDEBAND: a}, max_snr_db=20.0)
+    medium = StrictTailRule(MEDIUM_CLEAN, 1.0, 15.0, {PAIR_WIDEBAND: a}, max_speech_s=2.0)
+    classes = QualityTails((RULE, noisy, medium))
+    assert classes.rule_for(4.0, 30.0) is RULE and classes.rule_for(2.0, 20.0) is RULE
+    assert classes.rule_for(4.0, 19.9) is noisy and classes.rule_for(2.0, -5.0) is noisy
+    assert classes.rule_for(1.0, 15.0) is medium and classes.rule_for(1.99, 40.0) is medium
+    for speech_s, snr_db in ((1.5, 14.9), (0.9, 40.0), (None, 30.0), (4.0, None)):
+        assert classes.rule_for(speech_s, snr_db) is None
+    assert noisy.describe() == ">= 2 s at < 20 dB" and medium.describe() == "1-2 s at >= 15 dB"
+    # Metadata whose classes overlap is refused: a probe must have one bar, not two.
+    tail = {"u": -0.8, "beta": 1.1, "mass": 0.05}
+    overlapping = {
+        "a": {"min_speech_s": 2.0, "min_snr_db": 20.0, "tails": {"A": tail}},
+        "b": {"min_speech_s": 1.0, "min_snr_db": 25.0, "tails": {"A": tail}},
+    }
+    with pytest.raises(ValueError, match="overlap"):
+        load_rules(overlapping)
+    overlapping["b"]["max_speech_s"] = 2.0
+    assert [r.name for r in load_rules(overlapping) or ()] == ["a", "b"]
 
 
 def test_a_long_clean_probe_gets_the_higher_threshold_and_nothing_else_changes() -> None:
@@ -99,6 +136,7 @@ def test_a_long_clean_probe_gets_the_higher_threshold_and_nothing_else_changes()
 
 
 def test_the_strict_tail_is_only_used_where_the_shipped_rule_is_fitted_and_on() -> None:
+    assert _policy().decision(VOX, 6).for_probe(4.0, 30.0).quality == LONG_CLEAN
     assert _policy(quality_tails=False).decision(VOX, 6).for_probe(4.0, 30.0).quality is None
     assert _policy(fitted=False).decision(VOX, 6).for_probe(4.0, 30.0).quality is None
     fixed = _policy(asnorm_fixed={VOX: 2.5}).decision(VOX, 6)
@@ -141,8 +179,9 @@ def test_a_long_clean_phone_probe_holds_telephone_band_pairs_to_their_strict_tai
         assert view.to_common(pair, 1.7, pooled) == pytest.approx(view.to_common(pair, 1.7))
     assert strict_bars(view, decision, 1.5, 30.0) is None  # too short
     assert strict_bars(view, decision, 6.0, 12.0) is None  # too noisy
-    bars = strict_bars(view, decision, 6.0, 30.0)
-    assert bars is not None
+    raised = strict_bars(view, decision, 6.0, 30.0)
+    assert raised is not None and raised.quality == LONG_CLEAN
+    bars = raised.bars
     # A keeps its pooled bar (its strict tail is for wideband probes), C has no strict tail,
     # B gets its own, with the β of the tail in force.
     assert bars[PAIR_WIDEBAND] == pooled[PAIR_WIDEBAND]
@@ -165,19 +204,28 @@ def test_a_long_clean_phone_probe_holds_telephone_band_pairs_to_their_strict_tai
     assert strict_bars(view, _policy(rule=light).decision(VOX, 69), 6.0, 30.0) is None
 
 
-def test_the_shipped_cohort_ships_a_strict_tail_heavier_than_its_pooled_one() -> None:
+def test_the_shipped_cohort_ships_quality_classes_heavier_than_its_pooled_tail() -> None:
     shipped = shipped_cohort("ecapa-voxceleb")
-    rule = load_rule(shipped.meta["quality_tails"])
-    assert rule is not None and rule.min_speech_s == 2.0 and rule.min_snr_db == 20.0
+    classes = load_rules(shipped.meta["quality_tails"])
+    assert classes is not None
+    by_name = {rule.name: rule for rule in classes}
+    assert set(by_name) == {LONG_CLEAN, LONG_NOISY, MEDIUM_CLEAN}
+    rule = by_name[LONG_CLEAN]
+    assert rule.min_speech_s == 2.0 and rule.min_snr_db == 20.0
+    assert by_name[LONG_NOISY].max_snr_db == 20.0 and by_name[LONG_NOISY].min_snr_db is None
+    assert by_name[MEDIUM_CLEAN].max_speech_s == 2.0 and by_name[MEDIUM_CLEAN].min_snr_db == 15
     pooled = shipped.tail(SCORE_ASNORM)
-    for n in (1, 6, 100, 10_000):
-        assert rule.tails[PAIR_WIDEBAND].threshold(0.03, n) > pooled.threshold(0.03, n)
+    for each in classes:  # every class ships only tails heavier than the pooled one
+        for n in (1, 6, 100, 10_000):
+            assert each.tails[PAIR_WIDEBAND].threshold(0.03, n) > pooled.threshold(0.03, n)
+        assert "bench/quality_tails.py" in shipped.meta["quality_tails"][each.name]["fitted_on"]
     pooled_b = TailFit.from_dict(shipped.meta["pairtype_tails"]["B"])
     for n in (1, 6, 100, 10_000):
         assert rule.tails["B"].threshold(0.03, n) > pooled_b.threshold(0.03, n)
     assert set(rule.tails) == {"A", "B"}  # C: too few long, clean probes to fit one
-    assert "bench/quality_tails.py" in shipped.meta["quality_tails"]["long_clean"]["fitted_on"]
-    assert load_rule(None) is None and load_rule({}) is None
+    # Long, noisy phone probes are too few on CAL; medium ones' B tail is lighter than pooled.
+    assert set(by_name[LONG_NOISY].tails) == set(by_name[MEDIUM_CLEAN].tails) == {"A"}
+    assert load_rules(None) is None and load_rules({}) is None
 
 
 def _find(client: TestClient, name: str, data: bytes) -> dict:
@@ -194,8 +242,9 @@ def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
     asr = DEV_SPEECH_DIR / "speechbrain_samples" / "ASR"
     dirs = {**tiny_model_dirs, "voxceleb": REAL_VOXCELEB_DIR}
     shipped = shipped_cohort("ecapa-voxceleb")
-    rule = load_rule(shipped.meta["quality_tails"])
-    assert rule is not None
+    classes = load_rules(shipped.meta["quality_tails"])
+    assert classes is not None
+    rule = next(r for r in classes if r.name == LONG_CLEAN)
     long_probe = wav_bytes(
         np.concatenate([sf.read(asr / f"spk1_snt{i}.wav", dtype="float32")[0] for i in (4, 5)]),
         16_000,
@@ -222,20 +271,26 @@ def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
             assert numbers["threshold"] == pytest.approx(
                 shipped.tail(SCORE_ASNORM).threshold(0.03, 2)
             )
-            shown = client.get("/calibration").json()["spaces"][VOX]["strict_tail"]
+            listed = client.get("/calibration").json()["spaces"][VOX]["strict_tails"]
             (checked,) = [
                 c for c in doctor.scoring_checks(settings, real_registry) if VOX in c.name
             ]
             if setting == "off":
-                assert shown is None
-                assert "long, clean probes: pooled tail (VOICESEARCH_QUALITY_TAILS=off)" in (
+                assert listed == []
+                assert "probe quality classes: pooled tail (VOICESEARCH_QUALITY_TAILS=off)" in (
                     checked.detail
                 )
                 continue
-            assert "long, clean probes (>= 2 s at >= 20 dB): stricter tail" in checked.detail
+            assert (
+                "stricter tails for long clean (>= 2 s at >= 20 dB); long noisy (>= 2 s at "
+                "< 20 dB); medium clean (1-2 s at >= 15 dB)" in checked.detail
+            )
+            assert [c["name"] for c in listed] == [LONG_CLEAN, LONG_NOISY, MEDIUM_CLEAN]
+            shown = listed[0]
             assert shown["min_speech_s"] == 2.0 and shown["min_snr_db"] == 20.0
+            assert shown["max_speech_s"] is None and shown["max_snr_db"] is None
+            assert listed[1]["max_snr_db"] == 20.0 and set(listed[1]["tails"]) == {"A"}
             pooled_2 = shipped.tail(SCORE_ASNORM).threshold(0.03, 2)
-            assert shown["name"] == LONG_CLEAN
             assert shown["tails"]["A"]["threshold"] == pytest.approx(
                 max(pooled_2, rule.tails["A"].threshold(0.03, 2))
             )

@@ -220,22 +220,32 @@ def health_out(health: Health, *, version: str, auth_enabled: bool) -> HealthRes
     )
 
 
-def strict_tail_out(space: SpaceCalibration) -> StrictTailOut | None:
-    """The long, clean probes' stricter tails of a shipped rule, as /calibration shows them:
-    only the pair types this space can use (B needs its telephone-band profiles)."""
+def strict_tails_out(space: SpaceCalibration) -> list[StrictTailOut]:
+    """The stricter tails of the probe quality classes of a shipped rule, as /calibration
+    shows them: only the pair types this space can use (B needs its telephone-band profiles)."""
     strict, bars = space.decision.strict, space.strict_bars
     if strict is None or not bars:
-        return None
-    return StrictTailOut(
-        name=strict.name,
-        min_speech_s=strict.min_speech_s,
-        min_snr_db=strict.min_snr_db,
-        tails={
-            pair: StrictTailFitOut(u=t.u, beta=t.beta, mass=t.mass, threshold=bars[pair])
-            for pair, t in strict.tails.items()
-            if pair in bars
-        },
-    )
+        return []
+    out = []
+    for rule in strict:
+        held = bars.get(rule.name) or {}
+        if not held:
+            continue
+        out.append(
+            StrictTailOut(
+                name=rule.name,
+                min_speech_s=rule.min_speech_s,
+                max_speech_s=rule.max_speech_s,
+                min_snr_db=rule.min_snr_db,
+                max_snr_db=rule.max_snr_db,
+                tails={
+                    pair: StrictTailFitOut(u=t.u, beta=t.beta, mass=t.mass, threshold=held[pair])
+                    for pair, t in rule.tails.items()
+                    if pair in held
+                },
+            )
+        )
+    return out
 
 
 def calibration_out(spaces: list[SpaceCalibration]) -> CalibrationResponse:
@@ -262,7 +272,7 @@ def calibration_out(spaces: list[SpaceCalibration]) -> CalibrationResponse:
                 if tail
                 else None
             ),
-            strict_tail=strict_tail_out(space),
+            strict_tails=strict_tails_out(space),
             cohort=space.cohort,
             narrowband_profiles=space.narrowband,
             fpir=details.get("fpir"),

@@ -348,11 +348,12 @@ class FindMatchResponse(BaseModel):
     )
     threshold_quality: str | None = Field(
         None,
-        description="`long_clean` when the probe (>= 2 s of speech at >= 20 dB estimated SNR) "
-        "was held to the shipped stricter tail of such probes: impostor scores of long, clean "
-        "probes run higher. A wideband probe's `threshold` is then the higher of the two t(N); "
-        "a phone probe's telephone-band pairs are mapped so that their own strict bar lands on "
-        "`threshold`. Null otherwise.",
+        description="The probe's quality class when it was held to that class's shipped "
+        "stricter tail (impostor scores of longer probes run higher): `long_clean` (>= 2 s of "
+        "speech at >= 20 dB estimated SNR), `long_noisy` (>= 2 s, < 20 dB) or `medium_clean` "
+        "(1-2 s, >= 15 dB); `GET /calibration` lists them (`strict_tails`). A wideband probe's "
+        "`threshold` is then the higher of the two t(N); a phone probe's telephone-band pairs "
+        "are mapped so that their own strict bar lands on `threshold`. Null otherwise.",
     )
     quality: QualityOut | None = Field(None, description="Speech quality of the probe audio.")
 
@@ -457,16 +458,21 @@ class StrictTailFitOut(BaseModel):
     beta: float = Field(description="Its mean excess above u.")
     mass: float = Field(description="Share of impostor scores above u.")
     threshold: float = Field(
-        description="The bar a long, clean probe's pairs of this type meet at the gallery size "
+        description="The bar this class's probes' pairs of this type meet at the gallery size "
         "now, on this type's own scale: for `A` the answer's `threshold` (the higher of the "
         "pooled and this tail's t(N)); for `B` the bar answers map onto their `threshold`."
     )
 
 
 class StrictTailOut(BaseModel):
-    name: str = Field(description="`long_clean`: the value answers carry in `threshold_quality`.")
+    name: str = Field(
+        description="The class (`long_clean`, `long_noisy`, `medium_clean`): the value answers "
+        "carry in `threshold_quality`."
+    )
     min_speech_s: float = Field(description="Net speech a probe needs (s).")
-    min_snr_db: float = Field(description="Estimated SNR a probe needs (dB).")
+    max_speech_s: float | None = Field(None, description="Net speech it must stay under (s).")
+    min_snr_db: float | None = Field(None, description="Estimated SNR a probe needs (dB).")
+    max_snr_db: float | None = Field(None, description="Estimated SNR it must stay under (dB).")
     tails: dict[str, StrictTailFitOut] = Field(
         description="Per pair type: `A`, a wideband probe against the normal profiles; `B`, a "
         "phone probe against telephone-band profiles (only where this space has them)."
@@ -497,10 +503,10 @@ class CalibrationSpaceOut(BaseModel):
     thresholds_by_gallery_size: dict[str, float] | None = Field(
         None, description="t(N) for a few N (model, not measurement)."
     )
-    strict_tail: StrictTailOut | None = Field(
-        None,
-        description="Shipped rule only (VOICESEARCH_QUALITY_TAILS): which probes are held to "
-        "the stricter tail of long, clean probes, and the threshold they get now.",
+    strict_tails: list[StrictTailOut] = Field(
+        default_factory=list,
+        description="Shipped rule only (VOICESEARCH_QUALITY_TAILS): the probe quality classes "
+        "held to a stricter tail than the pooled one, and the threshold each gets now.",
     )
     cohort: str | None = Field(
         None, description="AS-norm cohort in use, or why the shipped one is not used."

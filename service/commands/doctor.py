@@ -130,19 +130,17 @@ def _model_checks(settings: Settings) -> list[Check]:
 
 
 def _strict_note(settings: Settings, chosen: SpaceScoring) -> str:
-    """Whether long, clean probes are held to the stricter shipped tail, or why not."""
-    rule = chosen.strict_for(chosen.score_type, settings.quality_tails)
-    if rule is not None:
-        return (
-            f"long, clean probes (>= {rule.min_speech_s:g} s at >= {rule.min_snr_db:g} dB): "
-            "stricter tail"
-        )
+    """Which probe quality classes are held to a stricter shipped tail, or why none are."""
+    rules = chosen.strict_for(chosen.score_type, settings.quality_tails)
+    if rules is not None:
+        classes = "; ".join(f"{r.name.replace('_', ' ')} ({r.describe()})" for r in rules)
+        return f"stricter tails for {classes}"
     why = (
         "only with AS-norm on the shipped cohort of its checkpoint"
         if settings.quality_tails
         else "VOICESEARCH_QUALITY_TAILS=off"
     )
-    return f"long, clean probes: pooled tail ({why})"
+    return f"probe quality classes: pooled tail ({why})"
 
 
 def scoring_checks(settings: Settings, registry: Any) -> list[Check]:

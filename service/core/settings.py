@@ -105,7 +105,7 @@ class DecisionSettings:
     asnorm_spaces: frozenset[str]  # spaces the operator put under AS-norm
     asnorm_thresholds: Mapping[str, float]  # fixed AS-norm threshold per space (operator)
     fpir_target: float = 0.03  # FPIR* of the max-of-N rule t(N)
-    quality_tails: bool = True  # long, clean probes get the shipped strict tail
+    quality_tails: bool = True  # probe quality classes get their shipped strict tails
 
 
 @dataclass(frozen=True)
@@ -252,9 +252,9 @@ class Settings(BaseSettings):
     )
     quality_tails: bool = Field(
         True,
-        description="Long, clean probes (>= 2 s of speech at >= 20 dB SNR) are decided on the "
-        "shipped stricter impostor tail measured for such probes (`on`/`off`): their threshold "
-        "is the higher of the two. Only where the shipped rule is in force.",
+        description="Probes of the shipped quality classes (>= 2 s of speech; 1-2 s at >= 15 dB "
+        "SNR) are decided on the stricter impostor tail measured for their class (`on`/`off`): "
+        "their threshold is the higher of the two. Only where the shipped rule is in force.",
     )
 
     # --- HTTP ---------------------------------------------------------------------------------

@@ -92,8 +92,9 @@ class NarrowbandView:
         """``score`` of a ``pair_type`` pair on the type-A scale (see the module docstring).
 
         ``bars``: every pair type's bar for this probe, where they are not all their pooled
-        t(N) (a long, clean probe: :meth:`bars`); the map then sends each type's own threshold
-        onto type A's, scaled by the β of the tail in force (exceedances stay comparable)."""
+        t(N) (a probe of a quality class with a strict tail: :meth:`bars`); the map then sends
+        each type's own threshold onto type A's, scaled by the β of the tail in force
+        (exceedances stay comparable)."""
         if pair_type == PAIR_WIDEBAND:
             return score
         own, common = self.tails[pair_type], self.tails[PAIR_WIDEBAND]
@@ -103,10 +104,10 @@ class NarrowbandView:
         return base.threshold + base.beta * (score - bar.threshold) / bar.beta
 
     def bars(self, strict: StrictTailRule, fpir: float, n: int) -> dict[str, Bar]:
-        """Every pair type's bar for a long, clean narrowband probe at gallery size ``n``: its
-        strict tail where the rule has one for it and that gives the higher t(N), else its
-        pooled tail. Type A stays pooled: its strict tail was fitted on wideband probes
-        (``service.decisions.probe_quality``)."""
+        """Every pair type's bar for a narrowband probe of the quality class ``strict`` at
+        gallery size ``n``: the class's strict tail where it has one for the type and that gives
+        the higher t(N), else the pooled tail. Type A stays pooled: the strict tails of type A
+        were fitted on wideband probes (``service.decisions.probe_quality``)."""
         out: dict[str, Bar] = {}
         for pair, pooled in self.tails.items():
             chosen = (

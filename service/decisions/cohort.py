@@ -32,7 +32,7 @@ import numpy as np
 
 from service.core.settings import SPACE_VOXCELEB, AsNormSettings
 from service.decisions.openset import TailFit
-from service.decisions.probe_quality import StrictTailRule, load_rule
+from service.decisions.probe_quality import QualityTails, load_rules
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE
 
 COHORT_DIR = Path(__file__).resolve().parent / "cohorts"
@@ -143,9 +143,9 @@ class SpaceScoring:
     cohort_status: str  # one sentence: which cohort and why (for /calibration and doctor)
     shipped_matches: bool  # the shipped cohort/tails were measured with this very checkpoint
     tails: Mapping[str, TailFit]  # the shipped default tail per score type
-    #: The shipped cohort's stricter AS-norm tail for long, clean probes
+    #: The shipped cohort's stricter AS-norm tails of probe quality classes
     #: (``service.decisions.probe_quality``); None unless AS-norm runs with the shipped cohort.
-    strict: StrictTailRule | None = None
+    strict: QualityTails | None = None
 
     def default_tail(self, score_type: str) -> TailFit:
         return self.tails[score_type]
@@ -157,8 +157,8 @@ class SpaceScoring:
             return False
         return score_type == SCORE_COSINE or self.cohort_origin == COHORT_SHIPPED
 
-    def strict_for(self, score_type: str, enabled: bool) -> StrictTailRule | None:
-        """The long, clean probes' strict tail where it applies to the shipped rule for
+    def strict_for(self, score_type: str, enabled: bool) -> QualityTails | None:
+        """The quality classes' strict tails where they apply to the shipped rule for
         ``score_type``: AS-norm with the shipped cohort of this very checkpoint, and ``enabled``
         (``VOICESEARCH_QUALITY_TAILS``)."""
         if not enabled or score_type != SCORE_ASNORM or not self.default_fitted(score_type):
@@ -215,7 +215,7 @@ def resolve_scoring(
             shipped_matches=shipped is not None
             and shipped.mismatch(identity, dims.get(space)) is None,
             tails={t: source.tail(t) for t in (SCORE_COSINE, SCORE_ASNORM)},
-            strict=load_rule(shipped.meta.get("quality_tails"))
+            strict=load_rules(shipped.meta.get("quality_tails"))
             if shipped is not None and origin == COHORT_SHIPPED
             else None,
         )

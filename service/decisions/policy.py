@@ -33,7 +33,7 @@ from service.core.settings import DecisionSettings
 from service.decisions.bandwidth import PAIR_WIDEBAND
 from service.decisions.cohort import FALLBACK, SpaceScoring, shipped_cohort
 from service.decisions.openset import TailFit
-from service.decisions.probe_quality import StrictTailRule
+from service.decisions.probe_quality import QualityTails
 from service.decisions.scoring import LogisticCalibration
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationRecord, CalibrationStore
 
@@ -61,8 +61,9 @@ class Decision:
     note: str | None = None  # e.g. "shipped default (uncalibrated for this checkpoint)"
     record: CalibrationRecord | None = None
     logistic: LogisticCalibration | None = None
-    #: Shipped rule only: the strict tail of long, clean probes, and its name once applied.
-    strict: StrictTailRule | None = None
+    #: Shipped rule only: the strict tails of the probe quality classes, and the name of the
+    #: class whose tail was applied.
+    strict: QualityTails | None = None
     quality: str | None = None
 
     def at_size(self, n: int) -> Decision:
@@ -75,23 +76,22 @@ class Decision:
 
     def for_probe(self, speech_s: float | None, snr_db: float | None) -> Decision:
         """This rule for one wideband probe of ``speech_s`` seconds of net speech at ``snr_db``:
-        a long, clean one is held to the higher of the pooled and the strict t(N), and
-        ``quality`` names the strict tail only when it is the higher. A narrowband probe's
-        pairs are held to theirs in ``service.search.narrowband`` (type A stays pooled for
-        them). Call after :meth:`at_size`."""
-        if (
-            self.strict is None
-            or self.tail is None
-            or self.fpir_target is None
-            or not self.strict.applies(speech_s, snr_db)
-        ):
+        a probe of a quality class with a strict tail (``service.decisions.probe_quality``) is
+        held to the higher of the pooled and its class's t(N), and ``quality`` names the class
+        only when that is the higher. A narrowband probe's pairs are held to theirs in
+        ``service.search.narrowband`` (type A stays pooled for them). Call after
+        :meth:`at_size`."""
+        if self.strict is None or self.tail is None or self.fpir_target is None:
+            return self
+        rule = self.strict.rule_for(speech_s, snr_db)
+        if rule is None:
             return self
         n = self.gallery_size or 0
-        tail = self.strict.tail_in_force(PAIR_WIDEBAND, self.tail, self.fpir_target, n)
+        tail = rule.tail_in_force(PAIR_WIDEBAND, self.tail, self.fpir_target, n)
         if tail is self.tail:  # the pooled bar is already the higher one
             return self
         threshold = tail.threshold(self.fpir_target, n)
-        return dataclasses.replace(self, threshold=threshold, quality=self.strict.name)
+        return dataclasses.replace(self, threshold=threshold, quality=rule.name)
 
     def predicted_fpir(self, n: int) -> float | None:
         """Modelled FPIR of this threshold at gallery size ``n`` (None without a tail)."""

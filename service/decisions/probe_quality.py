@@ -33,36 +33,58 @@ with): a calibration of one's own or an operator's threshold is used as it is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from service.decisions.openset import TailFit
 
-#: The name answers carry (``threshold_quality``) when the strict tail was applied.
-LONG_CLEAN = "long_clean"
+#: The names answers carry (``threshold_quality``) when a class's strict tail was applied.
+LONG_CLEAN = "long_clean"  # >= 2 s of net speech at >= 20 dB
+LONG_NOISY = "long_noisy"  # >= 2 s at < 20 dB
+MEDIUM_CLEAN = "medium_clean"  # 1-2 s at >= 15 dB
 
 
 @dataclass(frozen=True)
 class StrictTailRule:
-    """Which probes get the strict tail, and that tail per pair type (``service.decisions.
+    """One quality class of probes and its strict tail per pair type (``service.decisions.
     bandwidth``): ``A`` for a wideband probe against the normal profiles, ``B`` for a narrowband
-    probe against telephone-band profiles; a type without one keeps its pooled tail."""
+    probe against telephone-band profiles; a type without one keeps its pooled tail. Bounds are
+    half-open, ``[min, max)``; None leaves that side open."""
 
     name: str
     min_speech_s: float  # net speech the probe needs (VAD)
-    min_snr_db: float  # estimated SNR it needs (``service.pipeline.quality``)
+    min_snr_db: float | None  # estimated SNR it needs (``service.pipeline.quality``)
     tails: Mapping[str, TailFit]
+    max_speech_s: float | None = None
+    max_snr_db: float | None = None
 
     def applies(self, speech_s: float | None, snr_db: float | None) -> bool:
-        """True for a probe measured long and clean enough; unknown quality never applies."""
+        """True for a probe measured inside this class; unknown quality never applies."""
         if speech_s is None or snr_db is None:
             return False
-        return speech_s >= self.min_speech_s and snr_db >= self.min_snr_db
+        return (
+            speech_s >= self.min_speech_s
+            and (self.max_speech_s is None or speech_s < self.max_speech_s)
+            and (self.min_snr_db is None or snr_db >= self.min_snr_db)
+            and (self.max_snr_db is None or snr_db < self.max_snr_db)
+        )
+
+    def describe(self) -> str:
+        """The class in words, e.g. ``>= 2 s at >= 20 dB`` (for doctor and logs)."""
+        speech = f">= {self.min_speech_s:g} s"
+        if self.max_speech_s is not None:
+            speech = f"{self.min_speech_s:g}-{self.max_speech_s:g} s"
+        snr = []
+        if self.min_snr_db is not None:
+            snr.append(f">= {self.min_snr_db:g} dB")
+        if self.max_snr_db is not None:
+            snr.append(f"< {self.max_snr_db:g} dB")
+        return f"{speech} at {' and '.join(snr) or 'any SNR'}"
 
     def tail_in_force(self, pair_type: str, pooled: TailFit, fpir: float, n: int) -> TailFit:
-        """The tail a long, clean probe's ``pair_type`` pairs are decided on at gallery size
-        ``n``: the strict one where it gives the higher t(N), else ``pooled`` itself."""
+        """The tail this class's ``pair_type`` pairs are decided on at gallery size ``n``: the
+        strict one where it gives the higher t(N), else ``pooled`` itself."""
         strict = self.tails.get(pair_type)
         if strict is None or strict.threshold(fpir, n) <= pooled.threshold(fpir, n):
             return pooled
@@ -73,14 +95,56 @@ class StrictTailRule:
         return self.tail_in_force(pair_type, pooled, fpir, n).threshold(fpir, n)
 
 
-def load_rule(meta: Mapping[str, Any] | None) -> StrictTailRule | None:
-    """The long-clean rule of a shipped cohort's metadata (``quality_tails``), if it has one."""
-    data = (meta or {}).get(LONG_CLEAN)
-    if not isinstance(data, Mapping):
+@dataclass(frozen=True)
+class QualityTails:
+    """The shipped quality classes, disjoint: a probe belongs to one or to none (then every
+    pair keeps its pooled tail)."""
+
+    rules: tuple[StrictTailRule, ...]
+
+    def rule_for(self, speech_s: float | None, snr_db: float | None) -> StrictTailRule | None:
+        """The class a probe of ``speech_s`` seconds of net speech at ``snr_db`` belongs to."""
+        return next((r for r in self.rules if r.applies(speech_s, snr_db)), None)
+
+    def __iter__(self) -> Iterator[StrictTailRule]:
+        return iter(self.rules)
+
+
+def _bound(data: Mapping[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    return None if value is None else float(value)
+
+
+def load_rules(meta: Mapping[str, Any] | None) -> QualityTails | None:
+    """The quality classes of a shipped cohort's metadata (``quality_tails``: name -> class),
+    if it has any. Refuses overlapping classes: a probe must have one bar, not two."""
+    rules = tuple(
+        StrictTailRule(
+            name,
+            float(data["min_speech_s"]),
+            _bound(data, "min_snr_db"),
+            {pair: TailFit.from_dict(tail) for pair, tail in data["tails"].items()},
+            max_speech_s=_bound(data, "max_speech_s"),
+            max_snr_db=_bound(data, "max_snr_db"),
+        )
+        for name, data in (meta or {}).items()
+        if isinstance(data, Mapping)
+    )
+    if not rules:
         return None
-    return StrictTailRule(
-        LONG_CLEAN,
-        float(data["min_speech_s"]),
-        float(data["min_snr_db"]),
-        {pair: TailFit.from_dict(tail) for pair, tail in data["tails"].items()},
+    for i, a in enumerate(rules):
+        for b in rules[i + 1 :]:
+            if _overlap(a, b):
+                raise ValueError(f"quality classes {a.name} and {b.name} overlap")
+    return QualityTails(rules)
+
+
+def _overlap(a: StrictTailRule, b: StrictTailRule) -> bool:
+    def meets(lo1: float | None, hi1: float | None, lo2: float | None, hi2: float | None) -> bool:
+        lo = max(x for x in (lo1, lo2, float("-inf")) if x is not None)
+        hi = min(x for x in (hi1, hi2, float("inf")) if x is not None)
+        return lo < hi
+
+    return meets(a.min_speech_s, a.max_speech_s, b.min_speech_s, b.max_speech_s) and meets(
+        a.min_snr_db, a.max_snr_db, b.min_snr_db, b.max_snr_db
     )

@@ -11,9 +11,10 @@ runs it against the gallery. For one probe vector:
    to build one) are still searched, in the normal index, and scored as today (type ``A``);
 4. every score is mapped onto the space's own scale (``NarrowbandView.to_common``) and the
    candidates are ranked on it; the caller decides with the space's t(N) at N = the normal
-   gallery size, exactly as for a wideband probe. For a long, clean probe the telephone-band
-   pairs' own threshold is their strict tail's (``service.decisions.probe_quality``): the map
-   sends it onto the same t(N), and the answer says ``threshold_quality: long_clean``.
+   gallery size, exactly as for a wideband probe. For a probe of a quality class with a strict
+   telephone-band tail (long and clean) those pairs' own threshold is their strict tail's
+   (``service.decisions.probe_quality``): the map sends it onto the same t(N), and the answer
+   says ``threshold_quality: long_clean``.
 
 Unlike a wideband probe (ranked on the bare model's cosine, ``service.search.matching``), a
 narrowband one is ranked on the mapped score: its candidates are scored against different kinds
@@ -56,6 +57,14 @@ PROFILE_TELEPHONE = "telephone_band"
 
 
 @dataclass(frozen=True)
+class RaisedBars:
+    """A narrowband probe's bars per pair type where its quality class raised some of them."""
+
+    quality: str  # the class's name, which the answer carries (``threshold_quality``)
+    bars: Mapping[str, Bar]
+
+
+@dataclass(frozen=True)
 class Ranked:
     """One candidate of a narrowband search."""
 
@@ -88,15 +97,18 @@ def usable_views(
 
 def strict_bars(
     view: NarrowbandView, decision: Decision, speech_s: float | None, snr_db: float | None
-) -> dict[str, Bar] | None:
-    """Per pair type, the bars a long, clean narrowband probe is held to, or None when every
-    type keeps its pooled t(N) (the probe is not long and clean, the rule has no stricter bar
-    for any of its pair types, or the decision has no strict tail)."""
+) -> RaisedBars | None:
+    """Per pair type, the bars a narrowband probe of a quality class is held to, or None when
+    every type keeps its pooled t(N) (the probe is in no class, its class has no stricter bar
+    for any of its pair types, or the decision has no strict tails)."""
     strict, fpir, n = decision.strict, decision.fpir_target, decision.gallery_size
-    if strict is None or fpir is None or n is None or not strict.applies(speech_s, snr_db):
+    if strict is None or fpir is None or n is None:
         return None
-    bars = view.bars(strict, fpir, n)
-    return bars if any(bar.strict for bar in bars.values()) else None
+    rule = strict.rule_for(speech_s, snr_db)
+    if rule is None:
+        return None
+    bars = view.bars(rule, fpir, n)
+    return RaisedBars(rule.name, bars) if any(bar.strict for bar in bars.values()) else None
 
 
 class NarrowbandSearch:
@@ -155,7 +167,8 @@ class NarrowbandSearch:
         if found is None:
             return None
         hits, scores, briefs = found
-        bars = strict_bars(view, decision, speech_s, snr_db)
+        raised = strict_bars(view, decision, speech_s, snr_db)
+        bars = raised.bars if raised is not None else None
         native = self.store.natively_narrowband([h.speaker_id for h in hits], TELEPHONE_RATE)
         ranked: dict[int, Ranked] = {}
         for hit, score in zip(hits, scores, strict=True):
@@ -182,7 +195,6 @@ class NarrowbandSearch:
                     )
         best = sorted(ranked.values(), key=lambda r: -r.score)[:top_n]
         # Say so only when some candidate answered was held to a raised bar.
-        raised = bars is not None and any(bars[r.pair_type].strict for r in best)
-        if raised and decision.strict is not None:
-            decision = dataclasses.replace(decision, quality=decision.strict.name)
+        if raised is not None and any(raised.bars[r.pair_type].strict for r in best):
+            decision = dataclasses.replace(decision, quality=raised.quality)
         return best, decision, size

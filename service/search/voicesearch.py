@@ -94,9 +94,9 @@ class SpaceCalibration:
     asnorm: bool
     cohort: str | None  # which AS-norm cohort, or why the shipped one is not used
     narrowband: str | None = None  # telephone-band profiles: on, or why not
-    #: Per pair type, the bar a long, clean probe's pairs meet now (``strict_bars``); None
-    #: where no strict tail applies.
-    strict_bars: Mapping[str, float] | None = None
+    #: Per quality class, per pair type, the bar its probes' pairs meet now
+    #: (``_strict_bars``); None where no strict tail applies.
+    strict_bars: Mapping[str, Mapping[str, float]] | None = None
 
 
 class VoiceSearch:
@@ -389,21 +389,26 @@ class VoiceSearch:
             for space, decision in decisions.items()
         ]
 
-    def _strict_bars(self, space: str, decision: Decision) -> dict[str, float] | None:
-        """What a long, clean probe's pairs are held to now, per pair type, each on its own
-        scale: type A (wideband probes) the higher of the pooled and the strict t(N); the
-        telephone-band types, where this space has telephone-band profiles, their bars."""
+    def _strict_bars(self, space: str, decision: Decision) -> dict[str, dict[str, float]] | None:
+        """Per quality class, what its probes' pairs are held to now, per pair type, each on
+        its own scale: type A (wideband probes) the higher of the pooled and the class's t(N);
+        the telephone-band types, where this space has telephone-band profiles, their bars."""
         strict, fpir, pooled = decision.strict, decision.fpir_target, decision.tail
         if strict is None or fpir is None or pooled is None:
             return None
         n = decision.gallery_size or 0
-        bars = {PAIR_WIDEBAND: strict.threshold(PAIR_WIDEBAND, pooled, fpir, n)}
         view = self.views.get(space)
-        if view is not None:
-            for pair, bar in view.bars(strict, fpir, n).items():
-                if pair != PAIR_WIDEBAND and pair in strict.tails:
-                    bars[pair] = bar.threshold
-        return bars
+        out: dict[str, dict[str, float]] = {}
+        for rule in strict:
+            bars: dict[str, float] = {}
+            if PAIR_WIDEBAND in rule.tails:
+                bars[PAIR_WIDEBAND] = rule.threshold(PAIR_WIDEBAND, pooled, fpir, n)
+            if view is not None:
+                for pair, bar in view.bars(rule, fpir, n).items():
+                    if pair != PAIR_WIDEBAND and pair in rule.tails:
+                        bars[pair] = bar.threshold
+            out[rule.name] = bars
+        return out
 
     async def index_stats(self) -> list[IndexStats]:
         """Per loaded space: index size and type, and how old its snapshot file is."""

@@ -368,9 +368,11 @@ function showIdentification(body) {
   if (body.threshold_source) notes.push(`Threshold: ${body.threshold_source}.`);
   const fpir = pick(body, ["fpir_target"]);
   if (typeof fpir === "number") notes.push(`Target false-alarm rate: ${fpir}.`);
-  if (body.threshold_quality === "long_clean") {
-    // A long, clean recording is held to the stricter tail measured for such probes.
-    notes.push("Long, clean recording: held to the stricter threshold measured for such recordings.");
+  if (body.threshold_quality) {
+    // Longer recordings are held to the stricter tails measured for their quality class.
+    const what = { long_clean: "Long, clean", long_noisy: "Long, noisy", medium_clean: "Medium-length, clean" };
+    const label = what[body.threshold_quality] || body.threshold_quality;
+    notes.push(`${label} recording: held to the stricter threshold measured for such recordings.`);
   }
   if (body.language) notes.push(`Language: ${body.language}.`);
   const rows = (body.top_matches || []).map((m, i) => el("tr", {},
