@@ -578,6 +578,8 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
         tail = meta.get("decision_tail") or {}
         fitted = f", tail u = {tail['u']:.3f}, β = {tail['beta']:.3f}" if tail else ""
         classes = meta.get("strict_tails") or []
+        if not classes and meta.get("strict_tail"):  # a report from the long-clean-only release
+            classes = [{"name": LONG_CLEAN, **meta["strict_tail"]}]
         if classes:
 
             def bounds(c: dict) -> str:
@@ -589,7 +591,7 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
                     snr.append(f">= {c['min_snr_db']:g} dB")
                 if c.get("max_snr_db") is not None:
                     snr.append(f"< {c['max_snr_db']:g} dB")
-                return f"{speech} at {' and '.join(snr)}"
+                return f"{speech} at {' and '.join(snr) or 'any SNR'}"
 
             described = "; ".join(
                 f"`{c['name']}` ({bounds(c)}: "
@@ -609,6 +611,8 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
 
     def classes_cell(row: dict) -> str:
         counts = row.get("quality_classes") or {}
+        if not counts and "long_clean" in row:  # a report from the long-clean-only release
+            counts = {LONG_CLEAN: row["long_clean"]}
         return " / ".join(str(counts.get(name, "–")) for name in QUALITY_CLASSES)
 
     def held(row: dict) -> str:

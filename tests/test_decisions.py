@@ -284,6 +284,7 @@ def test_real_model_uses_the_shipped_cohort_and_decides(
             form = {"external_id": ext, "language": "en"}
             assert client.post("/speakers", files=_files(*paths), data=form).status_code == 201
         tail = SHIPPED.tail("asnorm")
+        classes_seen: set[str | None] = set()
         for speaker in ("spk1", "spk2"):
             found = client.post(
                 "/find-match", files=_files(asr / f"{speaker}_snt5.wav"), data={"language": "en"}
@@ -298,9 +299,12 @@ def test_real_model_uses_the_shipped_cohort_and_decides(
             bar = pooled if rule is None else rule.threshold("A", tail, 0.03, 3)
             assert found["threshold"] == pytest.approx(bar)
             assert found["threshold_quality"] == (rule.name if bar > pooled else None)
+            classes_seen.add(found["threshold_quality"])
             assert found["threshold_source"] == "shipped" and found["fpir_target"] == 0.03
             best = found["best_match"]
             assert best["score"] >= found["threshold"] and -1 <= best["similarity"] <= 1
+        # Single clean sentences of 1-2 s of speech: at least one is a medium, clean probe.
+        assert "medium_clean" in classes_seen, classes_seen
         for stranger in ("1320_00000.mp3", "6829_00000.mp3", "p260_00000.mp3"):
             found = client.post(
                 "/find-match", files=_files(rtvc / stranger), data={"language": "en"}

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
+from service.api.mappers import strict_tails_out
 from service.app import create_app
 from service.commands import doctor
 from service.core.settings import DecisionSettings
@@ -39,6 +40,7 @@ from service.decisions.probe_quality import (
 )
 from service.pipeline.registry import ModelRegistry
 from service.search.narrowband import strict_bars
+from service.search.voicesearch import SpaceCalibration
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationStore
 from storage.db import make_engine, make_session_factory
 from tests.api.conftest import make_settings
@@ -51,6 +53,10 @@ POOLED = {SCORE_ASNORM: TailFit(-1.2, 1.1, 0.05), SCORE_COSINE: TailFit(0.21, 0.
 RULE = StrictTailRule(
     LONG_CLEAN, 2.0, 20.0, {PAIR_WIDEBAND: TailFit(-0.6, 1.1, 0.05), "B": TailFit(0.8, 1.3, 0.05)}
 )
+NOISY = StrictTailRule(LONG_NOISY, 2.0, None, {PAIR_WIDEBAND: TailFit(-0.8, 1.1, 0.05)}, None, 20.0)
+MEDIUM = StrictTailRule(
+    MEDIUM_CLEAN, 1.0, 15.0, {PAIR_WIDEBAND: TailFit(-0.9, 1.1, 0.05)}, max_speech_s=2.0
+)
 
 
 def _policy(
@@ -60,6 +66,7 @@ def _policy(
     asnorm_fixed: dict[str, float] | None = None,
     store: CalibrationStore | None = None,
     rule: StrictTailRule = RULE,
+    extra: tuple[StrictTailRule, ...] = (),
 ) -> DecisionPolicy:
     scoring = SpaceScoring(
         VOX,
@@ -69,7 +76,7 @@ def _policy(
         "shipped",
         fitted,
         POOLED,
-        strict=QualityTails((rule,)),
+        strict=QualityTails((rule, *extra)),
     )
     settings = DecisionSettings(
         thresholds={},
@@ -133,6 +140,26 @@ def test_a_long_clean_probe_gets_the_higher_threshold_and_nothing_else_changes()
     # ... and the answer does not claim the strict tail decided when the pooled bar did.
     pooled = _policy(rule=light).decision(VOX, 6)
     assert pooled.for_probe(4.0, 30.0) == pooled and pooled.quality is None
+
+
+def test_each_quality_class_holds_its_probes_to_its_own_tail() -> None:
+    policy = _policy(extra=(NOISY, MEDIUM))
+    for n in (2, 6, 1000):
+        pooled = policy.decision(VOX, n)
+        for (speech_s, snr_db), rule in (
+            ((4.0, 30.0), RULE),
+            ((4.0, 10.0), NOISY),
+            ((2.5, -3.0), NOISY),
+            ((1.5, 30.0), MEDIUM),
+            ((1.0, 15.0), MEDIUM),
+        ):
+            held = pooled.for_probe(speech_s, snr_db)
+            assert held.quality == rule.name, (speech_s, snr_db)
+            assert held.threshold == pytest.approx(rule.tails[PAIR_WIDEBAND].threshold(0.03, n))
+            assert held.threshold > pooled.threshold
+        # Sub-second, and 1-2 s under 15 dB: no class, the pooled bar.
+        for speech_s, snr_db in ((0.8, 40.0), (1.5, 10.0), (1.99, 14.9)):
+            assert pooled.for_probe(speech_s, snr_db) == pooled
 
 
 def test_the_strict_tail_is_only_used_where_the_shipped_rule_is_fitted_and_on() -> None:
@@ -199,6 +226,12 @@ def test_a_long_clean_phone_probe_holds_telephone_band_pairs_to_their_strict_tai
     between = (pooled[PAIR_TELEPHONE].threshold + bars[PAIR_TELEPHONE].threshold) / 2
     assert view.to_common(PAIR_TELEPHONE, between) > decision.threshold
     assert view.to_common(PAIR_TELEPHONE, between, bars) < decision.threshold
+    # A phone probe of a class with a wideband tail only keeps every pooled bar.
+    classes = _policy(extra=(NOISY, MEDIUM)).decision(VOX, 69)
+    assert strict_bars(view, classes, 6.0, 10.0) is None  # long, noisy
+    assert strict_bars(view, classes, 1.5, 30.0) is None  # medium, clean
+    raised = strict_bars(view, classes, 6.0, 30.0)
+    assert raised is not None and raised.quality == LONG_CLEAN
     # A rule with nothing stricter for these types changes nothing.
     light = StrictTailRule(LONG_CLEAN, 2.0, 20.0, {"B": TailFit(-3.0, 0.5, 0.05)})
     assert strict_bars(view, _policy(rule=light).decision(VOX, 69), 6.0, 30.0) is None
@@ -228,6 +261,31 @@ def test_the_shipped_cohort_ships_quality_classes_heavier_than_its_pooled_tail()
     assert load_rules(None) is None and load_rules({}) is None
 
 
+def test_calibration_lists_each_class_with_the_pair_types_this_space_can_use() -> None:
+    decision = _policy(extra=(NOISY, MEDIUM)).decision(VOX, 6)
+    tail = POOLED[SCORE_ASNORM]
+    bars = {
+        LONG_CLEAN: {PAIR_WIDEBAND: RULE.threshold(PAIR_WIDEBAND, tail, 0.03, 6)},
+        LONG_NOISY: {PAIR_WIDEBAND: NOISY.threshold(PAIR_WIDEBAND, tail, 0.03, 6)},
+        MEDIUM_CLEAN: {},  # nothing this space can use: not listed
+    }
+    space = SpaceCalibration(VOX, IDENTITY, decision, True, "shipped", None, bars)
+    listed = strict_tails_out(space)
+    assert [c.name for c in listed] == [LONG_CLEAN, LONG_NOISY]
+    clean, noisy = listed
+    # Without telephone-band profiles type B is not shown, though the class has a B tail.
+    assert set(clean.tails) == {PAIR_WIDEBAND} and set(noisy.tails) == {PAIR_WIDEBAND}
+    assert clean.min_snr_db == 20.0 and clean.max_snr_db is None
+    assert noisy.min_snr_db is None and noisy.max_snr_db == 20.0
+    assert noisy.tails[PAIR_WIDEBAND].threshold == pytest.approx(bars[LONG_NOISY][PAIR_WIDEBAND])
+    assert noisy.tails[PAIR_WIDEBAND].u == NOISY.tails[PAIR_WIDEBAND].u
+    # A decision without classes lists none.
+    plain = SpaceCalibration(
+        VOX, IDENTITY, _policy(quality_tails=False).decision(VOX, 6), True, "shipped", None, None
+    )
+    assert strict_tails_out(plain) == []
+
+
 def _find(client: TestClient, name: str, data: bytes) -> dict:
     files = [("audio", (name, data, "application/octet-stream"))]
     response = client.post("/find-match", files=files, data={"language": "en"})
@@ -244,12 +302,15 @@ def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
     shipped = shipped_cohort("ecapa-voxceleb")
     classes = load_rules(shipped.meta["quality_tails"])
     assert classes is not None
-    rule = next(r for r in classes if r.name == LONG_CLEAN)
-    long_probe = wav_bytes(
-        np.concatenate([sf.read(asr / f"spk1_snt{i}.wav", dtype="float32")[0] for i in (4, 5)]),
-        16_000,
-    )
-    answers = {}
+    by_name = {r.name: r for r in classes}
+    rule = by_name[LONG_CLEAN]
+    speech = np.concatenate([sf.read(asr / f"spk1_snt{i}.wav", dtype="float32")[0] for i in (4, 5)])
+    long_probe = wav_bytes(speech, 16_000)
+    # The same two sentences under white noise about 10 dB below them: long and noisy.
+    noise = np.random.default_rng(7).standard_normal(speech.size).astype(np.float32)
+    noise *= np.sqrt(np.mean(speech**2) / 10.0) / np.sqrt(np.mean(noise**2))
+    noisy_probe = wav_bytes(np.clip(speech + noise, -1.0, 1.0), 16_000)
+    answers, noisy = {}, {}
     for setting in ("on", "off"):
         settings = make_settings(tmp_path / setting, dirs, quality_tails=setting)
         with TestClient(create_app(settings, models=real_registry)) as client:
@@ -260,6 +321,7 @@ def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
                 assert client.post("/speakers", files=files, data=form).status_code == 201
             # Two sentences back to back: about 5 s of clean speech, well past the 2 s floor.
             answers[setting] = _find(client, "long.wav", long_probe)
+            noisy[setting] = _find(client, "noisy.wav", noisy_probe)
             # The same voice sent as numbers has no measured quality: the pooled tail.
             vector = client.post(
                 "/extract-embedding", files=[("audio", ("long.wav", long_probe, "audio/wav"))]
@@ -290,7 +352,13 @@ def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
             assert shown["min_speech_s"] == 2.0 and shown["min_snr_db"] == 20.0
             assert shown["max_speech_s"] is None and shown["max_snr_db"] is None
             assert listed[1]["max_snr_db"] == 20.0 and set(listed[1]["tails"]) == {"A"}
+            medium = listed[2]
+            assert (medium["min_speech_s"], medium["max_speech_s"]) == (1.0, 2.0)
+            assert medium["min_snr_db"] == 15.0 and set(medium["tails"]) == {"A"}
             pooled_2 = shipped.tail(SCORE_ASNORM).threshold(0.03, 2)
+            for shown_class in listed[1:]:  # the new classes' bars: the higher t(2)
+                own = by_name[shown_class["name"]].tails["A"].threshold(0.03, 2)
+                assert shown_class["tails"]["A"]["threshold"] == pytest.approx(max(pooled_2, own))
             assert shown["tails"]["A"]["threshold"] == pytest.approx(
                 max(pooled_2, rule.tails["A"].threshold(0.03, 2))
             )
@@ -309,3 +377,14 @@ def test_answers_say_when_a_long_clean_probe_met_the_strict_tail(
     assert on["top_matches"][0]["id"] == off["top_matches"][0]["id"] == "spk1"
     assert [m["score"] for m in on["top_matches"]] == [m["score"] for m in off["top_matches"]]
     assert on["decision"] == off["decision"] == "match"
+    # Long and noisy: held to that class's tail where the setting is on, the pooled one where off.
+    heard = noisy["on"]["quality"]
+    assert heard["speech_s"] >= 2.0 and heard["snr_db"] < 20.0, heard
+    assert noisy["on"]["threshold_quality"] == LONG_NOISY
+    assert noisy["on"]["threshold"] == pytest.approx(
+        max(pooled, by_name[LONG_NOISY].tails["A"].threshold(0.03, 2))
+    )
+    assert noisy["on"]["threshold"] > pooled
+    assert noisy["off"]["threshold_quality"] is None
+    assert noisy["off"]["threshold"] == pytest.approx(pooled)
+    assert noisy["on"]["top_matches"][0]["id"] == "spk1"

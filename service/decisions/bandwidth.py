@@ -71,7 +71,8 @@ def narrowband_identity(identity: str) -> str:
 @dataclass(frozen=True)
 class Bar:
     """What one pair type's scores are decided against for one probe: the threshold, the β
-    of the tail it comes from, and whether that is the strict tail of long, clean probes."""
+    of the tail it comes from, and whether that is the strict tail of the probe's quality
+    class (``service.decisions.probe_quality``)."""
 
     threshold: float
     beta: float

@@ -12,9 +12,10 @@ comes from, in order:
    t(N); one stored before the tail existed holds a fixed pair-FAR threshold and is used as is.
 3. ``shipped``: the package's tail for the space's score (``service.decisions.cohort``),
    labelled "uncalibrated for this checkpoint" when the loaded model is not the one it was
-   measured with. Where it was fitted for this checkpoint (AS-norm, shipped cohort), a long,
-   clean probe is held to the higher of it and the strict tail fitted on such probes
-   (:meth:`Decision.for_probe`, ``service.decisions.probe_quality``).
+   measured with. Where it was fitted for this checkpoint (AS-norm, shipped cohort), a probe of
+   a quality class (long and clean, long and noisy, medium and clean) is held to the higher of
+   it and the strict tail fitted on its class (:meth:`Decision.for_probe`,
+   ``service.decisions.probe_quality``).
 
 Stored calibrations are re-read at most every ``refresh_s`` seconds, so ``voicesearch calibrate``
 takes effect in running workers without a restart.

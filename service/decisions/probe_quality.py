@@ -1,31 +1,37 @@
-"""A stricter impostor tail for long, clean probes (issue 12, research Q15–Q18).
+"""Stricter impostor tails for probe quality classes (issue 12, research Q15–Q19).
 
 The shipped tail (``service.decisions.cohort``) pools every calibration probe, and most of those
-are words of a second or less. An impostor's AS-norm score runs higher when the probe is a long,
-clean sentence — there is more of the voice to resemble — so one pooled tail is too light for
-exactly the probes users trust most: on the held-out read speech of issue 12, clean probes
-against a same-corpus gallery were matched to a stranger 6.2 % of the time at an FPIR* of 3 %.
+are words of a second or less. An impostor's AS-norm score runs higher when the probe is longer —
+there is more of the voice to resemble — so one pooled tail is too light for exactly the probes
+users trust most: on the held-out read speech of issue 12, clean probes against a same-corpus
+gallery were matched to a stranger 6.2 % of the time at an FPIR* of 3 %.
 
 The calibration corpus says where the tail changes. Net speech alone is not the lever: the 95th
 percentile of type-A impostor scores is U-shaped in it (−1.25 under 0.6 s, −1.43 around 1.2 s,
-−0.99 above 4.4 s; ``bench/quality_tails.py``), so a slope on duration moves nothing. Long *and*
-clean probes (≥ 2 s of net speech at an estimated SNR ≥ 20 dB) do have a heavier tail: for
-wideband probes (pair type A) u −0.36 vs −1.19 pooled (CAL with its same-corpus distractors in
-the gallery). For such a probe the threshold is the *higher* of the pooled t(N) and the strict
-tail's t(N): never lower than before, so short and noisy probes — where FNIR is already the
-model's limit — keep their bar exactly.
+−0.99 above 4.4 s; ``bench/quality_tails.py``), so a slope on duration moves nothing. Net speech
+*and* estimated SNR do (research ``q19_snrbins.py``; CAL with its same-corpus distractors in the
+gallery; t(6) at FPIR* 3 % is 1.41 pooled): ≥ 2 s probes 2.2–2.4 at ≥ 20 dB and 1.69–1.83
+below; 1–2 s probes 1.57–1.75 at ≥ 15 dB but 0.86–1.14 below; under 1 s 0.68–1.06 at every SNR.
+So three disjoint classes have their own tails for wideband probes (pair type A):
+``long_clean`` (≥ 2 s, ≥ 20 dB: u −0.36), ``long_noisy`` (≥ 2 s, < 20 dB: u −0.83) and
+``medium_clean`` (1–2 s, ≥ 15 dB: u −0.91), against u −1.19 pooled. For a probe of a class the
+threshold is the *higher* of the pooled t(N) and its class's t(N): never lower than before, so
+sub-second and noisy short probes — where FNIR is already the model's limit — keep their bar
+exactly, and an SNR misread costs at most the pooled bar.
 
 Measured effect (TEST split, never fitted on; ``bench/results/quality_tails.md``): read speech
 against a same-corpus gallery (N = 134) clean FPIR 6.2 → 2.1 %, MP3 4.2 → 2.1 % at the cost of
-one MP3 probe (FNIR 1.6 → 3.3 %); a few more cells gained FPIR (the results
-file lists them). Part of the gap to the pooled tail is the same-corpus gallery: without the
-distractors the long-clean tail is u −0.91 against −1.25 for every wideband pair. A narrowband
-probe (source ≤ 8 kHz) never gets type A's strict tail (it was fitted on wideband probes); a
+one MP3 probe (FNIR 1.6 → 3.3 %), short excerpts 2.1 → 0.0 %; the noisy class costs one read
+probe each in babble and white noise at 5 dB (FNIR +1.6 points), where FPIR was 0 already.
+Part of the long, clean gap to the pooled tail is the same-corpus gallery: without the
+distractors that class's tail is u −0.91 against −1.25 for every wideband pair. A narrowband
+probe (source ≤ 8 kHz) never gets a type-A strict tail (they were fitted on wideband probes); a
 long, clean one's telephone-band pairs (type B) are held to their own, also heavier tail
-(u 0.78, β 1.27 vs 1.10: ``service.search.narrowband``). That costs read-speech telephone-band
-FNIR on the research TEST split (3.3 → 9.8 % at N = 69, where FPIR was 0 already) and buys it
-where the gallery holds same-corpus voices: end to end, telephone-band FPIR 7.1 → 2.2 % (FNIR
-6.9 → 9.0 %), dev-speech 20 → 10 % (FNIR 0).
+(u 0.78, β 1.27 vs 1.10: ``service.search.narrowband``; long, noisy phone probes are too few on
+CAL to fit one, medium ones' B tail is lighter than pooled). That costs read-speech
+telephone-band FNIR on the research TEST split (3.3 → 9.8 % at N = 69, where FPIR was 0 already)
+and buys it where the gallery holds same-corpus voices: end to end, telephone-band FPIR 7.1 →
+2.2 % (FNIR 6.9 → 9.0 %), dev-speech 20 → 10 % (FNIR 0).
 
 Only where the shipped tails are in force (shipped cohort, the checkpoint they were fitted
 with): a calibration of one's own or an operator's threshold is used as it is.
@@ -102,6 +108,12 @@ class QualityTails:
 
     rules: tuple[StrictTailRule, ...]
 
+    def __post_init__(self) -> None:
+        for i, a in enumerate(self.rules):
+            for b in self.rules[i + 1 :]:
+                if _overlap(a, b):
+                    raise ValueError(f"quality classes {a.name} and {b.name} overlap")
+
     def rule_for(self, speech_s: float | None, snr_db: float | None) -> StrictTailRule | None:
         """The class a probe of ``speech_s`` seconds of net speech at ``snr_db`` belongs to."""
         return next((r for r in self.rules if r.applies(speech_s, snr_db)), None)
@@ -130,13 +142,7 @@ def load_rules(meta: Mapping[str, Any] | None) -> QualityTails | None:
         for name, data in (meta or {}).items()
         if isinstance(data, Mapping)
     )
-    if not rules:
-        return None
-    for i, a in enumerate(rules):
-        for b in rules[i + 1 :]:
-            if _overlap(a, b):
-                raise ValueError(f"quality classes {a.name} and {b.name} overlap")
-    return QualityTails(rules)
+    return QualityTails(rules) if rules else None
 
 
 def _overlap(a: StrictTailRule, b: StrictTailRule) -> bool:

@@ -290,8 +290,8 @@ class Matcher:
 
         ``narrowband``: the probe's source was ≤ 8 kHz; where the space has telephone-band
         profiles it is scored against them (:meth:`search_narrowband`). ``speech_s`` and
-        ``snr_db`` (the probe's net speech and estimated SNR, when known) choose the tail a
-        long, clean wideband probe is decided on (``Decision.for_probe``)."""
+        ``snr_db`` (the probe's net speech and estimated SNR, when known) choose its quality
+        class, whose stricter tail may raise the bar (``Decision.for_probe``)."""
         note = None
         if narrowband:
             # A phone probe: its telephone-band pairs may be held to their own strict tail
@@ -396,7 +396,7 @@ class Matcher:
                 # Some candidate has no cohort statistics: never decide on AS-norm scores and
                 # cosines together; the whole answer is in cosines, under the cosine rule.
                 decision = self.policy.cosine_decision(space, size)
-        decision = decision.for_probe(speech_s, snr_db)  # a long, clean probe's stricter tail
+        decision = decision.for_probe(speech_s, snr_db)  # its quality class's stricter tail
         matches = [
             Match(
                 id=speakers[hit.speaker_id].external_id,

@@ -149,8 +149,9 @@ class NarrowbandSearch:
     ) -> tuple[list[Ranked], Decision, int] | None:
         """Candidates best first (at most ``top_n``), the decision at the normal gallery's
         size, and that size; None when the view cannot decide this search (see the module
-        docstring). ``speech_s``/``snr_db``: the probe's measured quality; a long, clean probe's
-        telephone-band pairs are held to their strict tail (:func:`strict_bars`)."""
+        docstring). ``speech_s``/``snr_db``: the probe's measured quality; where its quality
+        class has a telephone-band tail (long and clean) those pairs are held to it
+        (:func:`strict_bars`)."""
         normalizer = self.normalizer
         size = self.gallery.size(view.space)
         decision = self.policy.decision(view.space, size)
