@@ -36,6 +36,18 @@ class FoundSpeakerOut(BaseModel):
         "(see find-match's `pair_type`).",
     )
     speech_s: float = Field(description="Speech attributed to this voice (s).")
+    snr_db: float | None = Field(
+        None, description="Estimated SNR over this voice's segments (dB), as find-match's."
+    )
+    threshold: float = Field(
+        description="The bar this voice's `score` was decided against: the space's t(N), or "
+        "the higher one of its probe quality class (see find-match's `threshold_quality`)."
+    )
+    threshold_quality: str | None = Field(
+        None,
+        description="`long_clean`, `long_noisy` or `medium_clean` when this voice's net speech "
+        "and SNR put it in a quality class whose stricter tail raised its bar; null otherwise.",
+    )
     segments: int = Field(description="Timeline segments of this voice.")
     candidates: list[MatchOut] = Field(
         description="The `top_n` closest enrolled speakers, best first (as find-match lists)."
@@ -69,7 +81,10 @@ class IdentifySpeakersResponse(BaseModel):
     language: str | None = None
     language_confidence: float | None = None
     language_source: str | None = None
-    threshold: float = Field(description="Decision threshold in force for the space.")
+    threshold: float = Field(
+        description="The first voice's threshold; each voice's own is `speakers[].threshold` "
+        "(a voice of a probe quality class may be held to a higher one)."
+    )
     score_type: str = Field(description="`cosine` or `asnorm`.")
     threshold_source: str = Field(description="`calibrated` or `default`.")
     num_speakers: int = Field(description="Distinct voices found.")

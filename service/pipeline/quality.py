@@ -129,6 +129,18 @@ def estimate_snr_db(powers: np.ndarray, speech: np.ndarray) -> float | None:
     return float(np.clip(_db(max(p_speech - p_noise, 1e-20) / p_noise), *_SNR_RANGE_DB))
 
 
+def snr_db_of(
+    samples: np.ndarray, segments: list[tuple[int, int]], powers: np.ndarray | None = None
+) -> float | None:
+    """hyb10 SNR of ``samples`` (16 kHz) with ``segments`` (sample ranges) as its speech: what
+    :meth:`QualityAssessor.assess` reports, for audio whose speech was found elsewhere (a live
+    window, one voice of a recording). ``powers``: :func:`frame_powers` of ``samples``, when
+    already computed (a recording's voices share them)."""
+    if powers is None:
+        powers = frame_powers(samples)
+    return estimate_snr_db(powers, speech_frame_mask(segments, powers.size))
+
+
 class QualityAssessor:
     """Speech detection + quality codes. One per process; :meth:`assess` may be called from
     many threads."""

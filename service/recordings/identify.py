@@ -12,8 +12,9 @@ async):
    (``service.recordings.timeline``);
 5. each speaker's centroid (the normalised mean of its windows) searched in the routed space's
    index by ``Matcher.search_index`` — the very code and decision rule of find-match, with the
-   speaker's net speech as the probe's, so a speaker heard for less than ``min_probe_speech_s``
-   is ``undecided`` exactly as a short find-match probe is. A speaker with verdict ``match`` is
+   speaker's net speech (and SNR over its own segments) as the probe's, so a speaker heard for
+   less than ``min_probe_speech_s`` is ``undecided`` exactly as a short find-match probe is, and
+   a long or clean one gets its probe quality class's bar. A speaker with verdict ``match`` is
    named by the enrolled speaker's external id; any other is ``unknown_1``, ``unknown_2``… in
    order of first appearance. Two clusters matched to the same enrolled speaker are one speaker;
 6. over HTTP, each unknown voice gets an enroll token (``service.recordings.tokens``) when the
@@ -41,6 +42,7 @@ from service.decisions.bandwidth import is_narrowband
 from service.pipeline.audio import DecodedAudio, decode_audio
 from service.pipeline.clip import RoutedLanguage
 from service.pipeline.encoders import SpeakerEncoder
+from service.pipeline.quality import frame_powers, snr_db_of
 from service.recordings.clustering import ClusterSettings, centroids, cluster
 from service.recordings.excerpts import Excerpt, cut
 from service.recordings.segmentation import (
@@ -117,6 +119,7 @@ class FoundSpeaker:
     speech_s: float  # net speech attributed to this speaker
     segments: int
     first_start: float
+    snr_db: float | None = None  # estimated over this speaker's segments, as for a clip
 
 
 @dataclass(frozen=True)
@@ -290,13 +293,24 @@ class RecordingIdentifier:
         speech = np.zeros(k)
         count = np.zeros(k, dtype=np.int64)
         first = np.full(k, np.inf)
+        spans: list[list[tuple[int, int]]] = [[] for _ in range(k)]
         for seg in analysis.segments:
             speech[seg.label] += seg.end - seg.start
             count[seg.label] += 1
             first[seg.label] = min(first[seg.label], seg.start)
+            spans[seg.label].append((round(seg.start * SAMPLE_RATE), round(seg.end * SAMPLE_RATE)))
+        # Each voice's SNR over its own segments, the recording's quietest frames as the noise:
+        # with its net speech, the probe quality class find-match would give it as a clip.
+        powers = frame_powers(analysis.samples)
+        snr = [snr_db_of(analysis.samples, spans[c], powers) for c in range(k)]
         results = [
             matcher.search_index(
-                space, analysis.centroids[c], top_n, float(speech[c]), analysis.narrowband
+                space,
+                analysis.centroids[c],
+                top_n,
+                float(speech[c]),
+                analysis.narrowband,
+                snr[c],
             )
             for c in range(k)
         ]
@@ -321,7 +335,9 @@ class RecordingIdentifier:
                     unknown += 1
                 name = UNKNOWN.format(unknown)
             names[c] = name
-            speaker = FoundSpeaker(name, results[c], float(speech[c]), int(count[c]), first[c])
+            speaker = FoundSpeaker(
+                name, results[c], float(speech[c]), int(count[c]), first[c], snr[c]
+            )
             if name in found:  # two clusters, one enrolled voice: keep the better match
                 other = found[name]
                 better = max(other, speaker, key=lambda s: s.result.matches[0].score or 0.0)
@@ -331,6 +347,7 @@ class RecordingIdentifier:
                     other.speech_s + speaker.speech_s,
                     other.segments + speaker.segments,
                     min(other.first_start, speaker.first_start),
+                    better.snr_db,  # the SNR of the voice whose answer is kept
                 )
             found[name] = speaker
         segments = _merged_segments(analysis.segments, names)

@@ -29,6 +29,7 @@ from service.core.settings import LiveSettings
 from service.decisions.bandwidth import is_narrowband
 from service.pipeline.audio import TARGET_SAMPLE_RATE, DecodedAudio
 from service.pipeline.clip import RoutedLanguage
+from service.pipeline.quality import snr_db_of
 from service.recordings.live_audio import FORMAT_S16, FORMAT_WEBM, FORMATS, MAX_RATE, MIN_RATE
 from service.search.matching import VERDICT_MATCH, MatchResult
 from service.search.voicesearch import VoiceSearch
@@ -88,6 +89,9 @@ class Embedded:
 
     speech_s: float
     vector: np.ndarray | None  # None: silence (too little speech)
+    #: Estimated SNR of the window (``service.pipeline.quality``), as find-match measures a
+    #: clip's: with net speech it picks the probe quality class that may raise the bar.
+    snr_db: float | None = None
 
 
 class LiveAnalyser:
@@ -125,7 +129,7 @@ class LiveAnalyser:
             audio = DecodedAudio(speech, TARGET_SAMPLE_RATE, 1, "live")
             self.routed = pipeline.route(audio, self.options.language)
         encoder = pipeline.models.encoder(self.routed.space)
-        return Embedded(speech_s, encoder.embed(speech))
+        return Embedded(speech_s, encoder.embed(speech), snr_db_of(samples, detection.segments))
 
     def decide(self, embedded: Embedded) -> MatchResult:
         """find-match's index search and decision for one embedded window (SQLite, FAISS)."""
@@ -136,11 +140,17 @@ class LiveAnalyser:
             self.options.top_n,
             embedded.speech_s,
             narrowband=is_narrowband(self.source_rate),
+            snr_db=embedded.snr_db,
         )
 
 
 def window_event(
-    start: int, end: int, speech_s: float, result: MatchResult | None, took_s: float
+    start: int,
+    end: int,
+    speech_s: float,
+    result: MatchResult | None,
+    took_s: float,
+    snr_db: float | None = None,
 ) -> dict[str, Any]:
     """The ``speaking`` event for the window ``[start, end)`` (stream samples)."""
     event: dict[str, Any] = {
@@ -148,6 +158,7 @@ def window_event(
         "start": round(start / TARGET_SAMPLE_RATE, 3),
         "end": round(end / TARGET_SAMPLE_RATE, 3),
         "speech_s": round(speech_s, 3),
+        "snr_db": None if snr_db is None else round(snr_db, 1),
         "took_ms": round(took_s * 1000.0, 1),
     }
     if result is None:
@@ -163,6 +174,7 @@ def window_event(
         "reason": result.reason,
         "score": None if best is None else round(float(best.score or 0.0), 4),
         "threshold": round(result.decision.threshold, 4),
+        "threshold_quality": result.decision.quality,
         "score_type": result.decision.score_type,
         "space": result.space,
         "candidates": [

@@ -285,6 +285,7 @@ class LiveSession:
             embedded.speech_s,
             result,
             time.perf_counter() - started,
+            embedded.snr_db,
         )
         self.tally.add(event)
         await self.transport.send(event)

@@ -14,6 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.decisions.cohort import shipped_cohort
+from service.decisions.probe_quality import QualityTails, load_rules
 from service.pipeline.audio import decode_audio
 from service.pipeline.registry import ModelRegistry
 from tests.api.conftest import make_settings
@@ -23,6 +25,8 @@ from tests.paths import DEV_SPEECH_DIR, REAL_VOXCELEB_DIR, requires_real_model
 pytestmark = [requires_real_model, pytest.mark.real_model]
 
 ASR_DIR = DEV_SPEECH_DIR / "speechbrain_samples" / "ASR"
+SHIPPED = shipped_cohort("ecapa-voxceleb")
+CLASSES: QualityTails = load_rules(SHIPPED.meta["quality_tails"]) or QualityTails(())
 SR = 16_000
 
 
@@ -87,9 +91,19 @@ def test_two_enrolled_speakers_are_named_with_their_turns(
     assert response.status_code == 200, response.text
     body = response.json()
     assert [s["speaker"] for s in body["speakers"]] == ["spk1", "spk2"], body["speakers"]
+    assert body["threshold"] == body["speakers"][0]["threshold"]
     for found in body["speakers"]:
         assert found["decision"] == "match" and found["enrolled"] is True
-        assert found["score"] >= body["threshold"]
+        assert found["score"] >= found["threshold"]
+        # Each voice is classed as a clip of its net speech and SNR would be: several clean
+        # sentences, so long and clean, held to that class's higher bar.
+        assert found["speech_s"] >= 2.0 and found["snr_db"] >= 20.0, found
+        assert found["threshold_quality"] == "long_clean"
+        rule = CLASSES.rule_for(found["speech_s"], found["snr_db"])
+        assert rule is not None and rule.name == "long_clean"
+        assert found["threshold"] == pytest.approx(
+            rule.threshold("A", SHIPPED.tail("asnorm"), 0.03, 2), abs=1e-6
+        )
     # Each reference turn: at least 85 % of it attributed to its speaker, at most 0.3 s to the
     # other one, and the speaker's segments start and end within 0.4 s of the turn's edges.
     for speaker, start, end in reference:

@@ -17,7 +17,7 @@ import pytest
 from service.app import create_app
 from service.pipeline.registry import ModelRegistry
 from tests.api.conftest import make_settings
-from tests.api.test_identify_real_model import sentence
+from tests.api.test_identify_real_model import CLASSES, SHIPPED, sentence
 from tests.audio_factory import wav_bytes
 from tests.live_client import SR, run_live, s16_frames, webm_opus_chunks
 from tests.live_server import uvicorn_server
@@ -75,6 +75,15 @@ def test_enrolled_speaker_is_named_and_silence_is_silence(address: str) -> None:
     # only the stream time: within 2 s plus a dropped hop.
     assert named[0]["end"] - speech_start <= 2.5
     assert all(e["decision"] == "match" and e["score"] >= e["threshold"] for e in named)
+    # Each window is classed by its own net speech and SNR, as a clip would be: the bar is the
+    # higher of the pooled t(1) and its class's, and the event names the class that raised it.
+    pooled = SHIPPED.tail("asnorm").threshold(0.03, 1)
+    for e in named:
+        rule = CLASSES.rule_for(e["speech_s"], e["snr_db"])
+        bar = pooled if rule is None else rule.threshold("A", SHIPPED.tail("asnorm"), 0.03, 1)
+        assert e["threshold"] == pytest.approx(bar, abs=1e-4), e
+        assert e["threshold_quality"] == (rule.name if bar > pooled else None), e
+    assert any(e["threshold_quality"] is not None for e in named), named
     during = [e for e in speaking if e["start"] >= speech_start]
     assert sum(e["state"] == "speaker" for e in during) >= 0.7 * len(during), during
     assert summary["reason"] == "stopped" and summary["speakers"][0]["speaker"] == "spk1"
