@@ -17,7 +17,14 @@ from service.app import create_app
 from service.decisions.cohort import resolve_scoring
 from service.decisions.openset import TailFit
 from service.decisions.policy import DecisionPolicy
-from service.evaluation.calibrate import PREDICTED_SIZES, SpaceScores, fit_space
+from service.decisions.probe_quality import LONG_CLEAN, MEDIUM_CLEAN
+from service.evaluation.calibrate import (
+    PREDICTED_SIZES,
+    SpaceScores,
+    fit_space,
+    store_calibrations,
+)
+from service.evaluation.quality_fit import MIN_CLASS_IMPOSTORS
 from service.pipeline.registry import ModelRegistry
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationStore
 from storage.db import make_engine, make_session_factory
@@ -187,6 +194,69 @@ def test_probes_without_detected_speech_are_never_counted_as_matches() -> None:
         assert after.fnir >= before.fnir and after.fpir <= before.fpir
 
 
+def _classed_scores(rng: np.random.Generator) -> SpaceScores:
+    """The synthetic run of :func:`_scores` where the first 100 enrolled and the first 50
+    unenrolled probes are long, clean ones (their impostor scores run higher, as on real audio),
+    3,000 of the impostor scores are theirs, and 500 belong to medium, clean probes (too few
+    for a tail of their own)."""
+    scores = _scores(rng)
+    kinds = np.full(300, "", dtype=object)
+    kinds[:100] = LONG_CLEAN
+    kinds[200:250] = LONG_CLEAN
+    scores.probe_class = kinds
+    scores.impostor = np.r_[rng.normal(0.3, 0.1, 3000), rng.normal(0.1, 0.1, 2500)]
+    scores.impostor_class = np.r_[
+        np.full(3000, LONG_CLEAN, dtype=object),
+        np.full(500, MEDIUM_CLEAN, dtype=object),
+        np.full(2000, "", dtype=object),
+    ]
+    # The unenrolled long, clean probes' best scores come from that heavier tail too.
+    scores.probe_best[200:250] = rng.normal(0.3, 0.1, (50, 20)).max(axis=1)
+    return scores
+
+
+def test_calibrate_fits_the_quality_classes_it_has_enough_impostors_for(
+    tmp_path: Path,
+) -> None:
+    scores = _classed_scores(np.random.default_rng(1))
+    result = fit_space(scores, "m@1", 0.03, live_gallery_size=250)
+    assert result.classes is not None
+    (rule,) = result.classes  # medium_clean: 500 impostor scores, under MIN_CLASS_IMPOSTORS
+    own = scores.impostor[scores.impostor_class == LONG_CLEAN]
+    assert rule.name == LONG_CLEAN and own.size >= MIN_CLASS_IMPOSTORS
+    assert rule.tails["A"].u == pytest.approx(np.quantile(own, 0.95))
+    # Bounds are the shipped class's: >= 2 s of speech at >= 20 dB.
+    assert (rule.min_speech_s, rule.min_snr_db) == (2.0, 20.0)
+    # The measured rates hold each long, clean probe to the higher of the two t(20).
+    pooled_t = result.tail.threshold(0.03, 20)
+    class_t = rule.tails["A"].threshold(0.03, 20)
+    assert class_t > pooled_t and result.measured.threshold == pytest.approx(pooled_t)
+    bars = np.where(scores.probe_class == LONG_CLEAN, class_t, pooled_t)
+    accepted = scores.probe_best >= bars
+    assert result.measured.fpir == pytest.approx(accepted[~scores.probe_enrolled].mean())
+    without = fit_space(scores, "m@1", 0.03, min_class_impostors=10**9)
+    assert without.classes is None
+    assert result.measured.fpir < without.measured.fpir  # the heavier tail's probes held higher
+    assert result.summary()["quality_tails"][LONG_CLEAN]["tails"]["A"]["u"] == rule.tails["A"].u
+
+    # Stored, read back by the policy: a calibrated decision with that class (the setting on).
+    url = f"sqlite:///{tmp_path / 'vs.db'}"
+    upgrade_to_head(url)
+    store = _store(url)
+    store_calibrations(store, {VOX: result}, source="m.csv")
+    dirs = {"langid": "x", "voxceleb": "y", "cnceleb": "z"}
+    settings = make_settings(tmp_path / "data", dirs)
+    identities = {VOX: "m@1"}
+    decision = _policy(settings, store, identities).decision(VOX, 20)
+    assert decision.source == "calibrated" and decision.strict is not None
+    assert decision.threshold == pytest.approx(pooled_t)
+    held = decision.for_probe(4.0, 30.0)
+    assert held.quality == LONG_CLEAN and held.threshold == pytest.approx(class_t)
+    assert decision.for_probe(1.5, 30.0) == decision  # medium, clean: no tail was fitted
+    off = make_settings(tmp_path / "data2", dirs, quality_tails="off")
+    assert _policy(off, store, identities).decision(VOX, 20).strict is None
+
+
 def test_search_probe_says_whether_the_service_would_decide(
     tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry
 ) -> None:
@@ -207,6 +277,9 @@ def test_search_probe_says_whether_the_service_would_decide(
     with temporary_voicesearch(energy, tiny_registry) as vs:
         (found,) = asyncio.run(search_probe(vs, Row(tmp_path / "voice.wav", "x", "probe", None), 5))
         assert found.decided is True
+        # Its measured quality comes along: calibrate classes probes by it (quality_fit).
+        assert found.speech_s is not None and found.speech_s > 0 and found.snr_db is not None
+        assert found.narrowband is False
 
 
 def test_fit_space_refuses_too_few_impostors() -> None:

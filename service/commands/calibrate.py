@@ -231,4 +231,16 @@ def describe(space: str, f: dict, live: int) -> str:
             f"  model prediction at N={p['gallery_size']}{here}: t={p['threshold']:.4f}, "
             f"FPIR {_pct(p['fpir'])}, FNIR {_pct(p['fnir'])}"
         )
+    classes = f.get("quality_tails") or {}
+    for name, c in classes.items():
+        a = c["tails"]["A"]
+        lines.append(
+            f"  probe quality class {name}: own tail u {a['u']:.4f}, beta {a['beta']:.4f} "
+            f"({a['n_impostor']} impostor trials); its probes held to the higher bar"
+        )
+    if not classes:
+        lines.append(
+            "  probe quality classes: none with enough impostor trials for a tail of its own "
+            "(2,000); every probe on the tail above"
+        )
     return "\n".join(lines)

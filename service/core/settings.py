@@ -252,9 +252,10 @@ class Settings(BaseSettings):
     )
     quality_tails: bool = Field(
         True,
-        description="Probes of the shipped quality classes (>= 2 s of speech; 1-2 s at >= 15 dB "
-        "SNR) are decided on the stricter impostor tail measured for their class (`on`/`off`): "
-        "their threshold is the higher of the two. Only where the shipped rule is in force.",
+        description="Probes of the quality classes (>= 2 s of speech; 1-2 s at >= 15 dB SNR) are "
+        "decided on the stricter impostor tail measured for their class (`on`/`off`): their "
+        "threshold is the higher of the two. The shipped class tails under the shipped rule; "
+        "under a calibration, the ones `voicesearch calibrate` fitted.",
     )
 
     # --- HTTP ---------------------------------------------------------------------------------

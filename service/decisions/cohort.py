@@ -157,7 +157,7 @@ class SpaceScoring:
             return False
         return score_type == SCORE_COSINE or self.cohort_origin == COHORT_SHIPPED
 
-    def strict_for(self, score_type: str, enabled: bool) -> QualityTails | None:
+    def strict_for(self, score_type: str, enabled: bool) -> QualityTails | None:  # shipped rule
         """The quality classes' strict tails where they apply to the shipped rule for
         ``score_type``: AS-norm with the shipped cohort of this very checkpoint, and ``enabled``
         (``VOICESEARCH_QUALITY_TAILS``)."""

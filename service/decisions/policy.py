@@ -9,7 +9,9 @@ comes from, in order:
    ``VOICESEARCH_ASNORM_THRESHOLDS`` for AS-norm spaces). It does not follow N; reported as such.
 2. ``calibrated``: the newest stored calibration whose model identity and score type match what
    runs (``voicesearch calibrate``). New calibrations store an impostor tail (u, β), which gives
-   t(N); one stored before the tail existed holds a fixed pair-FAR threshold and is used as is.
+   t(N), and the tails of the probe quality classes the manifest had enough impostor scores for
+   (``service.evaluation.quality_fit``); one stored before the tail existed holds a fixed
+   pair-FAR threshold and is used as is.
 3. ``shipped``: the package's tail for the space's score (``service.decisions.cohort``),
    labelled "uncalibrated for this checkpoint" when the loaded model is not the one it was
    measured with. Where it was fitted for this checkpoint (AS-norm, shipped cohort), a probe of
@@ -34,7 +36,7 @@ from service.core.settings import DecisionSettings
 from service.decisions.bandwidth import PAIR_WIDEBAND
 from service.decisions.cohort import FALLBACK, SpaceScoring, shipped_cohort
 from service.decisions.openset import TailFit
-from service.decisions.probe_quality import QualityTails
+from service.decisions.probe_quality import QualityTails, load_rules
 from service.decisions.scoring import LogisticCalibration
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationRecord, CalibrationStore
 
@@ -168,8 +170,17 @@ class DecisionPolicy:
                 tail=tail,
                 record=record,
                 logistic=logistic,
+                # The quality classes this calibration fitted on its own manifest, if any
+                # (service.evaluation.quality_fit): never the shipped ones, which were fitted
+                # against the shipped pooled tail, not this one.
+                strict=self._calibrated_classes(record) if tail is not None else None,
             ).at_size(gallery_size)
         return self._shipped(space, score_type).at_size(gallery_size)
+
+    def _calibrated_classes(self, record: CalibrationRecord) -> QualityTails | None:
+        if not self.settings.quality_tails:
+            return None
+        return load_rules((record.details or {}).get("quality_tails"))
 
     def cosine_decision(self, space: str, gallery_size: int = 1) -> Decision:
         """The rule for raw cosines (pairwise compare: N = 1; stateless ranking: N = the

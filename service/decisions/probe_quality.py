@@ -33,8 +33,11 @@ telephone-band FNIR on the research TEST split (3.3 → 9.8 % at N = 69, where F
 and buys it where the gallery holds same-corpus voices: end to end, telephone-band FPIR 7.1 →
 2.2 % (FNIR 6.9 → 9.0 %), dev-speech 20 → 10 % (FNIR 0).
 
-Only where the shipped tails are in force (shipped cohort, the checkpoint they were fitted
-with): a calibration of one's own or an operator's threshold is used as it is.
+The shipped class tails apply only where the shipped rule is in force (shipped cohort, the
+checkpoint they were fitted with). A calibration of one's own (``voicesearch calibrate``) fits
+the same classes again on its manifest where it has enough impostor scores for them
+(``service.evaluation.quality_fit``) and carries those; an operator's threshold is used as it
+is.
 """
 
 from __future__ import annotations
@@ -125,6 +128,21 @@ class QualityTails:
 def _bound(data: Mapping[str, Any], key: str) -> float | None:
     value = data.get(key)
     return None if value is None else float(value)
+
+
+def to_meta(classes: QualityTails) -> dict[str, dict[str, Any]]:
+    """``classes`` in the form :func:`load_rules` reads (the shipped cohort's ``quality_tails``;
+    a stored calibration's ``details["quality_tails"]``)."""
+    return {
+        rule.name: {
+            "min_speech_s": rule.min_speech_s,
+            "max_speech_s": rule.max_speech_s,
+            "min_snr_db": rule.min_snr_db,
+            "max_snr_db": rule.max_snr_db,
+            "tails": {pair: tail.to_dict() for pair, tail in rule.tails.items()},
+        }
+        for rule in classes
+    }
 
 
 def load_rules(meta: Mapping[str, Any] | None) -> QualityTails | None:

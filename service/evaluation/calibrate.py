@@ -29,7 +29,16 @@ import numpy as np
 from service.bootstrap import temporary_voicesearch
 from service.core.settings import Settings
 from service.decisions.openset import TailFit, fit_tail, open_set_rates
+from service.decisions.probe_quality import QualityTails, to_meta
 from service.decisions.scoring import LogisticCalibration, eer, fit_logistic_calibration, rates_at
+from service.evaluation.quality_fit import (
+    MIN_CLASS_IMPOSTORS,
+    NO_CLASS,
+    class_bounds,
+    fit_classes,
+    probe_bars,
+    probe_class,
+)
 from service.evaluation.trials import (
     Progress,
     Row,
@@ -67,6 +76,10 @@ class SpaceScores:
     # Per probe: speech was detected, so the service decides it (without, it is ``undecided``:
     # never a match). Empty: every probe decided.
     probe_decided: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # Per probe and per impostor score: the probe's quality class (``quality_fit``; "" for
+    # none). Empty: no probe in a class.
+    probe_class: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    impostor_class: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,9 @@ class SpaceCalibration:
     logistic: LogisticCalibration
     genuine_min: float
     impostor_max: float
+    #: The probe quality classes with enough impostor scores for a tail of their own
+    #: (``service.evaluation.quality_fit``); None: every probe on the pooled tail.
+    classes: QualityTails | None = None
 
     @property
     def threshold(self) -> float:
@@ -132,6 +148,7 @@ class SpaceCalibration:
             "n_impostor": self.n_impostor,
             "n_speakers": self.n_speakers,
             "logistic": self.logistic.to_dict(),
+            "quality_tails": None if self.classes is None else to_meta(self.classes),
         }
 
 
@@ -139,7 +156,13 @@ class SpaceCalibration:
 PREDICTED_SIZES = (10, 100, 1000)
 
 
-def open_set_point(scores: SpaceScores, tail: TailFit, fpir_target: float, n: int) -> OpenSetPoint:
+def open_set_point(
+    scores: SpaceScores,
+    tail: TailFit,
+    fpir_target: float,
+    n: int,
+    classes: QualityTails | None = None,
+) -> OpenSetPoint:
     """FPIR/FNIR of t(n) on the manifest's trials. At the manifest's own gallery size this is a
     measurement. At another size it is a model: each probe's best score is what it measured
     against the manifest's gallery, and each of the ``n − N`` extra impostors beats a score s
@@ -147,19 +170,29 @@ def open_set_point(scores: SpaceScores, tail: TailFit, fpir_target: float, n: in
     and take right matches away from enrolled ones). Below N it keeps the measured best scores
     (pessimistic for FPIR). Find-match ranks by cosine and decides the first candidate's score,
     so "an extra impostor beats the best score" is an approximation of "takes first place": close
-    for the tail, where the two orders rarely differ."""
+    for the tail, where the two orders rarely differ. ``classes``: a probe of a quality class is
+    held to the higher of t(n) and its class's, and its extra impostors follow its class's tail
+    (``quality_fit``); the point's ``threshold`` is the pooled t(n)."""
     n_now = scores.n_speakers
     threshold = tail.threshold(fpir_target, n)
     best, enrolled, correct = scores.probe_best, scores.probe_enrolled, scores.probe_top1
     decided = scores.probe_decided if scores.probe_decided.size else np.ones(best.shape, bool)
+    kinds = scores.probe_class if scores.probe_class.size else np.full(best.shape, NO_CLASS)
+    bars, tails = probe_bars(classes, tail, fpir_target, n, kinds)
     if n == n_now:
-        rates = open_set_rates(best, enrolled, correct, threshold, decided)
+        rates = open_set_rates(best, enrolled, correct, bars, decided)
         return OpenSetPoint(n, threshold, rates.fpir, rates.fnir, True)
     extra = max(n - n_now, 0)
-    accepted = (best >= threshold) & decided
-    exceed = np.asarray([tail.exceedance(float(b)) if np.isfinite(b) else 1.0 for b in best])
+    accepted = (best >= bars) & decided
+    exceed = np.asarray(
+        [
+            t.exceedance(float(b)) if np.isfinite(b) else 1.0
+            for b, t in zip(best, tails, strict=True)
+        ]
+    )
     survive = (1.0 - exceed) ** extra
-    p_false = 1.0 - (1.0 - accepted) * (1.0 - tail.exceedance(threshold)) ** extra
+    beaten = np.asarray([t.exceedance(float(x)) for t, x in zip(tails, bars, strict=True)])
+    p_false = 1.0 - (1.0 - accepted) * (1.0 - beaten) ** extra
     fpir = float(p_false[~enrolled].mean()) if (~enrolled).any() else None
     hit = (accepted & correct) * survive
     fnir = float(1.0 - hit[enrolled].mean()) if enrolled.any() else None
@@ -171,6 +204,7 @@ def fit_space(
     identity: str,
     fpir_target: float,
     live_gallery_size: int | None = None,
+    min_class_impostors: int = MIN_CLASS_IMPOSTORS,
 ) -> SpaceCalibration:
     if scores.genuine.size == 0 or scores.impostor.size == 0:
         raise ValueError(
@@ -181,10 +215,15 @@ def fit_space(
         tail = fit_tail(scores.impostor)
     except ValueError as exc:
         raise ValueError(f"{scores.space}: {exc}; add speakers or probes") from exc
-    measured = open_set_point(scores, tail, fpir_target, scores.n_speakers)
+    classes = fit_classes(
+        class_bounds(), scores.impostor, scores.impostor_class, min_class_impostors
+    )
+    measured = open_set_point(scores, tail, fpir_target, scores.n_speakers, classes)
     sizes = sorted({*PREDICTED_SIZES, *([live_gallery_size] if live_gallery_size else [])})
     predictions = [
-        open_set_point(scores, tail, fpir_target, n) for n in sizes if n != scores.n_speakers
+        open_set_point(scores, tail, fpir_target, n, classes)
+        for n in sizes
+        if n != scores.n_speakers
     ]
     point = rates_at(scores.genuine, scores.impostor, measured.threshold)
     rate, eer_t = eer(scores.genuine, scores.impostor)
@@ -206,6 +245,7 @@ def fit_space(
         logistic=fit_logistic_calibration(scores.genuine, scores.impostor),
         genuine_min=float(scores.genuine.min()),
         impostor_max=float(scores.impostor.max()),
+        classes=classes,
     )
 
 
@@ -231,6 +271,9 @@ async def _scores(vs: VoiceSearch, rows: list[Row], progress: Progress) -> dict[
     top1: dict[str, list[bool]] = {s: [] for s in spaces}
     best: dict[str, list[float]] = {s: [] for s in spaces}
     decided: dict[str, list[bool]] = {s: [] for s in spaces}
+    kinds: dict[str, list[str]] = {s: [] for s in spaces}  # each probe's quality class
+    impostor_kinds: dict[str, list[str]] = {s: [] for s in spaces}
+    bounds = class_bounds()
     for row in probes:
         # Normal profiles only: a stored calibration replaces the shipped rule, and with it the
         # telephone-band pair types (service.search.narrowband), for every probe.
@@ -239,6 +282,8 @@ async def _scores(vs: VoiceSearch, rows: list[Row], progress: Progress) -> dict[
         for found in searched:
             space, vector, hits = found.space, found.vector, found.hits
             decided[space].append(found.decided)
+            kind = probe_class(bounds, found.speech_s, found.snr_db, found.narrowband)
+            kinds[space].append(kind)
             raw = [h.score for h in hits]
             scored = raw
             if vs.normalizer is not None and vs.normalizer.enabled(space):
@@ -254,6 +299,8 @@ async def _scores(vs: VoiceSearch, rows: list[Row], progress: Progress) -> dict[
                     continue
                 (genuine if same else impostor)[space].append(float(score))
                 (cos_g if same else cos_i)[space].append(float(cosine))
+                if not same:
+                    impostor_kinds[space].append(kind)
             # As find-match answers: ranked by cosine, the first decided on its score.
             ranked.sort(key=lambda t: -t[0])
             top1[space].append(bool(ranked and ranked[0][2]))
@@ -272,6 +319,8 @@ async def _scores(vs: VoiceSearch, rows: list[Row], progress: Progress) -> dict[
             np.asarray(top1[s], dtype=bool),
             np.asarray(best[s], dtype=np.float64),
             np.asarray(decided[s], dtype=bool),
+            np.asarray(kinds[s], dtype=object),
+            np.asarray(impostor_kinds[s], dtype=object),
         )
         for s in spaces
     }
@@ -333,6 +382,9 @@ def store_calibrations(
                 "eer_threshold": c.eer_threshold,
                 "genuine_min": c.genuine_min,
                 "impostor_max": c.impostor_max,
+                # The probe quality classes fitted on this manifest (probe_quality.load_rules
+                # reads them back); absent: every probe on the pooled tail.
+                **({"quality_tails": to_meta(c.classes)} if c.classes is not None else {}),
             },
         )
         for c in results.values()

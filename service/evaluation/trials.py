@@ -128,6 +128,12 @@ class ProbeSearch:
     # Speech was detected in the probe. The service never matches a probe without any (its
     # verdict is ``undecided``), so evaluation and calibration must not count one as decided.
     decided: bool = True
+    # Its measured quality, which picks its probe quality class (``calibrate`` fits their
+    # tails); ``narrowband``: source <= 8 kHz (find-match never gives such a probe a class's
+    # wideband tail).
+    speech_s: float | None = None
+    snr_db: float | None = None
+    narrowband: bool = False
 
 
 async def search_probe(
@@ -157,5 +163,15 @@ async def search_probe(
         view = vs.views.get(space) if narrow else None
         searched = view.derived if view is not None else space
         hits = vs.gallery.search(searched, vector[None, :], k)[0]
-        found.append(ProbeSearch(space, vector, hits, decided=report.speech_s > 0.0))
+        found.append(
+            ProbeSearch(
+                space,
+                vector,
+                hits,
+                decided=report.speech_s > 0.0,
+                speech_s=report.speech_s,
+                snr_db=report.snr_db,
+                narrowband=is_narrowband(audio.source_sample_rate),
+            )
+        )
     return found
