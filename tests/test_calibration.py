@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +258,44 @@ def test_calibrate_fits_the_quality_classes_it_has_enough_impostors_for(
     assert _policy(off, store, identities).decision(VOX, 20).strict is None
 
 
+def test_measured_trials_carry_one_quality_class_per_probe_and_per_impostor_score(
+    tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry
+) -> None:
+    """The classes are aligned with what they label: one per probe (as its best score and
+    whether it was decided), one per impostor score."""
+    from service.evaluation.calibrate import measure_scores
+    from service.evaluation.trials import Row
+
+    rows = []
+    for spk in range(4):
+        for take, role in enumerate(("enroll", "probe")):
+            path = tmp_path / f"s{spk}_{take}.wav"
+            path.write_bytes(clip(10 * spk + take, 2.5))
+            rows.append(Row(path, f"s{spk}", role, "en"))
+    stranger = tmp_path / "x.wav"
+    stranger.write_bytes(clip(77, 2.5))
+    rows.append(Row(stranger, "nobody", "probe", "en"))
+    settings = make_settings(tmp_path / "data", tiny_model_dirs)
+    for space, scores in measure_scores(settings, tiny_registry, rows).items():
+        assert scores.probe_class.size == scores.probe_best.size == 5, space
+        assert scores.probe_decided.size == 5
+        assert scores.impostor_class.size == scores.impostor.size > 0, space
+        assert set(scores.probe_class) <= {"", LONG_CLEAN, "long_noisy", MEDIUM_CLEAN}
+
+
+def test_unreadable_stored_classes_leave_the_calibrated_pooled_tail(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'vs.db'}"
+    upgrade_to_head(url)
+    store = _store(url)
+    tail = TailFit(0.5, 0.05, 0.05, 5000)
+    bad = {"long_clean": {"min_speech_s": 2.0, "tails": {"A": {"u": "high"}}}}
+    _add(store, "m@1", 0.6, details={"tail": tail.to_dict(), "quality_tails": bad})
+    dirs = {"langid": "x", "voxceleb": "y", "cnceleb": "z"}
+    decision = _policy(make_settings(tmp_path / "d", dirs), store, {VOX: "m@1"}).decision(VOX, 5)
+    assert decision.source == "calibrated" and decision.strict is None
+    assert decision.for_probe(4.0, 30.0).threshold == pytest.approx(tail.threshold(0.03, 5))
+
+
 def test_search_probe_says_whether_the_service_would_decide(
     tmp_path: Path, tiny_model_dirs, tiny_registry: ModelRegistry
 ) -> None:
@@ -418,6 +457,9 @@ def test_calibrate_command_end_to_end(
     # Random models have no telephone-band profiles, so nothing is said about them.
     out = capsys.readouterr().out
     assert "stored calibration" in out and "telephone-band" not in out
+    # 144 impostor trials: no quality class has the 2,000 a tail of its own needs.
+    assert "probe quality classes: none with enough impostor trials" in out
+    assert json.loads((tmp_path / "c.json").read_text())[VOX]["quality_tails"] is None
     records = _store(settings.resolved_database_url).all()
     assert {r.space for r in records} == {"voxceleb", "cnceleb"}
     vox = next(r for r in records if r.space == VOX)

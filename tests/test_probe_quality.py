@@ -1,6 +1,7 @@
 """A probe of a quality class (long and clean, long and noisy, medium and clean) is held to its
 class's stricter shipped tail (issue 12; service.decisions.probe_quality): never a lower bar than
-the pooled t(N), only where the shipped rule is in force, and the answer says so."""
+the pooled t(N), only where the shipped rule is in force (a calibration carries the classes it
+fitted itself: tests/test_calibration.py), and the answer says so."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def _policy(
 def test_the_rule_applies_only_to_probes_measured_long_and_clean() -> None:
     assert RULE.applies(2.0, 20.0) and RULE.applies(9.5, 41.0)
     assert not RULE.applies(1.99, 40.0) and not RULE.applies(8.0, 19.9)
-    # Unknown quality (an embedding probe, a recording's cluster) keeps the pooled bar.
+    # Unknown quality (an embedding sent as numbers, a probe without speech) keeps the pooled bar.
     assert not RULE.applies(None, 30.0) and not RULE.applies(5.0, None)
 
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import signal
 
 from service.pipeline.audio import decode_audio
-from service.pipeline.quality import QualityAssessor, frame_powers, speech_frame_mask
+from service.pipeline.quality import QualityAssessor, frame_powers, snr_db_of, speech_frame_mask
 from tests.audio_factory import synth_voice, wav_bytes
 from tests.paths import DEV_SPEECH_DIR, HAS_DEV_SPEECH
 
@@ -164,6 +164,18 @@ def test_snr_estimate_on_white_noise_at_5_db(silero: QualityAssessor, clip: str)
     report = silero.assess(*upload(x + noise)).report
     assert report.snr_db == pytest.approx(5.0, abs=1.5)
     assert "low_snr" in report.codes
+
+
+def test_the_snr_of_given_speech_segments_is_the_assessments(energy: QualityAssessor) -> None:
+    """Recordings' voices and live windows get their SNR from ``snr_db_of`` over speech found
+    elsewhere: on a clip's own segments it is exactly what ``assess`` reports for the clip."""
+    voice = synth_voice(3.0, seed=4)
+    x = np.concatenate([np.zeros(8_000, np.float32), voice, np.zeros(8_000, np.float32)])
+    x = x + np.random.default_rng(2).standard_normal(x.size).astype(np.float32) * 0.003
+    assessed = energy.assess(x)
+    assert assessed.report.snr_db is not None
+    assert snr_db_of(x, assessed.detection.segments) == pytest.approx(assessed.report.snr_db)
+    assert snr_db_of(x, []) is None  # no speech: unknown, as assess says
 
 
 def test_concurrent_use_is_safe(silero: QualityAssessor) -> None:

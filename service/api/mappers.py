@@ -221,8 +221,9 @@ def health_out(health: Health, *, version: str, auth_enabled: bool) -> HealthRes
 
 
 def strict_tails_out(space: SpaceCalibration) -> list[StrictTailOut]:
-    """The stricter tails of the probe quality classes of a shipped rule, as /calibration
-    shows them: only the pair types this space can use (B needs its telephone-band profiles)."""
+    """The stricter tails of the probe quality classes of the rule in force (shipped, or a
+    calibration's own), as /calibration shows them: only the pair types this space can use (B
+    needs its telephone-band profiles)."""
     strict, bars = space.decision.strict, space.strict_bars
     if strict is None or not bars:
         return []

@@ -37,7 +37,10 @@ class FoundSpeakerOut(BaseModel):
     )
     speech_s: float = Field(description="Speech attributed to this voice (s).")
     snr_db: float | None = Field(
-        None, description="Estimated SNR over this voice's segments (dB), as find-match's."
+        None,
+        description="Estimated SNR over this voice's segments (dB), as find-match's. Where two "
+        "clusters were one enrolled voice, this, `threshold` and `threshold_quality` are those "
+        "of the cluster whose answer was kept (`speech_s` is both together).",
     )
     threshold: float = Field(
         description="The bar this voice's `score` was decided against: the space's t(N), or "

@@ -348,8 +348,9 @@ class FindMatchResponse(BaseModel):
     )
     threshold_quality: str | None = Field(
         None,
-        description="The probe's quality class when it was held to that class's shipped "
-        "stricter tail (impostor scores of longer probes run higher): `long_clean` (>= 2 s of "
+        description="The probe's quality class when it was held to that class's stricter tail "
+        "(shipped, or fitted by `voicesearch calibrate` under a calibration; impostor scores of "
+        "longer probes run higher): `long_clean` (>= 2 s of "
         "speech at >= 20 dB estimated SNR), `long_noisy` (>= 2 s, < 20 dB) or `medium_clean` "
         "(1-2 s, >= 15 dB); `GET /calibration` lists them (`strict_tails`). A wideband probe's "
         "`threshold` is then the higher of the two t(N); a phone probe's telephone-band pairs "
@@ -505,8 +506,9 @@ class CalibrationSpaceOut(BaseModel):
     )
     strict_tails: list[StrictTailOut] = Field(
         default_factory=list,
-        description="Shipped rule only (VOICESEARCH_QUALITY_TAILS): the probe quality classes "
-        "held to a stricter tail than the pooled one, and the threshold each gets now.",
+        description="VOICESEARCH_QUALITY_TAILS: the probe quality classes held to a stricter "
+        "tail than the pooled one (the shipped classes under the shipped rule, those `voicesearch "
+        "calibrate` fitted under a calibration), and the threshold each gets now.",
     )
     cohort: str | None = Field(
         None, description="AS-norm cohort in use, or why the shipped one is not used."

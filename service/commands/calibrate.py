@@ -236,7 +236,8 @@ def describe(space: str, f: dict, live: int) -> str:
         a = c["tails"]["A"]
         lines.append(
             f"  probe quality class {name}: own tail u {a['u']:.4f}, beta {a['beta']:.4f} "
-            f"({a['n_impostor']} impostor trials); its probes held to the higher bar"
+            f"({a['n_impostor']} impostor trials); its probes held to the higher of its t(N) "
+            "and the pooled one"
         )
     if not classes:
         lines.append(

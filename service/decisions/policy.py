@@ -26,6 +26,8 @@ takes effect in running workers without a restart.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 import threading
 import time
@@ -64,8 +66,8 @@ class Decision:
     note: str | None = None  # e.g. "shipped default (uncalibrated for this checkpoint)"
     record: CalibrationRecord | None = None
     logistic: LogisticCalibration | None = None
-    #: Shipped rule only: the strict tails of the probe quality classes, and the name of the
-    #: class whose tail was applied.
+    #: The strict tails of the probe quality classes (the shipped ones under the shipped rule,
+    #: a calibration's own under it), and the name of the class whose tail was applied.
     strict: QualityTails | None = None
     quality: str | None = None
 
@@ -180,7 +182,7 @@ class DecisionPolicy:
     def _calibrated_classes(self, record: CalibrationRecord) -> QualityTails | None:
         if not self.settings.quality_tails:
             return None
-        return load_rules((record.details or {}).get("quality_tails"))
+        return stored_classes(record)
 
     def cosine_decision(self, space: str, gallery_size: int = 1) -> Decision:
         """The rule for raw cosines (pairwise compare: N = 1; stateless ranking: N = the
@@ -221,6 +223,29 @@ class DecisionPolicy:
             note=note,
             strict=strict,
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_classes(record_id: int, text: str) -> QualityTails | None:
+    """One parse per stored calibration (every search asks for its decision)."""
+    try:
+        return load_rules(json.loads(text))
+    except (KeyError, TypeError, ValueError):
+        log.warning(
+            "calibration %s has unreadable quality-class tails; its probes keep the pooled tail",
+            record_id,
+        )
+        return None
+
+
+def stored_classes(record: CalibrationRecord) -> QualityTails | None:
+    """The probe quality classes a calibration fitted (``details["quality_tails"]``,
+    ``service.evaluation.quality_fit``); None when it fitted none, or when they cannot be read
+    (logged: the calibration's pooled tail still decides)."""
+    data = (record.details or {}).get("quality_tails")
+    if not data:
+        return None
+    return _parsed_classes(record.id, json.dumps(data, sort_keys=True))
 
 
 def stored_tail(record: CalibrationRecord) -> TailFit | None:

@@ -106,8 +106,8 @@ class StrictTailRule:
 
 @dataclass(frozen=True)
 class QualityTails:
-    """The shipped quality classes, disjoint: a probe belongs to one or to none (then every
-    pair keeps its pooled tail)."""
+    """A rule's probe quality classes (the shipped ones, or those a calibration fitted),
+    disjoint: a probe belongs to one or to none (then every pair keeps its pooled tail)."""
 
     rules: tuple[StrictTailRule, ...]
 

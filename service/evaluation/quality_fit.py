@@ -1,8 +1,9 @@
 """``voicesearch calibrate``: the probe quality classes' stricter tails, fitted on one's own audio.
 
 The shipped classes (``service.decisions.probe_quality``: long and clean, long and noisy, medium
-and clean) were fitted on the issue-12 calibration corpus, and a stored calibration replaces the
-shipped rule whole — the classes with it. So ``calibrate`` fits them again on the manifest: the
+and clean) were fitted on the issue-12 calibration corpus against the shipped pooled tail, so
+they cannot be laid over a calibration's own pooled tail. ``calibrate`` fits them again on the
+manifest: the
 impostor scores of each class's probes (by the shipped class bounds: net speech and estimated
 SNR, wideband probes only, as find-match classes them) get their own tail where the class has
 enough of them (:data:`MIN_CLASS_IMPOSTORS`); a class with fewer keeps the calibrated pooled
@@ -53,8 +54,13 @@ def fit_classes(
 ) -> QualityTails | None:
     """Per class with at least ``min_impostors`` impostor scores (``impostor_class`` names each
     score's probe class), its own type-A tail; None when no class has enough."""
-    if bounds is None or impostor_class.size != impostor.size:
+    if bounds is None or impostor_class.size == 0:  # no probe was classed
         return None
+    if impostor_class.size != impostor.size:
+        raise ValueError(
+            f"{impostor_class.size} impostor classes for {impostor.size} impostor scores: "
+            "the calibration trials are misaligned"
+        )
     rules = []
     for rule in bounds:
         scores = impostor[impostor_class == rule.name]

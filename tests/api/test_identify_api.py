@@ -109,6 +109,10 @@ def test_an_enrolled_voice_is_named_by_the_find_match_decision(
         assert speaker["decision"] == ("match" if expected == "alice" else "no_match")
         assert speaker["name"] == ("Alice" if expected == "alice" else None)
         assert body["threshold"] == pytest.approx(threshold)
+        # Each voice says what it was decided against: here the operator's fixed threshold, which
+        # no quality class changes; its SNR is measured over its own segments.
+        assert speaker["threshold"] == pytest.approx(threshold)
+        assert speaker["threshold_quality"] is None and speaker["snr_db"] is not None
         assert {s["speaker"] for s in body["segments"]} == {expected}
 
 

@@ -134,6 +134,10 @@ def test_f32le_at_8_khz_is_resampled_and_events_follow_the_stream(address: str) 
     assert all(0 < gap <= 0.65 for gap in np.diff(ends)), ends  # the last: what is left
     assert all(e["state"] in ("unknown", "silence") for e in run.speaking)  # nobody enrolled
     assert any(e["state"] == "unknown" and e["reason"] == "empty_gallery" for e in run.speaking)
+    # Every window says its measured SNR (null without speech) and, when decided, its class.
+    assert all("snr_db" in e for e in run.speaking)
+    voiced = [e for e in run.speaking if e["state"] == "unknown"]
+    assert all(e["snr_db"] is not None and e["threshold_quality"] is None for e in voiced)
 
 
 def test_idle_timeout_closes_with_4408(address: str) -> None:

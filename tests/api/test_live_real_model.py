@@ -79,6 +79,9 @@ def test_enrolled_speaker_is_named_and_silence_is_silence(address: str) -> None:
     # higher of the pooled t(1) and its class's, and the event names the class that raised it.
     pooled = SHIPPED.tail("asnorm").threshold(0.03, 1)
     for e in named:
+        near_snr = any(abs(e["snr_db"] - b) < 0.1 for b in (15.0, 20.0))
+        if near_snr or any(abs(e["speech_s"] - b) < 1e-3 for b in (1.0, 2.0)):
+            continue  # rounded in the event: too close to a class bound to reclass here
         rule = CLASSES.rule_for(e["speech_s"], e["snr_db"])
         bar = pooled if rule is None else rule.threshold("A", SHIPPED.tail("asnorm"), 0.03, 1)
         assert e["threshold"] == pytest.approx(bar, abs=1e-4), e
