@@ -25,7 +25,7 @@ from service.evaluation.calibrate import (
     fit_space,
     store_calibrations,
 )
-from service.evaluation.quality_fit import MIN_CLASS_IMPOSTORS
+from service.evaluation.quality_fit import MIN_CLASS_IMPOSTORS, class_bounds, fit_classes
 from service.pipeline.registry import ModelRegistry
 from storage.calibration import SCORE_ASNORM, SCORE_COSINE, CalibrationStore
 from storage.db import make_engine, make_session_factory
@@ -237,6 +237,10 @@ def test_calibrate_fits_the_quality_classes_it_has_enough_impostors_for(
     assert result.measured.fpir == pytest.approx(accepted[~scores.probe_enrolled].mean())
     without = fit_space(scores, "m@1", 0.03, min_class_impostors=10**9)
     assert without.classes is None
+    # The same 3,000 scores from only 10 probes: a handful of voices, not the class.
+    few = np.full(scores.probe_class.shape, "", dtype=object)
+    few[:10] = LONG_CLEAN
+    assert fit_classes(class_bounds(), scores.impostor, scores.impostor_class, few) is None
     assert result.measured.fpir < without.measured.fpir  # the heavier tail's probes held higher
     assert result.summary()["quality_tails"][LONG_CLEAN]["tails"]["A"]["u"] == rule.tails["A"].u
 

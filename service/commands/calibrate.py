@@ -242,6 +242,6 @@ def describe(space: str, f: dict, live: int) -> str:
     if not classes:
         lines.append(
             "  probe quality classes: none with enough impostor trials for a tail of its own "
-            "(2,000); every probe on the tail above"
+            "(2,000, from 50 probes); every probe on the tail above"
         )
     return "\n".join(lines)

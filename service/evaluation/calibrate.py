@@ -216,7 +216,11 @@ def fit_space(
     except ValueError as exc:
         raise ValueError(f"{scores.space}: {exc}; add speakers or probes") from exc
     classes = fit_classes(
-        class_bounds(), scores.impostor, scores.impostor_class, min_class_impostors
+        class_bounds(),
+        scores.impostor,
+        scores.impostor_class,
+        scores.probe_class,
+        min_class_impostors,
     )
     measured = open_set_point(scores, tail, fpir_target, scores.n_speakers, classes)
     sizes = sorted({*PREDICTED_SIZES, *([live_gallery_size] if live_gallery_size else [])})

@@ -3,13 +3,12 @@
 The shipped classes (``service.decisions.probe_quality``: long and clean, long and noisy, medium
 and clean) were fitted on the issue-12 calibration corpus against the shipped pooled tail, so
 they cannot be laid over a calibration's own pooled tail. ``calibrate`` fits them again on the
-manifest: the
-impostor scores of each class's probes (by the shipped class bounds: net speech and estimated
-SNR, wideband probes only, as find-match classes them) get their own tail where the class has
-enough of them (:data:`MIN_CLASS_IMPOSTORS`); a class with fewer keeps the calibrated pooled
-tail. As with the shipped classes, a probe is then held to the higher of the pooled and its
-class's t(N), never lower, and the FPIR/FNIR that ``calibrate`` reports are measured with those
-per-probe bars.
+manifest: the impostor scores of each class's probes (by the shipped class bounds: net speech
+and estimated SNR, wideband probes only, as find-match classes them) get their own tail where
+the class has enough of them from enough probes (:data:`MIN_CLASS_IMPOSTORS`,
+:data:`MIN_CLASS_PROBES`); a class with fewer keeps the calibrated pooled tail. As with the
+shipped classes, a probe is then held to the higher of the pooled and its class's t(N), never
+lower, and the FPIR/FNIR that ``calibrate`` reports are measured with those per-probe bars.
 """
 
 from __future__ import annotations
@@ -26,6 +25,9 @@ from service.decisions.probe_quality import QualityTails, load_rules
 #: Impostor scores a class needs for a tail of its own: u is their 95th percentile and β the
 #: mean of the ~100 scores above it (fewer make the bar of every probe of the class a guess).
 MIN_CLASS_IMPOSTORS = 2000
+#: ... and probes: 2,000 scores from a handful of probes against a large gallery are a handful
+#: of voices' tails, not the class's.
+MIN_CLASS_PROBES = 50
 
 #: A probe in no class (short, noisy and short, narrowband, or quality unknown).
 NO_CLASS = ""
@@ -50,10 +52,13 @@ def fit_classes(
     bounds: QualityTails | None,
     impostor: np.ndarray,
     impostor_class: np.ndarray,
+    probe_classes: np.ndarray,
     min_impostors: int = MIN_CLASS_IMPOSTORS,
+    min_probes: int = MIN_CLASS_PROBES,
 ) -> QualityTails | None:
     """Per class with at least ``min_impostors`` impostor scores (``impostor_class`` names each
-    score's probe class), its own type-A tail; None when no class has enough."""
+    score's probe class) from at least ``min_probes`` probes (``probe_classes``), its own
+    type-A tail; None when no class has enough."""
     if bounds is None or impostor_class.size == 0:  # no probe was classed
         return None
     if impostor_class.size != impostor.size:
@@ -64,7 +69,8 @@ def fit_classes(
     rules = []
     for rule in bounds:
         scores = impostor[impostor_class == rule.name]
-        if scores.size >= min_impostors:
+        probes = int(np.count_nonzero(probe_classes == rule.name))
+        if scores.size >= min_impostors and probes >= min_probes:
             rules.append(dataclasses.replace(rule, tails={PAIR_WIDEBAND: fit_tail(scores)}))
     return QualityTails(tuple(rules)) if rules else None
 
