@@ -72,7 +72,7 @@ from bench.conditions.make_conditions import mp3_32k, tel8k
 from service.app import create_app
 from service.bootstrap import load_models
 from service.core.settings import Settings
-from service.decisions.probe_quality import LONG_CLEAN, LONG_NOISY, MEDIUM_CLEAN
+from service.decisions.probe_quality import LONG_CLEAN, LONG_NOISY, MEDIUM_CLEAN, load_rules
 from service.decisions.scoring import eer
 from service.pipeline.audio import decode_audio
 
@@ -567,6 +567,12 @@ def main() -> None:
     write_report(args, table, meta)
 
 
+def described_class(shown: dict) -> str:
+    """A class as ``/calibration`` lists it (``strict_tails``), in the words doctor uses."""
+    (rule,) = load_rules({shown["name"]: shown}) or ()
+    return rule.describe()
+
+
 def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
     def pct(v: float) -> str:
         return "–" if v != v else f"{100 * v:.1f}"
@@ -581,20 +587,8 @@ def write_report(args: argparse.Namespace, table: dict, meta: dict) -> None:
         if not classes and meta.get("strict_tail"):  # a report from the long-clean-only release
             classes = [{"name": LONG_CLEAN, **meta["strict_tail"]}]
         if classes:
-
-            def bounds(c: dict) -> str:
-                speech = f">= {c['min_speech_s']:g} s"
-                if c.get("max_speech_s") is not None:
-                    speech = f"{c['min_speech_s']:g}-{c['max_speech_s']:g} s"
-                snr = []
-                if c.get("min_snr_db") is not None:
-                    snr.append(f">= {c['min_snr_db']:g} dB")
-                if c.get("max_snr_db") is not None:
-                    snr.append(f"< {c['max_snr_db']:g} dB")
-                return f"{speech} at {' and '.join(snr) or 'any SNR'}"
-
             described = "; ".join(
-                f"`{c['name']}` ({bounds(c)}: "
+                f"`{c['name']}` ({described_class(c)}: "
                 + ", ".join(
                     f"{pair} u = {t['u']:.3f}, β = {t['beta']:.3f}"
                     for pair, t in c["tails"].items()

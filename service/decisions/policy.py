@@ -26,8 +26,6 @@ takes effect in running workers without a restart.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import logging
 import threading
 import time
@@ -125,6 +123,9 @@ class DecisionPolicy:
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
         self._records: dict[str, CalibrationRecord] = {}
+        # Each record's quality classes, parsed once when it is first read (record id -> classes;
+        # a stored calibration never changes, so neither do they).
+        self._classes: dict[int, QualityTails | None] = {}
         self._loaded_at = -float("inf")
 
     def score_type(self, space: str) -> str:
@@ -142,8 +143,13 @@ class DecisionPolicy:
             except Exception:  # a locked/old database must not break matching
                 log.exception("could not read calibrations; keeping the previous ones")
                 records = self._records
+        known = self._classes
+        classes = {
+            r.id: known[r.id] if r.id in known else stored_classes(r) for r in records.values()
+        }
         with self._lock:
             self._records = records
+            self._classes = classes
             self._loaded_at = time.monotonic()
 
     def _record(self, space: str) -> CalibrationRecord | None:
@@ -182,7 +188,8 @@ class DecisionPolicy:
     def _calibrated_classes(self, record: CalibrationRecord) -> QualityTails | None:
         if not self.settings.quality_tails:
             return None
-        return stored_classes(record)
+        with self._lock:
+            return self._classes.get(record.id)
 
     def cosine_decision(self, space: str, gallery_size: int = 1) -> Decision:
         """The rule for raw cosines (pairwise compare: N = 1; stateless ranking: N = the
@@ -225,19 +232,6 @@ class DecisionPolicy:
         )
 
 
-@functools.lru_cache(maxsize=64)
-def _parsed_classes(record_id: int, text: str) -> QualityTails | None:
-    """One parse per stored calibration (every search asks for its decision)."""
-    try:
-        return load_rules(json.loads(text))
-    except (KeyError, TypeError, ValueError):
-        log.warning(
-            "calibration %s has unreadable quality-class tails; its probes keep the pooled tail",
-            record_id,
-        )
-        return None
-
-
 def stored_classes(record: CalibrationRecord) -> QualityTails | None:
     """The probe quality classes a calibration fitted (``details["quality_tails"]``,
     ``service.evaluation.quality_fit``); None when it fitted none, or when they cannot be read
@@ -245,7 +239,14 @@ def stored_classes(record: CalibrationRecord) -> QualityTails | None:
     data = (record.details or {}).get("quality_tails")
     if not data:
         return None
-    return _parsed_classes(record.id, json.dumps(data, sort_keys=True))
+    try:
+        return load_rules(data)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        log.warning(
+            "calibration %s has unreadable quality-class tails; its probes keep the pooled tail",
+            record.id,
+        )
+        return None
 
 
 def stored_tail(record: CalibrationRecord) -> TailFit | None:

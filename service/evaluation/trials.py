@@ -156,11 +156,11 @@ async def search_probe(
     audio, report = await pipeline.infer(pipeline.decode_assessed, row.path.read_bytes())
     if spaces is None:
         spaces = [(await pipeline.infer(pipeline.route_or_default, audio, row.language)).space]
-    narrow = telephone_band and is_narrowband(audio.source_sample_rate)
+    narrowband = is_narrowband(audio.source_sample_rate)
     found = []
     for space in spaces:
         vector = await pipeline.infer(vs.models.encoder(space).embed, audio.samples)
-        view = vs.views.get(space) if narrow else None
+        view = vs.views.get(space) if telephone_band and narrowband else None
         searched = view.derived if view is not None else space
         hits = vs.gallery.search(searched, vector[None, :], k)[0]
         found.append(
@@ -171,7 +171,7 @@ async def search_probe(
                 decided=report.speech_s > 0.0,
                 speech_s=report.speech_s,
                 snr_db=report.snr_db,
-                narrowband=is_narrowband(audio.source_sample_rate),
+                narrowband=narrowband,
             )
         )
     return found
